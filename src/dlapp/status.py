@@ -1,0 +1,56 @@
+"""App states as YARN prints them, and the one transition table.
+
+``ACCEPTED`` (queued) -> ``RUNNING`` -> ``FINISHED``; a finished app carries a final status
+``SUCCEEDED | FAILED | KILLED``. ``RUNNING -> ACCEPTED`` is a requeue (lost node, preemption).
+A terminal state is never left.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from dlapp.errors import InvalidTransition
+
+
+class AppState(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+
+    def is_terminal(self) -> bool:
+        return self is AppState.FINISHED
+
+
+class FinalStatus(StrEnum):
+    UNDEFINED = "UNDEFINED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class ContainerState(StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    LOST = "LOST"
+
+    def is_terminal(self) -> bool:
+        return self in (ContainerState.EXITED, ContainerState.LOST)
+
+
+TRANSITIONS: dict[AppState, frozenset[AppState]] = {
+    AppState.ACCEPTED: frozenset({AppState.RUNNING, AppState.FINISHED}),
+    AppState.RUNNING: frozenset({AppState.FINISHED, AppState.ACCEPTED}),
+    AppState.FINISHED: frozenset(),
+}
+
+
+def check_transition(current: AppState, new: AppState) -> None:
+    """Raise InvalidTransition unless ``current -> new`` is in the table."""
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransition(f"an app cannot go from {current} to {new}")
+
+
+def final_status_is_valid(state: AppState, final: FinalStatus) -> bool:
+    """A finished app has a decided final status; an unfinished one has none yet."""
+    return (state is AppState.FINISHED) == (final is not FinalStatus.UNDEFINED)
