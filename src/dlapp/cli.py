@@ -1,0 +1,401 @@
+"""The ``dlapp`` command and the reference tools' names (dlapp-launcher, dlapp-status, ...).
+
+Every command talks to a server through ``DlappClient``; with no server configured it uses the
+embedded local cluster (``dlapp up``), and ``launch`` starts that cluster when it is not up.
+Tested through ``main(argv)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dlapp import __version__, embedded
+from dlapp.client import DlappClient
+from dlapp.config import default_home, load_client_settings
+from dlapp.errors import DlappError, ServerUnavailable
+from dlapp.spec import AppSpec
+from dlapp.workspace import pack_workspace
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+SHOW_PROGRESS_BYTES = 16 * 1024 * 1024
+
+
+def _client(autostart: bool = False, gpus: int | None = None) -> DlappClient:
+    settings = load_client_settings()
+    if settings.server:
+        return DlappClient(settings.server, settings.user, settings.timeout_s)
+    home = default_home()
+    info = embedded.running(home)
+    if info is None and autostart:
+        err.print(f"no dlapp server configured: starting the embedded local cluster in {home} ...")
+        info, _ = embedded.up(home, gpus=gpus)
+        err.print(f"embedded cluster up at {info.url}")
+    if info is None:
+        raise ServerUnavailable(
+            "no dlapp server is running: start the local cluster with `dlapp up`, "
+            "or point DLAPP_SERVER at a server"
+        )
+    return DlappClient(info.url, settings.user, settings.timeout_s)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlapp")
+def cli() -> None:
+    """Run deep-learning apps on a shared GPU cluster."""
+
+
+# -- launch -----------------------------------------------------------------------------------
+
+
+def _launch(spec_file: str, wait: bool, follow: bool) -> int:
+    path = Path(spec_file)
+    out.print(f"dlapp launcher {__version__}")
+    spec = AppSpec.from_file(path)
+    r = spec.resources
+    out.print(
+        f"checking the spec {path}: ok (name {spec.name!r}, queue {spec.queue}, "
+        f"{spec.num_containers} container(s) of {r.cpus:g} CPU, {r.memory_mb} MiB, {r.gpus} GPU)"
+    )
+    client = _client(autostart=True)
+    health = client.health()
+    out.print(f"checking the server {client.base_url}: dlapp {health.get('version')} ok")
+    ws = Path(spec.workspace.path)
+    if not ws.is_dir():
+        raise DlappError(f"the workspace {ws} is not a directory")
+    out.print(f"workspace path: {ws}")
+    out.print(f"exclude list: {', '.join(spec.workspace.exclude) or '(none)'}")
+    with tempfile.TemporaryDirectory(prefix="dlapp-launch-") as tmp:
+        tarball = Path(tmp) / "workspace.tar.gz"
+        packed = pack_workspace(ws, tarball, spec.workspace.exclude, progress=_progress_printer())
+        out.print(
+            f"workspace size: {_size(packed.bytes)} in {packed.files} files "
+            f"({_size(packed.compressed_bytes)} compressed)"
+        )
+        app = client.submit(spec, tarball)
+    app_id = app["id"]
+    out.print(f"submitted: {app_id}")
+    out.print(f"  see it at: {app['url']}")
+    out.print(f"  status:    dlapp status {app_id}")
+    out.print(f"  logs:      dlapp logs {app_id} --follow")
+    if not (wait or follow):
+        return 0
+    if follow:
+        for text in client.follow_logs(app_id):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    final = client.wait(app_id)
+    out.print(f"{app_id} {final['state']} {final['final_status']}: {final['diagnostics']}")
+    return 0 if final["final_status"] == "SUCCEEDED" else 1
+
+
+def _progress_printer() -> Any:
+    state = {"last": -1}
+
+    def show(done: int, total: int) -> None:
+        if total < SHOW_PROGRESS_BYTES:
+            return
+        pct = int(done * 100 / total) if total else 100
+        if pct // 10 != state["last"] // 10 or done == total:
+            state["last"] = pct
+            err.print(f"packing workspace: {pct}% ({_size(done)} of {_size(total)})")
+
+    return show
+
+
+@cli.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="wait for the app; exit 0 only if it SUCCEEDED")
+@click.option("--follow", is_flag=True, help="stream container 0's stdout until the app ends")
+def launch(spec_file: str, wait: bool, follow: bool) -> None:
+    """Launch the app described by SPEC_FILE (app.yaml or dl_app.properties)."""
+    sys.exit(_launch(spec_file, wait, follow))
+
+
+# -- status / list ----------------------------------------------------------------------------
+
+
+def _status(app_id: str, as_json: bool) -> int:
+    with _client() as client:
+        app = client.get(app_id)
+    if as_json:
+        _print_json(app)
+        return 0
+    out.print(f"Application ID : {app['id']}")
+    out.print(f"Name           : {app['name']}")
+    out.print(f"User           : {app['user']}")
+    out.print(f"Queue          : {app['queue']}")
+    out.print(f"State          : {app['state']}")
+    out.print(f"Final status   : {app['final_status']}")
+    if app["pending_reason"]:
+        out.print(f"Pending because: {app['pending_reason']}")
+    if app["diagnostics"]:
+        out.print(f"Diagnostics    : {app['diagnostics']}")
+    out.print(f"Submitted      : {app['submit_time']}")
+    out.print(f"Started        : {app['start_time'] or '-'}")
+    out.print(f"Finished       : {app['finish_time'] or '-'}")
+    if app["elapsed_s"] is not None:
+        out.print(f"Elapsed        : {app['elapsed_s']:.1f}s")
+    out.print(f"URL            : {app['url']}")
+    if app["containers"]:
+        table = Table("index", "node", "gpu ids", "state", "exit code", "stdout", "stderr")
+        base = app["url"].split("/api/v1/")[0]
+        for c in app["containers"]:
+            table.add_row(
+                str(c["index"]),
+                c["node"],
+                ",".join(c["gpu_ids"]) or "-",
+                c["state"],
+                "-" if c["exit_code"] is None else str(c["exit_code"]),
+                base + c["logs"]["stdout"],
+                base + c["logs"]["stderr"],
+            )
+        out.print(table)
+    return 0
+
+
+@cli.command()
+@click.argument("app_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(app_id: str, as_json: bool) -> None:
+    """Show one app: state, times, containers (node, GPU ids, exit code), log URLs."""
+    sys.exit(_status(app_id, as_json))
+
+
+def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = None) -> int:
+    with _client() as client:
+        states = () if show_all else ("ACCEPTED", "RUNNING")
+        apps = client.list_apps(user=user, queue=queue, states=states)
+    if as_json:
+        _print_json(apps)
+        return 0
+    table = Table("id", "name", "user", "queue", "state", "final status", "gpus", "submitted")
+    for a in apps:
+        table.add_row(
+            a["id"],
+            a["name"],
+            a["user"],
+            a["queue"],
+            a["state"],
+            a["final_status"],
+            str(a["resources"]["gpus"] * a["num_containers"]),
+            a["submit_time"],
+        )
+    out.print(table)
+    if not apps:
+        out.print(
+            "no apps" + ("" if show_all else " queued or running (--all shows finished ones)")
+        )
+    return 0
+
+
+@cli.command("list")
+@click.option("--user", help="only this user's apps")
+@click.option("--queue", help="only this queue's apps")
+@click.option("--all", "show_all", is_flag=True, help="include finished apps")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_cmd(user: str | None, queue: str | None, show_all: bool, as_json: bool) -> None:
+    """List queued and running apps (all with --all)."""
+    sys.exit(_list(user, show_all, as_json, queue))
+
+
+# -- kill / softkill / logs -------------------------------------------------------------------
+
+
+def _kill(app_id: str, soft: bool) -> int:
+    with _client() as client:
+        app = client.softkill(app_id) if soft else client.kill(app_id)
+    word = "softkill" if soft else "kill"
+    out.print(f"{word} sent to {app_id} (state {app['state']}, final status {app['final_status']})")
+    return 0
+
+
+@cli.command()
+@click.argument("app_id")
+def kill(app_id: str) -> None:
+    """End an app now."""
+    sys.exit(_kill(app_id, soft=False))
+
+
+@cli.command()
+@click.argument("app_id")
+def softkill(app_id: str) -> None:
+    """SIGTERM the app, wait the grace period, then SIGKILL."""
+    sys.exit(_kill(app_id, soft=True))
+
+
+@cli.command()
+@click.argument("app_id")
+@click.option("--container", "-c", default=0, show_default=True, help="container index")
+@click.option("--stderr", is_flag=True, help="stderr instead of stdout")
+@click.option("--follow", "-f", is_flag=True, help="keep reading until the container ends")
+def logs(app_id: str, container: int, stderr: bool, follow: bool) -> None:
+    """Print a container's stdout (or stderr), live or after the app ended."""
+    stream = "stderr" if stderr else "stdout"
+    with _client() as client:
+        if follow:
+            for text in client.follow_logs(app_id, container, stream):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(client.logs(app_id, container, stream))
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def gpus(as_json: bool) -> None:
+    """The cluster's GPU map: every node and GPU, free or held by which app and user."""
+    with _client() as client:
+        data = client.cluster()
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("node", "gpu", "app", "user")
+    for n in data["nodes"]:
+        if not n["gpus"]:
+            table.add_row(n["name"], "-", "(no GPUs)", "")
+        for g in n["gpus"]:
+            table.add_row(n["name"], f"gpu{g['id']}", g["app_id"] or "free", g["user"] or "")
+    out.print(table)
+
+
+@cli.command()
+@click.option("--gpus", type=int, help="GPUs to declare (default: those NVML finds)")
+@click.option("--cpus", type=float, help="CPUs to declare (default: all)")
+def up(gpus: int | None, cpus: float | None) -> None:
+    """Start the embedded local cluster (server + single-node Ray) in the background."""
+    home = default_home()
+    info, started = embedded.up(home, gpus=gpus, cpus=cpus)
+    out.print(f"{'started' if started else 'already running'}: {info.url} (state in {home})")
+
+
+@cli.command()
+def down() -> None:
+    """Stop the embedded local cluster and every app on it."""
+    home = default_home()
+    out.print("stopped" if embedded.down(home) else "no embedded cluster was running")
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host")
+@click.option("--port", type=int)
+@click.option("--gpus", type=int, help="embedded Ray: GPUs to declare")
+@click.option("--cpus", type=float, help="embedded Ray: CPUs to declare")
+@click.option("--ray-address", help="join this Ray cluster instead of starting one")
+def server(config_file: Path | None, **overrides: Any) -> None:
+    """Run the dlapp server in the foreground."""
+    from dlapp.server.run import serve
+
+    serve(config_file, overrides)
+
+
+# -- spec -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def spec() -> None:
+    """Work with app specs."""
+
+
+@spec.command("check")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the normalised spec as JSON")
+def spec_check(spec_file: str, as_json: bool) -> None:
+    """Validate SPEC_FILE and print the normalised spec, or every problem."""
+    parsed = AppSpec.from_file(Path(spec_file))
+    if as_json:
+        _print_json(parsed.to_dict())
+    else:
+        click.echo(parsed.to_yaml(), nl=False)
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def _run(fn: Any, argv: Sequence[str] | None, prog: str) -> int:
+    try:
+        result = fn.main(
+            args=list(argv) if argv is not None else None, prog_name=prog, standalone_mode=False
+        )
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except DlappError as exc:
+        err.print(f"{prog}: error: {exc.message}", markup=False)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _run(cli, argv, "dlapp")
+
+
+def _reference(name: str, fn: Any) -> Any:
+    command = click.command(name=name)(fn)
+
+    def entry(argv: Sequence[str] | None = None) -> int:
+        return _run(command, argv, name)
+
+    return entry
+
+
+def _ref_launcher_fn(spec_file: str) -> None:
+    sys.exit(_launch(spec_file, wait=False, follow=False))
+
+
+def _ref_status_fn(app_id: str) -> None:
+    sys.exit(_status(app_id, as_json=False))
+
+
+def _ref_list_fn(user: str | None) -> None:
+    sys.exit(_list(user, show_all=True, as_json=False))
+
+
+def _ref_kill(soft: bool) -> Any:
+    def fn(args: tuple[str, ...]) -> None:
+        if len(args) not in (1, 2):
+            raise click.UsageError("usage: [USER] APP_ID")
+        sys.exit(_kill(args[-1], soft))
+
+    return fn
+
+
+launcher_main = _reference("dlapp-launcher", click.argument("spec_file")(_ref_launcher_fn))
+status_main = _reference("dlapp-status", click.argument("app_id")(_ref_status_fn))
+list_main = _reference("dlapp-list", click.argument("user", required=False)(_ref_list_fn))
+kill_main = _reference("dlapp-kill", click.argument("args", nargs=-1)(_ref_kill(False)))
+softkill_main = _reference("dlapp-softkill", click.argument("args", nargs=-1)(_ref_kill(True)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

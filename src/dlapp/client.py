@@ -1,0 +1,166 @@
+"""The HTTP SDK: what the CLI, the tests and users' scripts talk to a server with."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dlapp.errors import DlappError, ServerError, ServerUnavailable, error_from_dict
+from dlapp.spec import AppSpec
+
+USER_HEADER = "X-Dlapp-User"
+TERMINAL = "FINISHED"
+
+
+class DlappClient:
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.user = user
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={USER_HEADER: user},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DlappClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(
+                f"cannot reach the dlapp server at {self.base_url}: {exc}"
+            ) from None
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/healthz")
+        return result
+
+    def submit(self, spec: AppSpec, tarball: Path) -> dict[str, Any]:
+        with tarball.open("rb") as f:
+            result: dict[str, Any] = self._json(
+                "POST",
+                "/api/v1/apps",
+                data={"spec": json.dumps(spec.to_dict())},
+                files={"workspace": ("workspace.tar.gz", f, "application/gzip")},
+                timeout=None,
+            )
+        return result
+
+    def list_apps(
+        self, user: str | None = None, queue: str | None = None, states: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {}
+        if user:
+            params["user"] = user
+        if queue:
+            params["queue"] = queue
+        if states:
+            params["state"] = list(states)
+        apps: list[dict[str, Any]] = self._json("GET", "/api/v1/apps", params=params)["apps"]
+        return apps
+
+    def get(self, app_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/api/v1/apps/{app_id}")
+        return result
+
+    def events(self, app_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self._json("GET", f"/api/v1/apps/{app_id}/events")["events"]
+        return events
+
+    def kill(self, app_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/api/v1/apps/{app_id}/kill")
+        return result
+
+    def softkill(self, app_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/api/v1/apps/{app_id}/softkill")
+        return result
+
+    def cluster(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/api/v1/cluster")
+        return result
+
+    def logs(self, app_id: str, container: int = 0, stream: str = "stdout", offset: int = 0) -> str:
+        resp = self._request(
+            "GET",
+            f"/api/v1/apps/{app_id}/logs",
+            params={"container": container, "stream": stream, "offset": offset},
+        )
+        return resp.content.decode("utf-8", errors="replace")
+
+    def follow_logs(self, app_id: str, container: int = 0, stream: str = "stdout") -> Iterator[str]:
+        params: dict[str, str | int] = {"container": container, "stream": stream, "follow": "true"}
+        try:
+            with self._http.stream(
+                "GET", f"/api/v1/apps/{app_id}/logs", params=params, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error(resp)
+                yield from resp.iter_text()
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"lost the dlapp server at {self.base_url}: {exc}") from None
+
+    def wait(
+        self, app_id: str, timeout_s: float | None = None, poll_s: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll until the app is FINISHED; returns its final view."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            app = self.get(app_id)
+            if app["state"] == TERMINAL:
+                return app
+            if deadline is not None and time.monotonic() > deadline:
+                raise DlappError(f"{app_id} is still {app['state']} after {timeout_s:g}s")
+            time.sleep(poll_s)
+
+
+def _error(resp: httpx.Response) -> DlappError:
+    try:
+        body = resp.json()
+    except ValueError:
+        return ServerError(f"server answered {resp.status_code}: {resp.text[:200]}")
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return error_from_dict(body["error"])
+    if isinstance(body, dict) and "detail" in body:  # FastAPI's request validation
+        return ServerError(
+            f"server refused the request ({resp.status_code}): {_detail(body['detail'])}"
+        )
+    return ServerError(f"server answered {resp.status_code}")
+
+
+def _detail(detail: Any) -> str:
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail
+        )
+    return str(detail)

@@ -1,0 +1,145 @@
+"""Settings: loaded once at start (file, then environment, then explicit overrides), passed down.
+
+Every server setting can be set in a YAML file (``--config``, or ``$DLAPP_HOME/server.yaml``)
+or through the environment variable ``DLAPP_<NAME>`` in upper case (``DLAPP_PORT=9000``).
+The client reads ``DLAPP_SERVER`` / ``DLAPP_USER`` or ``~/.config/dlapp/client.yaml``.
+See docs/configuration.md for the full list.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dlapp.errors import DlappError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def default_home(env: Mapping[str, str] = os.environ) -> Path:
+    """Where the embedded cluster keeps its state: ``$DLAPP_HOME`` or the user's data dir."""
+    if env.get("DLAPP_HOME"):
+        return Path(env["DLAPP_HOME"]).expanduser()
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dlapp"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=default_home, description="state directory")
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(8642, ge=0, le=65535, description="API port; 0 picks a free one")
+    public_url: str | None = Field(
+        None, description="URL printed to users (default: http://host:port)"
+    )
+    db_url: str | None = Field(None, description="SQLAlchemy URL (default: SQLite under home)")
+    artifact_dir: Path | None = Field(
+        None, description="workspaces and finished logs (default: home/artifacts)"
+    )
+    work_dir: Path | None = Field(
+        None, description="node-local app workspaces (default: home/work)"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join; unset starts an embedded one"
+    )
+    cpus: float | None = Field(None, description="embedded cluster: CPUs to declare (default: all)")
+    gpus: int | None = Field(
+        None, description="embedded cluster: GPUs to declare (default: found with NVML)"
+    )
+    memory_mb: int | None = Field(None, description="embedded cluster: memory to declare, MiB")
+    object_store_mb: int = Field(512, description="embedded cluster: Ray object store size, MiB")
+    softkill_grace_s: float = Field(30.0, ge=0, description="softkill: SIGTERM to SIGKILL delay")
+    schedule_interval_s: float = Field(0.5, gt=0, description="scheduler cycle period")
+    max_upload_mb: int = Field(2048, ge=1, description="largest workspace tarball accepted")
+    workspace_max_files: int = Field(100_000, ge=1, description="files per workspace")
+    workspace_max_mb: int = Field(4096, ge=1, description="uncompressed workspace size")
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.home / 'dlapp.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_dir or self.home / "artifacts"
+
+    @property
+    def work(self) -> Path:
+        return self.work_dir or self.home / "work"
+
+    @property
+    def url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+class ClientSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: str | None = None
+    user: str = Field(default_factory=getpass.getuser)
+    timeout_s: float = 30.0
+
+
+def _env_overrides(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in model.model_fields:
+        key = f"DLAPP_{name.upper()}"
+        if env.get(key) not in (None, ""):
+            out[name] = env[key]
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DlappError(f"cannot read configuration {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DlappError(f"configuration {path} must be a mapping")
+    return data
+
+
+def _build(model: type[M], values: dict[str, Any], source: str) -> M:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise DlappError(f"invalid configuration ({source}): {problems}") from None
+
+
+def load_server_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] = os.environ,
+    **overrides: Any,
+) -> ServerSettings:
+    values: dict[str, Any] = {}
+    home = Path(overrides["home"]) if overrides.get("home") else default_home(env)
+    path = config_file or home / "server.yaml"
+    if config_file is not None or path.exists():
+        values.update(_read_yaml(path))
+    values.update(_env_overrides(ServerSettings, env))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(ServerSettings, values, str(path))
+
+
+def client_config_path(env: Mapping[str, str] = os.environ) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dlapp" / "client.yaml"
+
+
+def load_client_settings(env: Mapping[str, str] = os.environ, **overrides: Any) -> ClientSettings:
+    values: dict[str, Any] = {}
+    path = client_config_path(env)
+    if path.exists():
+        values.update(_read_yaml(path))
+    values.update(_env_overrides(ClientSettings, env))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(ClientSettings, values, str(path))

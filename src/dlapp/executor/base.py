@@ -1,0 +1,103 @@
+"""The executor base: the server's one door to where containers run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dlapp.scheduler import Resources
+from dlapp.supervisor import ContainerPlan, ContainerResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    name: str
+    total: Resources
+    alive: bool = True
+    gpu_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    """Something that happened to one container since the last poll."""
+
+    app_id: str
+    attempt: int
+    index: int
+    kind: Literal["started", "exited", "lost"]
+    info: dict[str, Any] = field(default_factory=dict)
+    result: ContainerResult | None = None
+    diagnostics: str = ""
+
+
+class Executor(ABC):
+    """Public methods log and check, then call one hook each."""
+
+    def nodes(self) -> list[NodeInfo]:
+        return self._nodes()
+
+    def start(
+        self, plans: Sequence[ContainerPlan], node_ids: Sequence[str], request: Resources
+    ) -> None:
+        if len(plans) != len(node_ids) or not plans:
+            raise ValueError("one node per container plan is needed")
+        t0 = time.monotonic()
+        self._start(plans, node_ids, request)
+        logger.info(
+            "started %s: %d container(s) on %s in %.2fs",
+            plans[0].app_id,
+            len(plans),
+            ",".join(node_ids),
+            time.monotonic() - t0,
+        )
+
+    def stop(self, app_id: str, grace: float) -> None:
+        logger.info("stopping %s (grace %.1fs)", app_id, grace)
+        self._stop(app_id, grace)
+
+    def poll(self) -> list[Report]:
+        return self._poll()
+
+    def read_log(
+        self, app_id: str, index: int, stream: str, offset: int, length: int
+    ) -> bytes | None:
+        """Live log bytes of a running container; None when this executor does not hold it."""
+        return self._read_log(app_id, index, stream, offset, length)
+
+    def holds(self, app_id: str) -> bool:
+        return self._holds(app_id)
+
+    def close(self) -> None:
+        self._close()
+
+    @abstractmethod
+    def _nodes(self) -> list[NodeInfo]: ...
+
+    @abstractmethod
+    def _start(
+        self, plans: Sequence[ContainerPlan], node_ids: Sequence[str], request: Resources
+    ) -> None: ...
+
+    @abstractmethod
+    def _stop(self, app_id: str, grace: float) -> None: ...
+
+    @abstractmethod
+    def _poll(self) -> list[Report]: ...
+
+    @abstractmethod
+    def _read_log(
+        self, app_id: str, index: int, stream: str, offset: int, length: int
+    ) -> bytes | None: ...
+
+    @abstractmethod
+    def _holds(self, app_id: str) -> bool: ...
+
+    def _close(self) -> None:
+        return None

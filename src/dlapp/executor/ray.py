@@ -1,0 +1,256 @@
+"""The Ray executor: one placement group per app, one detached named supervisor per container.
+
+dlapp decides where an app runs; Ray enforces it: each bundle is pinned to the chosen node
+(``node:<ip>`` resource), the supervisor actor holds the container's CPUs, memory and GPUs, and
+``ray.get_gpu_ids()`` inside it gives the device IDs the container may see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from dlapp.config import ServerSettings
+from dlapp.executor.base import Executor, NodeInfo, Report
+from dlapp.scheduler import Resources
+from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
+
+logger = logging.getLogger(__name__)
+NAMESPACE = "dlapp"
+MB = 1024 * 1024
+HARD_KILL_AFTER_S = 20.0  # a stop not obeyed within grace + this: the supervisor is killed
+
+
+class RaySupervisor(Supervisor):
+    """The supervisor as it runs inside its Ray actor."""
+
+    def start_here(self) -> dict[str, Any]:
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        return self.start(gpu_ids, ray.util.get_node_ip_address())
+
+
+@dataclass
+class _Tracked:
+    plan: ContainerPlan
+    actor: Any
+    start_ref: Any
+    wait_ref: Any
+    started: bool = False
+    done: bool = False
+    stop_deadline: float | None = None
+
+
+@dataclass
+class _AppRun:
+    pg: PlacementGroup
+    containers: list[_Tracked] = field(default_factory=list)
+
+
+def count_gpus() -> int:
+    """GPUs on this machine, through NVML; 0 where there is no driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0
+
+
+class RayExecutor(Executor):
+    def __init__(self, settings: ServerSettings) -> None:
+        if settings.ray_address:
+            ray.init(
+                address=settings.ray_address,
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        else:
+            gpus = settings.gpus if settings.gpus is not None else count_gpus()
+            ray.init(
+                num_cpus=int(settings.cpus) if settings.cpus else os.cpu_count(),
+                num_gpus=gpus,
+                namespace=NAMESPACE,
+                include_dashboard=False,
+                object_store_memory=settings.object_store_mb * MB,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        self._remote = ray.remote(RaySupervisor)
+        self._apps: dict[str, _AppRun] = {}
+        self._ips: dict[str, str] = {}
+
+    def _nodes(self) -> list[NodeInfo]:
+        out = []
+        for n in ray.nodes():
+            res = n.get("Resources", {})
+            self._ips[n["NodeID"]] = n["NodeManagerAddress"]
+            gpus = int(res.get("GPU", 0))
+            out.append(
+                NodeInfo(
+                    node_id=n["NodeID"],
+                    name=n["NodeManagerAddress"],
+                    total=Resources(
+                        cpus=float(res.get("CPU", 0)),
+                        memory_mb=int(res.get("memory", 0) // MB),
+                        gpus=gpus,
+                    ),
+                    alive=bool(n.get("Alive")),
+                    gpu_ids=tuple(str(i) for i in range(gpus)),
+                )
+            )
+        return out
+
+    def _bundle(self, request: Resources, node_id: str) -> dict[str, float]:
+        if node_id not in self._ips:
+            self._nodes()
+        bundle: dict[str, float] = {
+            "CPU": request.cpus,
+            "memory": float(request.memory_mb * MB),
+            f"node:{self._ips[node_id]}": 0.001,
+        }
+        if request.gpus:
+            bundle["GPU"] = float(request.gpus)
+        return bundle
+
+    def _start(
+        self, plans: Sequence[ContainerPlan], node_ids: Sequence[str], request: Resources
+    ) -> None:
+        app_id = plans[0].app_id
+        bundles = [self._bundle(request, n) for n in node_ids]
+        pg = placement_group(bundles, strategy="PACK", name=f"dlapp:{app_id}")
+        run = _AppRun(pg=pg)
+        self._apps[app_id] = run
+        for plan in plans:
+            actor = self._remote.options(  # type: ignore[attr-defined]
+                name=plan.actor_name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                max_restarts=0,
+                max_concurrency=16,
+                num_cpus=request.cpus,
+                num_gpus=request.gpus,
+                memory=request.memory_mb * MB,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=plan.index
+                ),
+            ).remote(plan)
+            run.containers.append(
+                _Tracked(plan, actor, actor.start_here.remote(), actor.wait.remote())
+            )
+
+    def _stop(self, app_id: str, grace: float) -> None:
+        run = self._apps.get(app_id)
+        if run is None:
+            return
+        deadline = time.monotonic() + grace + HARD_KILL_AFTER_S
+        for c in run.containers:
+            if not c.done:
+                c.stop_deadline = deadline
+                c.actor.stop.remote(grace)
+
+    def _poll(self) -> list[Report]:
+        reports: list[Report] = []
+        for app_id, run in list(self._apps.items()):
+            for c in run.containers:
+                reports.extend(self._poll_one(c))
+            if all(c.done for c in run.containers):
+                self._release(app_id, run)
+        return reports
+
+    def _poll_one(self, c: _Tracked) -> list[Report]:
+        plan = c.plan
+        out: list[Report] = []
+        if not c.started and _ready(c.start_ref):
+            c.started = True
+            try:
+                info = ray.get(c.start_ref)
+                out.append(Report(plan.app_id, plan.attempt, plan.index, "started", info=info))
+            except RayActorError:
+                pass  # reported through wait_ref below
+            except RayError as exc:
+                out.append(
+                    Report(
+                        plan.app_id,
+                        plan.attempt,
+                        plan.index,
+                        "started",
+                        diagnostics=_cause(exc),
+                    )
+                )
+        if not c.done and _ready(c.wait_ref):
+            c.done = True
+            try:
+                result: ContainerResult = ray.get(c.wait_ref)
+                out.append(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
+            except RayError as exc:
+                out.append(
+                    Report(
+                        plan.app_id,
+                        plan.attempt,
+                        plan.index,
+                        "lost",
+                        diagnostics=f"its supervisor died: {_cause(exc)}",
+                    )
+                )
+        elif not c.done and c.stop_deadline is not None and time.monotonic() > c.stop_deadline:
+            logger.warning("%s did not stop in time; killing its supervisor", plan.actor_name)
+            ray.kill(c.actor, no_restart=True)
+            c.stop_deadline = None
+        return out
+
+    def _release(self, app_id: str, run: _AppRun) -> None:
+        for c in run.containers:
+            with contextlib.suppress(RayError):
+                ray.kill(c.actor, no_restart=True)
+        remove_placement_group(run.pg)
+        del self._apps[app_id]
+
+    def _read_log(
+        self, app_id: str, index: int, stream: str, offset: int, length: int
+    ) -> bytes | None:
+        run = self._apps.get(app_id)
+        if run is None or index >= len(run.containers) or run.containers[index].done:
+            return None
+        try:
+            data: bytes = ray.get(
+                run.containers[index].actor.read_log.remote(stream, offset, length), timeout=10
+            )
+        except (RayError, GetTimeoutError):
+            return None
+        return data
+
+    def _holds(self, app_id: str) -> bool:
+        return app_id in self._apps
+
+    def _close(self) -> None:
+        for app_id in list(self._apps):
+            self._stop(app_id, 0)
+        ray.shutdown()
+
+
+def _ready(ref: Any) -> bool:
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
+
+
+def _cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return str(cause)
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__

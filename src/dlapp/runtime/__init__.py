@@ -1,0 +1,19 @@
+"""Container runtimes: start one container of an app, signal it, wait for it.
+
+``get_runtime(name)`` picks one by the spec's name; only ``process`` exists so far.
+``FakeRuntime`` is the in-process fake for tests of the layers above.
+"""
+
+from dlapp.runtime.base import LaunchRequest, Running, Runtime, get_runtime
+from dlapp.runtime.fake import FakeRunning, FakeRuntime
+from dlapp.runtime.process import ProcessRuntime
+
+__all__ = [
+    "FakeRunning",
+    "FakeRuntime",
+    "LaunchRequest",
+    "ProcessRuntime",
+    "Running",
+    "Runtime",
+    "get_runtime",
+]

@@ -1,0 +1,141 @@
+"""The container runtime layer: start one container of an app, signal it, wait for it.
+
+``Runtime.launch`` is the public method: it checks the request (the entry script must be a file
+inside the workspace), logs, times, and calls the one abstract hook ``_launch``. A runtime hands
+back a ``Running`` handle; ``Running.stop`` holds the shared SIGTERM -> grace -> SIGKILL logic.
+
+Exit codes follow the shell's convention: a container killed by signal N exits ``128 + N``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlapp.errors import SpecError, WorkspaceError
+
+logger = logging.getLogger(__name__)
+
+AVAILABLE_RUNTIMES = ("process",)
+PLANNED_RUNTIMES = ("docker", "podman")
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a runtime needs to start one container of an app."""
+
+    app_id: str
+    index: int  # container index within the app
+    workdir: Path  # the extracted workspace; the process's cwd
+    script: str  # entry script, relative to workdir
+    args: tuple[str, ...]  # argv after the script, never passed through a shell
+    env: Mapping[str, str]  # extra env: DLAPP_APP_ID, CONTAINER_INDEX, CUDA_VISIBLE_DEVICES, ...
+    stdout: Path  # log files, opened for append by the runtime
+    stderr: Path
+    image: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``<app_id>:<index>``, as the supervisor actor is named."""
+        return f"{self.app_id}:{self.index}"
+
+
+def exit_code_from_returncode(returncode: int) -> int:
+    """A Popen-style return code (``-N`` when killed by signal N) as a shell prints it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Running(ABC):
+    """A handle on one started container."""
+
+    pid: int
+
+    @abstractmethod
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the container's whole process tree; no error if it is already gone."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The container's exit code (``128 + N`` if killed by signal N); None on timeout."""
+
+    def stop(self, grace: float, on_term: Callable[[], None] | None = None) -> int:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the exit code.
+
+        ``grace <= 0`` sends SIGKILL at once. ``on_term`` is called right after SIGTERM was sent
+        (e.g. to record that the app was asked to checkpoint).
+        """
+        if grace > 0:
+            self.signal(signal.SIGTERM)
+            if on_term is not None:
+                on_term()
+            code = self.wait(grace)
+            if code is not None:
+                return code
+            logger.info(
+                "pid %d still running %.1fs after SIGTERM; sending SIGKILL", self.pid, grace
+            )
+        self.signal(signal.SIGKILL)
+        code = self.wait(None)
+        if code is None:  # wait(None) blocks until the exit; a None here is a broken runtime
+            raise RuntimeError(f"runtime returned no exit code for pid {self.pid}")
+        return code
+
+
+class Runtime(ABC):
+    """Starts containers. Subclasses implement ``_launch``; callers use ``launch``."""
+
+    name: str
+
+    def launch(self, req: LaunchRequest) -> Running:
+        check_entry_script(req.workdir, req.script)
+        started = time.monotonic()
+        running = self._launch(req)
+        logger.info(
+            "launched %s with runtime %s: pid %d, script %s, %d args (%.3fs)",
+            req.name,
+            self.name,
+            running.pid,
+            req.script,
+            len(req.args),
+            time.monotonic() - started,
+        )
+        return running
+
+    @abstractmethod
+    def _launch(self, req: LaunchRequest) -> Running:
+        """Start the container described by an already checked request."""
+
+
+def check_entry_script(workdir: Path, script: str) -> Path:
+    """The resolved entry script; WorkspaceError unless it is a regular file inside workdir."""
+    if not workdir.is_dir():
+        raise WorkspaceError(f"workspace directory {str(workdir)!r} does not exist")
+    if not script or Path(script).is_absolute():
+        raise WorkspaceError(
+            f"entry script {script!r} must be a path relative to the workspace, "
+            "e.g. 'train.py' or 'bin/run.sh'"
+        )
+    root = workdir.resolve()
+    path = (root / script).resolve()
+    if not path.is_relative_to(root):
+        raise WorkspaceError(f"entry script {script!r} points outside the workspace")
+    if not path.is_file():
+        raise WorkspaceError(f"entry script {script!r} not found in the workspace")
+    return path
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime called ``name`` (the app spec's ``runtime`` field)."""
+    if name == "process":
+        from dlapp.runtime.process import ProcessRuntime  # imported here: process imports base
+
+        return ProcessRuntime()
+    available = ", ".join(AVAILABLE_RUNTIMES)
+    if name in PLANNED_RUNTIMES:
+        raise SpecError(f"runtime {name!r} is not available yet; available: {available}")
+    raise SpecError(f"unknown runtime {name!r}; available: {available}")

@@ -1,0 +1,126 @@
+"""The guard: first process of a container started by the ``process`` runtime.
+
+Run as ``python -I .../dlapp/runtime/guard.py --parent PID -- CMD...`` (``python -m
+dlapp.runtime.guard`` works too). It leads the container's process group and:
+
+1. starts CMD in that same group, inheriting stdio, and waits for it;
+2. keeps waiting through SIGTERM and SIGINT: a no-op handler (not SIG_IGN, which an exec'd
+   program would inherit) lets a signal sent to the group reach the app while the guard stays;
+3. fate-shares with the supervisor: once its parent is no longer PID (the supervisor died and
+   the guard was re-parented), it SIGKILLs the whole group, itself included;
+4. when CMD exits, SIGKILLs whatever is left in the group (background children), then exits
+   with CMD's exit code, ``128 + N`` if CMD was killed by signal N, as a shell reports it.
+
+Standard library only and no import of the rest of dlapp: it starts fast, and (run with ``-I``)
+never imports a module from the app's workspace or ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+POLL_S = 0.2  # how often the guard checks that its supervisor is alive
+STRAGGLER_ROUNDS = 50  # kill-and-rescan rounds for processes left behind by the app
+STRAGGLER_PAUSE_S = 0.02
+
+USAGE = "usage: guard.py --parent PID -- CMD [ARG...]"
+
+
+def _parse(argv: list[str]) -> tuple[int, list[str]]:
+    if len(argv) < 4 or argv[0] != "--parent" or argv[2] != "--" or not argv[1].isdigit():
+        raise ValueError(USAGE)
+    return int(argv[1]), argv[3:]
+
+
+def _kill_group() -> None:
+    """SIGKILL the container's whole process group, the guard included."""
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(128 + signal.SIGKILL)  # not reached: the guard is in the group
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """PIDs of the other live (non-zombie) processes whose process group is ``pgid``."""
+    me = os.getpid()
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no procfs: nothing we can find
+        return []
+    pids = []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split()[:3]
+        except (OSError, ValueError):  # gone meanwhile, or unreadable
+            continue
+        if int(pgrp) == pgid and state not in (b"Z", b"X"):
+            pids.append(int(name))
+    return pids
+
+
+def _kill_stragglers() -> None:
+    """SIGKILL the rest of the group (the app's background children) until none is left."""
+    pgid = os.getpgrp()
+    for _ in range(STRAGGLER_ROUNDS):
+        pids = _live_group_members(pgid)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(STRAGGLER_PAUSE_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parent, cmd = _parse(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"dlapp guard: {exc}", file=sys.stderr)
+        return 2
+
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if os.getpgrp() != os.getpid():  # started without a session of its own: lead a group
+        os.setpgid(0, 0)
+
+    # 1. Start the app, unless the supervisor is already gone or the stop came first.
+    if os.getppid() != parent:
+        _kill_group()
+    if received:
+        return 128 + received[0]
+    try:
+        child = subprocess.Popen(cmd)
+    except OSError as exc:
+        print(f"dlapp guard: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+
+    # 2. Wait for it, fate-sharing with the supervisor.
+    while True:
+        try:
+            returncode = child.wait(timeout=POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            if os.getppid() != parent:
+                _kill_group()
+
+    # 3. Nothing of the container outlives its main process.
+    _kill_stragglers()
+    return 128 - returncode if returncode < 0 else returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The ``process`` runtime: the app runs as plain processes on the node, under a guard.
+
+The runtime starts ``guard.py`` (see its docstring) in a new session, so the guard leads a new
+process group: the container's process group. The guard starts the app in that group, mirrors
+its exit code, kills what the app leaves behind, and kills the whole group if the supervisor
+dies. The runtime signals the container with ``killpg``.
+
+No isolation: the app sees the node's filesystem and the devices named in CUDA_VISIBLE_DEVICES
+are a convention, not a fence. An app that leaves the process group (``setsid``) escapes the
+guard; the container runtimes (docker, podman) close that hole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dlapp.errors import WorkspaceError
+from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
+
+logger = logging.getLogger(__name__)
+
+GUARD_PATH = Path(__file__).resolve().with_name("guard.py")
+
+
+def app_command(req: LaunchRequest) -> list[str]:
+    """The app's argv: ``bash`` for ``.sh``, this interpreter for ``.py``, else the script."""
+    script = req.script
+    if script.endswith(".sh"):
+        return ["bash", script, *req.args]
+    if script.endswith(".py"):
+        return [sys.executable, script, *req.args]
+    if not os.access(req.workdir / script, os.X_OK):
+        raise WorkspaceError(
+            f"entry script {script!r} is not executable; make it executable or name it *.sh or *.py"
+        )
+    return [os.path.join(".", script), *req.args]
+
+
+def app_env(req: LaunchRequest) -> dict[str, str]:
+    """The node's environment, then the request's, with this interpreter first on PATH."""
+    env = dict(os.environ)
+    env.update(req.env)
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    env["PATH"] = f"{bindir}{os.pathsep}{path}" if path else bindir
+    env.setdefault("PYTHONUNBUFFERED", "1")  # live logs from Python apps
+    return env
+
+
+def guard_command(cmd: list[str], parent: int) -> list[str]:
+    # -I: the guard's own imports never come from the workspace (its cwd) or PYTHONPATH.
+    return [sys.executable, "-I", str(GUARD_PATH), "--parent", str(parent), "--", *cmd]
+
+
+class ProcessRunning(Running):
+    """The guard's Popen; its PID is also the container's process group ID."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+            os.killpg(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            returncode = self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return exit_code_from_returncode(returncode)
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+
+    def _launch(self, req: LaunchRequest) -> Running:
+        if req.image is not None:
+            logger.warning("%s: the process runtime ignores image %r", req.name, req.image)
+        cmd = guard_command(app_command(req), parent=os.getpid())
+        env = app_env(req)
+        for log in (req.stdout, req.stderr):
+            log.parent.mkdir(parents=True, exist_ok=True)
+        with open(req.stdout, "ab") as out, open(req.stderr, "ab") as err:
+            popen = subprocess.Popen(
+                cmd,
+                cwd=req.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        return ProcessRunning(popen)

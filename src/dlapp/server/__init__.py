@@ -1,0 +1,1 @@
+"""The dlapp server: REST API, scheduler loop and executor, in one process."""

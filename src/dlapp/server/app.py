@@ -1,0 +1,70 @@
+"""The FastAPI application: store, executor and scheduler wired together at start."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from dlapp import __version__
+from dlapp.config import ServerSettings
+from dlapp.errors import DlappError
+from dlapp.executor import Executor
+from dlapp.server.context import Context
+from dlapp.server.routes import router
+from dlapp.server.scheduling import Scheduler
+from dlapp.store.db import make_engine, migrate, session_factory
+
+logger = logging.getLogger(__name__)
+ExecutorFactory = Callable[[ServerSettings], Executor]
+
+
+def _ray_executor(settings: ServerSettings) -> Executor:
+    from dlapp.executor.ray import RayExecutor
+
+    return RayExecutor(settings)
+
+
+def create_app(
+    settings: ServerSettings, executor_factory: ExecutorFactory = _ray_executor
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.artifacts.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        executor = executor_factory(settings)
+        ctx = Context(settings=settings, sessions=session_factory(engine), executor=executor)
+        scheduler = Scheduler(ctx)
+        scheduler.start()
+        app.state.ctx = ctx
+        app.state.scheduler = scheduler
+        logger.info("dlapp server %s ready at %s", __version__, settings.url)
+        try:
+            yield
+        finally:
+            scheduler.stop()
+            executor.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="dlapp",
+        version=__version__,
+        description="Run deep-learning apps on a shared, multi-tenant GPU cluster.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(DlappError)
+    async def _dlapp_error(_request: Request, exc: DlappError) -> JSONResponse:
+        return JSONResponse(status_code=exc.http_status, content={"error": exc.to_dict()})
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(router, prefix="/api/v1")
+    return app

@@ -1,0 +1,143 @@
+"""REST routes under /api/v1: thin; each validates and calls a service."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.orm import Session
+
+from dlapp.errors import SpecError
+from dlapp.server import services
+from dlapp.server.context import Context
+from dlapp.server.views import app_view, event_view
+from dlapp.spec import AppSpec
+from dlapp.status import AppState
+from dlapp.store import repo
+
+router = APIRouter()
+USER_HEADER = "X-Dlapp-User"
+
+
+def get_ctx(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+def get_session(ctx: Annotated[Context, Depends(get_ctx)]) -> Iterator[Session]:
+    with ctx.sessions() as session:
+        yield session
+
+
+def get_user(x_dlapp_user: Annotated[str, Header()] = "") -> str:
+    # Identity until token authentication lands: the caller names itself.
+    if not x_dlapp_user or len(x_dlapp_user) > 128:
+        raise SpecError(f"the {USER_HEADER} header must name the caller")
+    return x_dlapp_user
+
+
+Ctx = Annotated[Context, Depends(get_ctx)]
+Db = Annotated[Session, Depends(get_session)]
+User = Annotated[str, Depends(get_user)]
+
+
+@router.post("/apps", status_code=201, tags=["apps"])
+def submit_app(
+    request: Request,
+    ctx: Ctx,
+    session: Db,
+    user: User,
+    spec: Annotated[str, Form(description="the app spec, JSON of the native format")],
+    workspace: Annotated[UploadFile, File(description="the workspace, tar.gz")],
+) -> dict[str, Any]:
+    try:
+        data = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"spec is not valid JSON: {exc}") from None
+    app_spec = AppSpec.from_dict(data)
+    with tempfile.NamedTemporaryFile(dir=ctx.settings.home, suffix=".upload") as tmp:
+        shutil.copyfileobj(workspace.file, tmp)
+        tmp.flush()
+        view = services.submit(ctx, session, user, app_spec, Path(tmp.name))
+    request.app.state.scheduler.wake()
+    return view
+
+
+@router.get("/apps", tags=["apps"])
+def list_apps(
+    ctx: Ctx,
+    session: Db,
+    user: Annotated[str | None, Query()] = None,
+    queue: Annotated[str | None, Query()] = None,
+    state: Annotated[list[AppState] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    apps = repo.list_apps(session, user=user, queue=queue, states=state or (), limit=limit)
+    return {"apps": [app_view(a, ctx.settings.url) for a in apps]}
+
+
+@router.get("/apps/{app_id}", tags=["apps"])
+def get_app(ctx: Ctx, session: Db, app_id: str) -> dict[str, Any]:
+    return app_view(services.get(ctx, session, app_id), ctx.settings.url)
+
+
+@router.get("/apps/{app_id}/events", tags=["apps"])
+def get_events(ctx: Ctx, session: Db, app_id: str) -> dict[str, Any]:
+    services.get(ctx, session, app_id)
+    return {"events": [event_view(e) for e in repo.events(session, app_id)]}
+
+
+@router.post("/apps/{app_id}/kill", tags=["apps"])
+def kill_app(request: Request, ctx: Ctx, session: Db, user: User, app_id: str) -> dict[str, Any]:
+    app = services.kill(ctx, session, app_id, soft=False)
+    request.app.state.scheduler.wake()
+    return app_view(app, ctx.settings.url)
+
+
+@router.post("/apps/{app_id}/softkill", tags=["apps"])
+def softkill_app(
+    request: Request, ctx: Ctx, session: Db, user: User, app_id: str
+) -> dict[str, Any]:
+    app = services.kill(ctx, session, app_id, soft=True)
+    request.app.state.scheduler.wake()
+    return app_view(app, ctx.settings.url)
+
+
+@router.get("/apps/{app_id}/logs", tags=["apps"], response_model=None)
+def get_logs(
+    ctx: Ctx,
+    session: Db,
+    app_id: str,
+    container: Annotated[int, Query(ge=0)] = 0,
+    stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
+    offset: Annotated[int, Query(ge=0)] = 0,
+    length: Annotated[int, Query(ge=1, le=16 * 1024 * 1024)] = 1024 * 1024,
+    follow: bool = False,
+) -> Response:
+    app = services.get(ctx, session, app_id)
+    if follow:
+        services.read_log(ctx, session, app, container, stream, 0, 1)  # validates the request
+        return StreamingResponse(
+            services.follow_log(ctx, app_id, container, stream, offset),
+            media_type="text/plain; charset=utf-8",
+        )
+    chunk = services.read_log(ctx, session, app, container, stream, offset, length)
+    return Response(
+        content=chunk.data,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Dlapp-Next-Offset": str(chunk.next_offset),
+            "X-Dlapp-Complete": "true" if chunk.complete else "false",
+        },
+    )
+
+
+@router.get("/cluster", tags=["cluster"])
+def get_cluster(ctx: Ctx, session: Db) -> dict[str, Any]:
+    return services.cluster(ctx, session)

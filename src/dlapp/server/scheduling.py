@@ -1,0 +1,295 @@
+"""The scheduling cycle: reconcile what happened, then admit what fits.
+
+One cycle, as a recipe:
+  1. take the executor's reports and record them (containers started, exited, lost);
+  2. finish apps whose containers have all ended, and end the gang of any that failed;
+  3. take the queue heads and an immutable snapshot of capacity and usage;
+  4. decide (pure policy);
+  5. apply: start admitted apps, write each waiting app's reason and place in line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from dlapp.errors import DlappError
+from dlapp.executor import Report
+from dlapp.scheduler import Admit, AppHead, NodeView, Resources, Snapshot, Wait, decide
+from dlapp.server.context import Context
+from dlapp.spec import AppSpec
+from dlapp.status import AppState, ContainerState, FinalStatus
+from dlapp.store import repo
+from dlapp.store.models import App, Container
+from dlapp.supervisor import ContainerPlan
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self.cycles = 0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._run, name="dlapp-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.cycle()
+            except Exception:
+                logger.exception("scheduling cycle failed")
+            self._wake.wait(self.ctx.settings.schedule_interval_s)
+            self._wake.clear()
+
+    def cycle(self) -> None:
+        with self.ctx.sessions() as session:
+            # 1-2. reconcile
+            for report in self.ctx.executor.poll():
+                self._record(session, report)
+            session.commit()
+            self._finish_ended(session)
+            session.commit()
+            # 3. heads and snapshot
+            pending = repo.pending_apps(session)
+            if pending:
+                heads = [_head(a) for a in pending]
+                snapshot = self._snapshot(session)
+                # 4. decide
+                decisions = decide(heads, snapshot)
+                # 5. apply
+                by_id = {a.id: a for a in pending}
+                for d in decisions:
+                    if isinstance(d, Admit):
+                        self._admit(session, by_id[d.app_id], d, snapshot)
+                    elif isinstance(d, Wait):
+                        reason = (
+                            f"{d.reason} (position {d.position} in queue {by_id[d.app_id].queue})"
+                        )
+                        if by_id[d.app_id].pending_reason != reason:
+                            by_id[d.app_id].pending_reason = reason
+                session.commit()
+        self.cycles += 1
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """RUNNING apps this executor does not hold (a restart) go back to their queue."""
+        with self.ctx.sessions() as session:
+            now = self.ctx.clock()
+            for app in repo.running_apps(session):
+                if self.ctx.executor.holds(app.id):
+                    continue
+                for c in repo.current_containers(session, app):
+                    if not ContainerState(c.state).is_terminal():
+                        repo.update_container(
+                            session,
+                            c,
+                            now,
+                            state=ContainerState.LOST.value,
+                            end_time=now,
+                            diagnostics="lost when the server restarted",
+                        )
+                if app.kill_requested:
+                    repo.transition(
+                        session, app, AppState.FINISHED, "killed", now, FinalStatus.KILLED
+                    )
+                else:
+                    repo.transition(
+                        session,
+                        app,
+                        AppState.ACCEPTED,
+                        "requeued: its containers were lost when the server restarted",
+                        now,
+                    )
+            session.commit()
+
+    # -- reconcile ------------------------------------------------------------------------------
+
+    def _record(self, session: Session, report: Report) -> None:
+        app = session.get(App, report.app_id)
+        if app is None or app.attempt != report.attempt:
+            return
+        now = self.ctx.clock()
+        c = repo.get_container(session, app, report.index)
+        if report.kind == "started":
+            if report.diagnostics:
+                repo.add_event(
+                    session,
+                    app.id,
+                    "container",
+                    f"container {c.index} could not start: {report.diagnostics}",
+                    now,
+                )
+                return
+            info = report.info
+            repo.update_container(
+                session,
+                c,
+                now,
+                state=ContainerState.RUNNING.value,
+                node_name=str(info.get("node_name", c.node_name)),
+                gpu_ids=",".join(str(g) for g in info.get("gpu_ids", [])),
+                pid=info.get("pid"),
+                start_time=float(info.get("start_time", now)),
+            )
+        elif report.kind == "exited" and report.result is not None:
+            r = report.result
+            repo.update_container(
+                session,
+                c,
+                now,
+                state=ContainerState.EXITED.value,
+                exit_code=r.exit_code,
+                end_time=r.end_time,
+                log_location=r.log_location,
+                diagnostics=r.diagnostics,
+            )
+        else:
+            repo.update_container(
+                session,
+                c,
+                now,
+                state=ContainerState.LOST.value,
+                end_time=now,
+                diagnostics=report.diagnostics or "lost",
+            )
+
+    def _finish_ended(self, session: Session) -> None:
+        now = self.ctx.clock()
+        for app in repo.running_apps(session):
+            containers = repo.current_containers(session, app)
+            failed = [c for c in containers if _failed(c)]
+            if all(ContainerState(c.state).is_terminal() for c in containers):
+                final, reason = _outcome(app, containers)
+                repo.transition(session, app, AppState.FINISHED, reason, now, final)
+            elif failed and not app.kill_requested:
+                # gang: one container failing ends the others
+                app.kill_requested = "gang"
+                why = failed[0].diagnostics or f"exited with code {failed[0].exit_code}"
+                repo.add_event(
+                    session,
+                    app.id,
+                    "info",
+                    f"container {failed[0].index} failed ({why}); stopping the others",
+                    now,
+                )
+                self.ctx.executor.stop(app.id, 0.0)
+
+    # -- admit ----------------------------------------------------------------------------------
+
+    def _snapshot(self, session: Session) -> Snapshot:
+        used: dict[str, Resources] = {}
+        for app, c in repo.allocations(session):
+            used[c.node_id] = used.get(c.node_id, Resources()) + Resources(
+                app.cpus, app.memory_mb, app.gpus
+            )
+        views = []
+        for n in self.ctx.nodes():
+            if not n.alive:
+                continue
+            free = n.total - used.get(n.node_id, Resources())
+            views.append(NodeView(n.node_id, n.name, n.total, _clamp(free)))
+        return Snapshot(tuple(views))
+
+    def _admit(self, session: Session, app: App, admit: Admit, snapshot: Snapshot) -> None:
+        now = self.ctx.clock()
+        spec = repo.app_spec(app)
+        app.attempt += 1
+        names = {n.node_id: n.name for n in snapshot.nodes}
+        repo.add_containers(session, app, [(n, names.get(n, n)) for n in admit.nodes])
+        repo.transition(
+            session,
+            app,
+            AppState.RUNNING,
+            f"admitted on {', '.join(names.get(n, n) for n in admit.nodes)}",
+            now,
+        )
+        session.commit()
+        plans = _plans(self.ctx, app, spec)
+        try:
+            self.ctx.executor.start(
+                plans, admit.nodes, Resources(app.cpus, app.memory_mb, app.gpus)
+            )
+        except (DlappError, OSError, ValueError) as exc:
+            logger.exception("could not start %s", app.id)
+            for c in repo.current_containers(session, app):
+                repo.update_container(
+                    session, c, now, state=ContainerState.LOST.value, diagnostics=str(exc)
+                )
+            repo.transition(
+                session, app, AppState.FINISHED, f"could not start: {exc}", now, FinalStatus.FAILED
+            )
+
+
+def _plans(ctx: Context, app: App, spec: AppSpec) -> list[ContainerPlan]:
+    s = ctx.settings
+    return [
+        ContainerPlan(
+            app_id=app.id,
+            attempt=app.attempt,
+            index=i,
+            num_containers=app.num_containers,
+            spec=spec.to_dict(),
+            workspace_tarball=app.workspace,
+            artifact_root=str(s.artifacts),
+            work_root=str(s.work),
+            max_files=s.workspace_max_files,
+            max_bytes=s.workspace_max_mb * 1024 * 1024,
+        )
+        for i in range(app.num_containers)
+    ]
+
+
+def _head(app: App) -> AppHead:
+    return AppHead(
+        app_id=app.id,
+        user=app.user,
+        queue=app.queue,
+        seq=app.seq,
+        request=Resources(app.cpus, app.memory_mb, app.gpus),
+        num_containers=app.num_containers,
+    )
+
+
+def _clamp(r: Resources) -> Resources:
+    return Resources(max(r.cpus, 0.0), max(r.memory_mb, 0), max(r.gpus, 0))
+
+
+def _failed(c: Container) -> bool:
+    return ContainerState(c.state) is ContainerState.LOST or (
+        c.state == ContainerState.EXITED.value and c.exit_code != 0
+    )
+
+
+def _outcome(app: App, containers: Sequence[Container]) -> tuple[FinalStatus, str]:
+    if app.kill_requested in ("kill", "softkill"):
+        return FinalStatus.KILLED, f"{app.kill_requested}ed by request"
+    failed = [c for c in containers if _failed(c)]
+    if not failed:
+        return FinalStatus.SUCCEEDED, "all containers exited with code 0"
+    first = min(failed, key=lambda c: (c.end_time or 0, c.index))
+    why = first.diagnostics or f"exited with code {first.exit_code}"
+    return FinalStatus.FAILED, f"container {first.index} {why}" if not why.startswith(
+        "container"
+    ) else why

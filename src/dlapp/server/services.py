@@ -1,0 +1,196 @@
+"""Use cases behind the routes: submit, look, kill, read logs, see the cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from dlapp import staging, workspace
+from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
+from dlapp.scheduler import NodeView, Resources, check_feasible
+from dlapp.server.context import Context
+from dlapp.server.views import app_view
+from dlapp.spec import AppSpec
+from dlapp.status import AppState, ContainerState, FinalStatus
+from dlapp.store import repo
+from dlapp.store.models import App
+from dlapp.supervisor import STREAMS, log_dir
+
+MB = 1024 * 1024
+
+
+def _limits(ctx: Context) -> workspace.WorkspaceLimits:
+    s = ctx.settings
+    return workspace.WorkspaceLimits(
+        max_bytes=s.workspace_max_mb * MB, max_files=s.workspace_max_files
+    )
+
+
+def node_views(ctx: Context) -> list[NodeView]:
+    return [NodeView(n.node_id, n.name, n.total, n.total) for n in ctx.nodes() if n.alive]
+
+
+def submit(
+    ctx: Context, session: Session, user: str, spec: AppSpec, upload: Path
+) -> dict[str, Any]:
+    """Check everything that can be checked now, then store the app as ACCEPTED."""
+    # 1. refuse what could never run, before anything is kept
+    if upload.stat().st_size > ctx.settings.max_upload_mb * MB:
+        raise PayloadTooLarge(f"the workspace tarball is over {ctx.settings.max_upload_mb} MiB")
+    r = spec.resources
+    check_feasible(Resources(r.cpus, r.memory_mb, r.gpus), spec.num_containers, node_views(ctx))
+    staging.check_urls(spec)
+    staging.check_outputs_writable(spec)
+    workspace.inspect_tarball(upload, _limits(ctx))
+    # 2. keep the tarball under the app's id and record the app, as one step
+    now = ctx.clock()
+    app_id, seq = repo.next_app_id(session, now)
+    dest = ctx.settings.artifacts / "workspaces" / f"{app_id}.tar.gz"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    shutil.copyfile(upload, tmp)
+    try:
+        app = repo.add_app(
+            session, repo.NewApp(user=user, spec=spec, workspace=str(dest)), now, app_id, seq
+        )
+        os.replace(tmp, dest)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        tmp.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)
+        raise
+    return app_view(app, ctx.settings.url)
+
+
+def get(ctx: Context, session: Session, app_id: str) -> App:
+    return repo.get_app(session, app_id)
+
+
+def kill(ctx: Context, session: Session, app_id: str, soft: bool) -> App:
+    """Kill now, or softkill: SIGTERM, the grace period, then SIGKILL."""
+    app = repo.get_app(session, app_id)
+    state = AppState(app.state)
+    word = "softkill" if soft else "kill"
+    now = ctx.clock()
+    if state.is_terminal():
+        raise ConflictError(f"{app_id} already finished ({app.final_status})")
+    if state is AppState.ACCEPTED:
+        repo.transition(
+            session, app, AppState.FINISHED, f"{word}ed while queued", now, FinalStatus.KILLED
+        )
+    else:
+        grace = ctx.settings.softkill_grace_s if soft else 0.0
+        app.kill_requested = word
+        repo.add_event(session, app.id, "info", f"{word} requested (grace {grace:g}s)", now)
+        ctx.executor.stop(app.id, grace)
+    session.commit()
+    return app
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    data: bytes
+    next_offset: int
+    complete: bool  # the container has ended and everything was read
+
+
+def read_log(
+    ctx: Context, session: Session, app: App, index: int, stream: str, offset: int, length: int
+) -> LogChunk:
+    if stream not in STREAMS:
+        raise NotFoundError(f"no log stream {stream!r}; use one of {', '.join(STREAMS)}")
+    if not 0 <= index < app.num_containers:
+        raise NotFoundError(f"{app.id} has containers 0..{app.num_containers - 1}, not {index}")
+    containers = {c.index: c for c in repo.current_containers(session, app)}
+    container = containers.get(index)
+    ended = AppState(app.state).is_terminal() or (
+        container is not None and ContainerState(container.state).is_terminal()
+    )
+    data: bytes | None = None
+    if not ended:
+        data = ctx.executor.read_log(app.id, index, stream, offset, length)
+    if data is None:
+        kept = log_dir(str(ctx.settings.artifacts), app.id, app.attempt, index) / stream
+        data = _read_file(kept, offset, length)
+    complete = ended and len(data) < length
+    return LogChunk(data, offset + len(data), complete)
+
+
+def _read_file(path: Path, offset: int, length: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    except FileNotFoundError:
+        return b""
+
+
+def follow_log(
+    ctx: Context, app_id: str, index: int, stream: str, offset: int, poll_s: float = 0.3
+) -> Iterator[bytes]:
+    """Yield log bytes as they appear until the container has ended and all was read."""
+    import time
+
+    while True:
+        with ctx.sessions() as session:
+            app = repo.get_app(session, app_id)
+            chunk = read_log(ctx, session, app, index, stream, offset, 256 * 1024)
+        if chunk.data:
+            yield chunk.data
+            offset = chunk.next_offset
+        if chunk.complete:
+            return
+        if not chunk.data:
+            time.sleep(poll_s)
+
+
+def cluster(ctx: Context, session: Session) -> dict[str, Any]:
+    """Every node with its resources, and each GPU: free, or the app and user holding it."""
+    held: dict[str, dict[str, dict[str, str]]] = {}
+    used: dict[str, Resources] = {}
+    for app, c in repo.allocations(session):
+        used[c.node_id] = used.get(c.node_id, Resources()) + Resources(
+            app.cpus, app.memory_mb, app.gpus
+        )
+        for gpu in filter(None, c.gpu_ids.split(",")):
+            held.setdefault(c.node_id, {})[gpu] = {
+                "app_id": app.id,
+                "user": app.user,
+                "container": str(c.index),
+            }
+    nodes = []
+    for n in ctx.nodes():
+        u = used.get(n.node_id, Resources())
+        nodes.append(
+            {
+                "node_id": n.node_id,
+                "name": n.name,
+                "alive": n.alive,
+                "total": _res(n.total),
+                "used": _res(u),
+                "free": _res(n.total - u),
+                "gpus": [
+                    {"id": g, **held.get(n.node_id, {}).get(g, {"app_id": None, "user": None})}
+                    for g in n.gpu_ids
+                ],
+            }
+        )
+    return {
+        "nodes": nodes,
+        "apps": {
+            s.value: len(repo.list_apps(session, states=[s], limit=100_000))
+            for s in (AppState.ACCEPTED, AppState.RUNNING)
+        },
+    }
+
+
+def _res(r: Resources) -> dict[str, float | int]:
+    return {"cpus": r.cpus, "memory_mb": r.memory_mb, "gpus": r.gpus}

@@ -1,0 +1,439 @@
+"""The app spec: dlapp's native YAML and the reference system's ``dl_app.properties``.
+
+An ``AppSpec`` is validated when built and round-trips: ``AppSpec.from_dict(spec.to_dict())``
+equals ``spec``. Unknown keys are refused with the list of valid ones. The user is never a spec
+field: it is whoever the server authenticated.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dlapp.errors import SpecError
+
+RUNTIMES = ("process", "docker", "podman")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,127}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_MEM_UNITS_MB = {"": 1.0 / 1024 / 1024, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
+_DUR_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+RESERVED_ENV = ("DLAPP_APP_ID", "CONTAINER_INDEX", "NUM_CONTAINERS", "CUDA_VISIBLE_DEVICES")
+
+
+def parse_memory_mb(value: object) -> int:
+    """'4G' -> 4096, '512M' -> 512, '1.5G' -> 1536; a bare number is MiB."""
+    if isinstance(value, bool):
+        raise ValueError(f"memory must be a size like '4G' or '512M', not {value!r}")
+    if isinstance(value, int | float):
+        mb = float(value)
+    else:
+        m = _MEM_RE.match(str(value))
+        if not m:
+            raise ValueError(f"memory must be a size like '4G' or '512M', not {value!r}")
+        unit = m.group(2).upper() or "M"
+        mb = float(m.group(1)) * _MEM_UNITS_MB[unit]
+    if mb < 1:
+        raise ValueError(f"memory must be at least 1M, not {value!r}")
+    return round(mb)
+
+
+def format_memory(mb: int) -> str:
+    return f"{mb // 1024}G" if mb % 1024 == 0 else f"{mb}M"
+
+
+def parse_duration_s(value: object) -> int:
+    """'30m' -> 1800, '2h' -> 7200, 90 -> 90 (seconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"a duration looks like '90s', '30m' or '2h', not {value!r}")
+    m = _DUR_RE.match(str(value))
+    if not m:
+        raise ValueError(f"a duration looks like '90s', '30m' or '2h', not {value!r}")
+    seconds = round(float(m.group(1)) * _DUR_UNITS_S[m.group(2).lower()])
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, not {value!r}")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Resources(_Strict):
+    """Per-container request."""
+
+    cpus: float = Field(default=1.0, gt=0, le=1024)
+    memory_mb: int = Field(default=2048, ge=1, alias="memory")
+    gpus: int = Field(default=0, ge=0, le=64)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("memory_mb", mode="before")
+    @classmethod
+    def _memory(cls, v: object) -> int:
+        return parse_memory_mb(v)
+
+
+class DataBinding(_Strict):
+    """A storage URL bound to a path inside the workspace."""
+
+    url: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    overwrite: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if p.is_absolute() or ".." in p.parts or "\x00" in v:
+            raise ValueError(f"path {v!r} must be relative to the workspace, without '..'")
+        return str(p)
+
+    @property
+    def scheme(self) -> str:
+        return url_scheme(self.url)
+
+
+class Workspace(_Strict):
+    path: str = "."
+    exclude: tuple[str, ...] = ()
+
+
+class Entry(_Strict):
+    script: str = Field(min_length=1)
+    args: tuple[str, ...] = ()
+
+    @field_validator("script")
+    @classmethod
+    def _script(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if p.is_absolute() or ".." in p.parts:
+            raise ValueError(f"script {v!r} must be a path inside the workspace")
+        return v
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(shlex.split(v))
+        if isinstance(v, list | tuple):
+            return tuple(str(a) for a in v)
+        return v
+
+
+class AppSpec(_Strict):
+    name: str
+    queue: str = "default"
+    image: str | None = None
+    runtime: Literal["process", "docker", "podman"] = "process"
+    workspace: Workspace = Workspace()
+    entry: Entry
+    resources: Resources = Resources()
+    num_containers: int = Field(default=1, ge=1, le=1024)
+    env: dict[str, str] = Field(default_factory=dict)
+    inputs: tuple[DataBinding, ...] = ()
+    outputs: tuple[DataBinding, ...] = ()
+    max_runtime_s: int | None = Field(default=None, alias="max_runtime")
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                f"name {v!r} must be 1-128 characters: letters, digits, spaces and ._:@+-"
+            )
+        return v
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str) -> str:
+        if not _QUEUE_RE.match(v):
+            raise ValueError(f"queue {v!r} must look like 'default' or 'root.team.sub'")
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: object) -> object:
+        if not isinstance(v, Mapping):
+            return v
+        out: dict[str, str] = {}
+        for key, value in v.items():
+            k = str(key)
+            if not _ENV_RE.match(k):
+                raise ValueError(f"env name {k!r} is not a valid variable name")
+            if k in RESERVED_ENV:
+                raise ValueError(f"env name {k!r} is set by dlapp and cannot be overridden")
+            if isinstance(value, dict | list):
+                raise ValueError(f"env {k} must be a string, not {type(value).__name__}")
+            out[k] = (
+                ""
+                if value is None
+                else str(value).lower()
+                if isinstance(value, bool)
+                else str(value)
+            )
+        return out
+
+    @field_validator("max_runtime_s", mode="before")
+    @classmethod
+    def _max_runtime(cls, v: object) -> int | None:
+        return None if v is None else parse_duration_s(v)
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_outputs(cls, v: tuple[DataBinding, ...]) -> tuple[DataBinding, ...]:
+        urls = [b.url for b in v]
+        if len(set(urls)) != len(urls):
+            raise ValueError("two outputs write to the same url")
+        return v
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> AppSpec:
+        """Validate a native-format dict; relative local paths resolve against ``base_dir``."""
+        if not isinstance(data, Mapping):
+            raise SpecError("the spec must be a mapping of keys to values")
+        try:
+            spec = cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise SpecError(_describe(exc)) from None
+        return spec.resolved(base_dir) if base_dir is not None else spec
+
+    @classmethod
+    def from_yaml(cls, text: str, base_dir: Path | None = None) -> AppSpec:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"not valid YAML: {exc}") from None
+        return cls.from_dict(data if data is not None else {}, base_dir)
+
+    @classmethod
+    def from_properties(cls, text: str, base_dir: Path | None = None) -> AppSpec:
+        return cls.from_dict(properties_to_dict(text), base_dir)
+
+    @classmethod
+    def from_file(cls, path: Path) -> AppSpec:
+        """Read a ``.properties`` or YAML spec; relative paths are relative to the file."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+        base = path.resolve().parent
+        if path.suffix in (".properties", ".ini"):
+            return cls.from_properties(text, base)
+        return cls.from_yaml(text, base)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The native YAML form; ``from_dict(to_dict())`` gives back an equal spec."""
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "image": self.image,
+            "runtime": self.runtime,
+            "workspace": {"path": self.workspace.path, "exclude": list(self.workspace.exclude)},
+            "entry": {"script": self.entry.script, "args": list(self.entry.args)},
+            "resources": {
+                "cpus": self.resources.cpus,
+                "memory": format_memory(self.resources.memory_mb),
+                "gpus": self.resources.gpus,
+            },
+            "num_containers": self.num_containers,
+            "env": dict(self.env),
+            "inputs": [{"url": b.url, "path": b.path} for b in self.inputs],
+            "outputs": [
+                {"url": b.url, "path": b.path, "overwrite": b.overwrite} for b in self.outputs
+            ],
+            "max_runtime": self.max_runtime_s,
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def resolved(self, base_dir: Path) -> AppSpec:
+        """Make the workspace path and local data URLs absolute (relative to ``base_dir``)."""
+
+        def local(url: str) -> str:
+            if url_scheme(url) != "file":
+                return url
+            path = Path(urlparse(url).path if url.startswith("file:") else url)
+            return "file://" + str((base_dir / path).resolve())
+
+        ws = Path(self.workspace.path)
+        workspace = self.workspace.model_copy(update={"path": str((base_dir / ws).resolve())})
+        inputs = tuple(b.model_copy(update={"url": local(b.url)}) for b in self.inputs)
+        outputs = tuple(b.model_copy(update={"url": local(b.url)}) for b in self.outputs)
+        return self.model_copy(
+            update={"workspace": workspace, "inputs": inputs, "outputs": outputs}
+        )
+
+
+def url_scheme(url: str) -> str:
+    """'file' for local paths and file:// URLs, else the URL's scheme ('hdfs', 's3', ...)."""
+    scheme = urlparse(url).scheme
+    return "file" if scheme in ("", "file") else scheme.lower()
+
+
+# -- the reference format ---------------------------------------------------------------------
+
+# [application] key -> native key (None: accepted and ignored, with the reason in IGNORED)
+_APP_KEYS: dict[str, str | None] = {
+    "appname": "name",
+    "name": "name",
+    "queue": "queue",
+    "docker_image": "image",
+    "image": "image",
+    "runtime": "runtime",
+    "user_dev_workspace_path": "workspace.path",
+    "exclude": "workspace.exclude",
+    "user_shell_script": "entry.script",
+    "user_shell_args": "entry.args",
+    "cpus": "resources.cpus",
+    "memory": "resources.memory",
+    "gpus": "resources.gpus",
+    "num_containers": "num_containers",
+    "max_runtime": "max_runtime",
+    "username": None,  # the user is the authenticated caller, never a spec field
+}
+_INPUT_KEYS = {"hdfs": "url", "url": "url", "input_path": "path"}
+_OUTPUT_KEYS = {"hdfs": "url", "url": "url", "output_path": "path", "overwrite": "overwrite"}
+_SECTIONS = ("application", "env", "from_hdfs", "to_hdfs")
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _hdfs_url(value: str) -> str:
+    """``/user/tony/x/*`` in a ``hdfs=`` key means HDFS; a relative path stays local."""
+    if "://" in value or not value.startswith("/"):
+        return value
+    return "hdfs://" + value
+
+
+def properties_to_dict(text: str) -> dict[str, Any]:
+    """Translate a reference ``dl_app.properties`` into the native dict form."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        raise SpecError(f"not a valid properties file: {exc.message}") from None
+    problems: list[str] = []
+    unknown_sections = [s for s in parser.sections() if s.split(".")[0] not in _SECTIONS]
+    if unknown_sections:
+        problems.append(f"unknown section(s) {unknown_sections}; valid sections: {list(_SECTIONS)}")
+    if not parser.has_section("application"):
+        problems.append("missing the [application] section")
+    out: dict[str, Any] = {}
+    if parser.has_section("application"):
+        for key, raw in parser.items("application"):
+            target = _APP_KEYS.get(key.lower(), "?")
+            if target == "?":
+                problems.append(
+                    f"unknown key {key!r} in [application]; valid keys: {sorted(_APP_KEYS)}"
+                )
+                continue
+            if target is None:
+                continue
+            value: Any = _unquote(raw)
+            if target in ("workspace.exclude",):
+                value = shlex.split(value)
+            _set_dotted(out, target, value)
+    if parser.has_section("env"):
+        out["env"] = {k: _unquote(v) for k, v in parser.items("env")}
+    for prefix, keys, dest in (
+        ("from_hdfs", _INPUT_KEYS, "inputs"),
+        ("to_hdfs", _OUTPUT_KEYS, "outputs"),
+    ):
+        for section in sorted(s for s in parser.sections() if s.split(".")[0] == prefix):
+            binding: dict[str, Any] = {}
+            for key, raw in parser.items(section):
+                target = keys.get(key.lower())
+                if target is None:
+                    problems.append(
+                        f"unknown key {key!r} in [{section}]; valid keys: {sorted(keys)}"
+                    )
+                    continue
+                value = _unquote(raw)
+                if target == "url":
+                    value = _hdfs_url(value)
+                elif target == "overwrite":
+                    value = _parse_bool(value, f"[{section}] overwrite", problems)
+                binding[target] = value
+            out.setdefault(dest, []).append(binding)
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def _parse_bool(value: str, what: str, problems: list[str]) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    problems.append(f"{what} must be true or false, not {value!r}")
+    return False
+
+
+def _set_dotted(out: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        _set_dotted(out.setdefault(head, {}), rest, value)
+    else:
+        out[head] = value
+
+
+# -- error messages ---------------------------------------------------------------------------
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return sorted((f.alias or name) for name, f in model.model_fields.items())
+
+
+_MODELS_AT: dict[str, type[BaseModel]] = {
+    "": AppSpec,
+    "resources": Resources,
+    "workspace": Workspace,
+    "entry": Entry,
+    "inputs": DataBinding,
+    "outputs": DataBinding,
+}
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            parent = next((p for p in loc[:-1] if not p.isdigit()), "")
+            model = _MODELS_AT.get(parent, AppSpec)
+            section = f" in {parent}" if parent else ""
+            problems.append(
+                f"unknown key {loc[-1]!r}{section}; valid keys: {', '.join(_valid_keys(model))}"
+            )
+        elif err["type"] == "missing":
+            problems.append(f"{where} is required")
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}" if where else msg)
+    return problems

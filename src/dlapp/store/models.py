@@ -1,0 +1,76 @@
+"""Tables: apps, containers (one row per container per attempt), events, meta."""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class App(Base):
+    __tablename__ = "apps"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    user: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(256), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    final_status: Mapped[str] = mapped_column(String(16))
+    diagnostics: Mapped[str] = mapped_column(Text, default="")
+    pending_reason: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[str] = mapped_column(Text)  # JSON of AppSpec.to_dict()
+    num_containers: Mapped[int] = mapped_column(Integer)
+    cpus: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer)
+    workspace: Mapped[str] = mapped_column(Text)  # tarball location in the artifact store
+    kill_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    submit_time: Mapped[float] = mapped_column(Float)
+    start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finish_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    containers: Mapped[list[Container]] = relationship(
+        back_populates="app", order_by="(Container.attempt, Container.index)", lazy="selectin"
+    )
+
+
+class Container(Base):
+    __tablename__ = "containers"
+    __table_args__ = (Index("ix_containers_app_attempt", "app_id", "attempt", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    node_id: Mapped[str] = mapped_column(String(128))
+    node_name: Mapped[str] = mapped_column(String(256), default="")
+    gpu_ids: Mapped[str] = mapped_column(String(256), default="")  # "0,1"
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    log_location: Mapped[str | None] = mapped_column(Text, nullable=True)
+    diagnostics: Mapped[str] = mapped_column(Text, default="")
+
+    app: Mapped[App] = relationship(back_populates="containers")
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    time: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))  # state | container | staging | info
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")

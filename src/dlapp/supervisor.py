@@ -1,0 +1,213 @@
+"""What runs on the node for one container: stage in, run, stage out, keep the logs.
+
+``Supervisor`` is a plain class; the Ray executor runs it as a detached, named actor
+(``dlapp:<app_id>:<index>``) that holds the container's CPUs, memory and GPUs. It fate-shares
+with its container: the runtime's guard kills the process tree if the supervisor dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlapp import staging, workspace
+from dlapp.errors import DlappError
+from dlapp.runtime import LaunchRequest, Running, get_runtime
+from dlapp.spec import AppSpec
+
+logger = logging.getLogger(__name__)
+STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything one supervisor needs, decided by the server."""
+
+    app_id: str
+    attempt: int
+    index: int
+    num_containers: int
+    spec: dict[str, Any]  # AppSpec.to_dict()
+    workspace_tarball: str  # path in the artifact store
+    artifact_root: str
+    work_root: str
+    max_files: int = 100_000
+    max_bytes: int = 4 * 1024**3
+    node_name: str = field(default_factory=socket.gethostname)
+
+    @property
+    def actor_name(self) -> str:
+        return f"dlapp:{self.app_id}:{self.index}"
+
+
+@dataclass(frozen=True)
+class ContainerResult:
+    exit_code: int | None
+    diagnostics: str
+    log_location: str | None
+    end_time: float
+    killed: bool = False
+
+
+class Supervisor:
+    def __init__(self, plan: ContainerPlan) -> None:
+        self.plan = plan
+        self.spec = AppSpec.from_dict(plan.spec)
+        self.root = Path(plan.work_root) / plan.app_id / str(plan.attempt) / str(plan.index)
+        self.workdir = self.root / "workspace"
+        self.logs = self.root / "logs"
+        self._running: Running | None = None
+        self._stop_grace: float | None = None
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+        self._start_error: str | None = None
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self, gpu_ids: list[str], node_name: str) -> dict[str, Any]:
+        """Stage in and launch; returns where and how it runs. Raises with the reason on failure."""
+        try:
+            return self._start(gpu_ids, node_name)
+        except BaseException as exc:
+            self._start_error = str(exc) if isinstance(exc, DlappError) else repr(exc)
+            raise
+        finally:
+            self._started.set()
+
+    def _start(self, gpu_ids: list[str], node_name: str) -> dict[str, Any]:
+        plan, spec = self.plan, self.spec
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.logs.mkdir(parents=True)
+        for stream in STREAMS:
+            (self.logs / stream).touch()
+        workspace.extract_workspace(
+            Path(plan.workspace_tarball),
+            self.workdir,
+            workspace.WorkspaceLimits(max_bytes=plan.max_bytes, max_files=plan.max_files),
+        )
+        staging.stage_in(spec.inputs, self.workdir, self._note)
+        env = {
+            **spec.env,
+            "DLAPP_APP_ID": plan.app_id,
+            "CONTAINER_INDEX": str(plan.index),
+            "NUM_CONTAINERS": str(plan.num_containers),
+            "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
+            "DLAPP_WORKSPACE": str(self.workdir),
+        }
+        request = LaunchRequest(
+            app_id=plan.app_id,
+            index=plan.index,
+            workdir=self.workdir,
+            script=spec.entry.script,
+            args=tuple(spec.entry.args),
+            env=env,
+            stdout=self.logs / "stdout",
+            stderr=self.logs / "stderr",
+            image=spec.image,
+        )
+        with self._lock:
+            if self._stop_grace is not None:
+                raise DlappError("stopped before the container started")
+            self._running = get_runtime(spec.runtime).launch(request)
+        return {
+            "node_name": node_name,
+            "gpu_ids": gpu_ids,
+            "pid": self._running.pid,
+            "start_time": time.time(),
+        }
+
+    def wait(self) -> ContainerResult:
+        """Block until the container exits; stage out, keep the logs, clean up."""
+        self._started.wait()
+        if self._running is None:
+            location = self._keep_logs()
+            return ContainerResult(
+                None, self._start_error or "did not start", location, time.time(), self._killed
+            )
+        code: int | None
+        code, diagnostics = self._wait_exit(self._running)
+        if code == 0 and not self._killed:
+            try:
+                staging.stage_out(self.spec.outputs, self.workdir, self._note)
+            except (DlappError, OSError) as exc:
+                code_note = str(exc) if isinstance(exc, DlappError) else repr(exc)
+                diagnostics = f"staging out failed: {code_note}"
+                code = None
+        location = self._keep_logs()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return ContainerResult(code, diagnostics, location, time.time(), self._killed)
+
+    def _wait_exit(self, running: Running) -> tuple[int, str]:
+        limit = self.spec.max_runtime_s
+        code = running.wait(limit)
+        if code is None:  # over its max runtime
+            self._note(f"exceeded max runtime of {limit}s; stopping")
+            code = running.stop(grace=10.0)
+            return code, f"exceeded its max runtime of {limit}s"
+        if self._killed:
+            return code, "killed by request"
+        return code, "" if code == 0 else f"exited with code {code}"
+
+    @property
+    def _killed(self) -> bool:
+        return self._stop_grace is not None
+
+    def stop(self, grace: float) -> None:
+        """Kill (grace 0) or softkill (SIGTERM, ``grace`` seconds, SIGKILL)."""
+        with self._lock:
+            self._stop_grace = grace
+            running = self._running
+        if running is not None:
+            self._note(f"stopping: SIGTERM, then SIGKILL after {grace:g}s" if grace else "killing")
+            running.stop(grace)
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def read_log(self, stream: str, offset: int, length: int) -> bytes:
+        if stream not in STREAMS:
+            raise DlappError(f"unknown log stream {stream!r}; use one of {STREAMS}")
+        path = self.logs / stream
+        try:
+            with path.open("rb") as f:
+                f.seek(max(0, offset))
+                return f.read(max(0, length))
+        except FileNotFoundError:
+            return b""
+
+    def _keep_logs(self) -> str | None:
+        """Copy the logs into the artifact store so they outlive the node."""
+        dest = log_dir(
+            self.plan.artifact_root, self.plan.app_id, self.plan.attempt, self.plan.index
+        )
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for stream in STREAMS:
+                src = self.logs / stream
+                if src.exists():
+                    tmp = dest / f".{stream}.tmp"
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, dest / stream)
+        except OSError:
+            logger.exception("could not keep the logs of %s", self.plan.actor_name)
+            return None
+        return str(dest)
+
+    def _note(self, message: str) -> None:
+        logger.info("%s: %s", self.plan.actor_name, message)
+        try:
+            with (self.logs / "stderr").open("a") as f:
+                f.write(f"[dlapp] {message}\n")
+        except OSError:
+            pass
+
+
+def log_dir(artifact_root: str, app_id: str, attempt: int, index: int) -> Path:
+    return Path(artifact_root) / "logs" / app_id / str(attempt) / str(index)
