@@ -27,6 +27,8 @@ from dlapp.workspace import pack_workspace
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+if not out.is_terminal:  # tables piped to a file or a pager: do not truncate ids
+    out.width = 240
 SHOW_PROGRESS_BYTES = 16 * 1024 * 1024
 
 
@@ -159,7 +161,7 @@ def _status(app_id: str, as_json: bool) -> int:
         out.print(f"Elapsed        : {app['elapsed_s']:.1f}s")
     out.print(f"URL            : {app['url']}")
     if app["containers"]:
-        table = Table("index", "node", "gpu ids", "state", "exit code", "stdout", "stderr")
+        table = Table("index", "node", "gpu ids", "state", "exit code", "diagnostics")
         base = app["url"].split("/api/v1/")[0]
         for c in app["containers"]:
             table.add_row(
@@ -168,10 +170,12 @@ def _status(app_id: str, as_json: bool) -> int:
                 ",".join(c["gpu_ids"]) or "-",
                 c["state"],
                 "-" if c["exit_code"] is None else str(c["exit_code"]),
-                base + c["logs"]["stdout"],
-                base + c["logs"]["stderr"],
+                c["diagnostics"],
             )
         out.print(table)
+        for c in app["containers"]:
+            out.print(f"container {c['index']} stdout: {base + c['logs']['stdout']}")
+            out.print(f"container {c['index']} stderr: {base + c['logs']['stderr']}")
     return 0
 
 

@@ -24,7 +24,7 @@ RUNTIMES = ("process", "docker", "podman")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,127}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B)?)\s*$", re.IGNORECASE)
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _MEM_UNITS_MB = {"": 1.0 / 1024 / 1024, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
 _DUR_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -41,7 +41,7 @@ def parse_memory_mb(value: object) -> int:
         m = _MEM_RE.match(str(value))
         if not m:
             raise ValueError(f"memory must be a size like '4G' or '512M', not {value!r}")
-        unit = m.group(2).upper() or "M"
+        unit = (m.group(2) or "").upper() or ("" if m.group(3) else "M")
         mb = float(m.group(1)) * _MEM_UNITS_MB[unit]
     if mb < 1:
         raise ValueError(f"memory must be at least 1M, not {value!r}")
@@ -90,6 +90,14 @@ class DataBinding(_Strict):
     url: str = Field(min_length=1)
     path: str = Field(min_length=1)
     overwrite: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme == "file" and (parsed.netloc or not parsed.path.startswith("/")):
+            raise ValueError(f"url {v!r}: a file URL is absolute (file:///path); or give a path")
+        return v
 
     @field_validator("path")
     @classmethod
@@ -192,6 +200,13 @@ class AppSpec(_Strict):
     @classmethod
     def _max_runtime(cls, v: object) -> int | None:
         return None if v is None else parse_duration_s(v)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_do_not_overwrite(cls, v: tuple[DataBinding, ...]) -> tuple[DataBinding, ...]:
+        if any(b.overwrite for b in v):
+            raise ValueError("overwrite applies to outputs only")
+        return v
 
     @field_validator("outputs")
     @classmethod
@@ -337,7 +352,12 @@ def properties_to_dict(text: str) -> dict[str, Any]:
     except configparser.Error as exc:
         raise SpecError(f"not a valid properties file: {exc.message}") from None
     problems: list[str] = []
-    unknown_sections = [s for s in parser.sections() if s.split(".")[0] not in _SECTIONS]
+    unknown_sections = [
+        s
+        for s in parser.sections()
+        if s.split(".")[0] not in _SECTIONS
+        or ("." in s and s.split(".")[0] not in ("from_hdfs", "to_hdfs"))
+    ]
     if unknown_sections:
         problems.append(f"unknown section(s) {unknown_sections}; valid sections: {list(_SECTIONS)}")
     if not parser.has_section("application"):

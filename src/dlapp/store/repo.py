@@ -226,4 +226,4 @@ def allocations(session: Session) -> list[tuple[App, Container]]:
         .where(App.state == AppState.RUNNING.value)
         .order_by(App.seq, Container.index)
     )
-    return [(a, c) for a, c in session.execute(q).tuples()]
+    return [(row[0], row[1]) for row in session.execute(q)]

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real dlapp server with an embedded Ray cluster, started once per session.
+
+The server runs as its own process (``dlapp server``, the same code ``dlapp up`` starts), on a
+free port, with 4 CPUs and 2 declared GPUs so that queueing and device IDs can be tried on a
+machine without GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dlapp import embedded
+from dlapp.client import DlappClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_GPUS = 2
+CLUSTER_CPUS = 4
+
+
+@pytest.fixture(scope="session")
+def server_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("dlapp-home")
+    (home / "server.yaml").write_text(yaml.safe_dump({"softkill_grace_s": 4.0}))
+    info, started = embedded.up(home, gpus=CLUSTER_GPUS, cpus=CLUSTER_CPUS)
+    assert started
+    yield home
+    embedded.down(home)
+
+
+@pytest.fixture(scope="session")
+def server_url(server_home: Path) -> str:
+    info = embedded.running(server_home)
+    assert info is not None, (server_home / "server.log").read_text()[-3000:]
+    return info.url
+
+
+@pytest.fixture
+def client(server_url: str) -> Iterator[DlappClient]:
+    with DlappClient(server_url, user="alice") as c:
+        yield c
+
+
+@pytest.fixture
+def use_server(server_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the CLI at the test server."""
+    monkeypatch.setenv("DLAPP_SERVER", server_url)
+    monkeypatch.setenv("DLAPP_USER", "alice")
+    return server_url
+
+
+AppFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> AppFactory:
+    """Write a workspace with ``script`` as run.sh and an app.yaml; returns the spec path."""
+
+    def factory(script: str, name: str = "t", **spec: Any) -> Path:
+        ws = tmp_path / f"ws-{name}"
+        ws.mkdir(exist_ok=True)
+        (ws / "run.sh").write_text(script)
+        data: dict[str, Any] = {
+            "name": name,
+            "entry": {"script": "run.sh"},
+            "workspace": {"path": str(ws)},
+            "resources": {"cpus": 1, "memory": "256M", "gpus": 0},
+        }
+        data.update(spec)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return factory
+
+
+def pack(path: Path, tmp: Path) -> Path:
+    """The workspace tarball the CLI would send."""
+    from dlapp.workspace import pack_workspace
+
+    return pack_workspace(path, tmp / f"{path.name}.tar.gz").path
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs whose environment has ``key=value`` (the process table, read from /proc)."""
+    needle = f"{key}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_running(client: DlappClient, app_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Until every container of the app has started (its process exists)."""
+
+    def started() -> dict[str, Any] | None:
+        app = client.get(app_id)
+        assert app["state"] != "FINISHED", app
+        cs = app["containers"]
+        if app["state"] == "RUNNING" and cs and all(c["state"] == "RUNNING" for c in cs):
+            return app
+        return None
+
+    result: dict[str, Any] = wait_for(started, timeout, f"{app_id} to run")
+    return result
+
+
+def evil_tarball(path: Path, kind: str) -> Path:
+    """A workspace tarball crafted to escape the workspace."""
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        good = tarfile.TarInfo("run.sh")
+        body = b"echo hi\n"
+        good.size = len(body)
+        tar.addfile(good, io.BytesIO(body))
+        if kind == "dotdot":
+            info = tarfile.TarInfo("../../escaped.txt")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+        elif kind == "symlink":
+            link = tarfile.TarInfo("etc")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "/etc"
+            tar.addfile(link)
+    return path
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
