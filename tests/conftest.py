@@ -29,7 +29,7 @@ CLUSTER_CPUS = 4
 def server_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("dlapp-home")
     (home / "server.yaml").write_text(yaml.safe_dump({"softkill_grace_s": 4.0}))
-    info, started = embedded.up(home, gpus=CLUSTER_GPUS, cpus=CLUSTER_CPUS)
+    _, started = embedded.up(home, gpus=CLUSTER_GPUS, cpus=CLUSTER_CPUS)
     assert started
     yield home
     embedded.down(home)

@@ -1,4 +1,4 @@
-"""The CLI through main(argv), against the real test server: launch, status, list, reference names."""
+"""The CLI through main(argv), against the real test server: launch, status, list, old names."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 import re
 
 import pytest
-from conftest import AppFactory, wait_running
 
 from dlapp import cli
 from dlapp.client import DlappClient
+
+from conftest import AppFactory, wait_running
 
 pytestmark = pytest.mark.cluster
 APP_ID = re.compile(r"application_\d{13}_\d{4}")
@@ -73,7 +74,16 @@ def test_status_json_shows_containers_with_node_and_gpu_ids(
     app_id = _launched_id(capsys.readouterr().out)
     assert cli.main(["status", app_id, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    for key in ("id", "name", "user", "queue", "state", "final_status", "start_time", "finish_time"):
+    for key in (
+        "id",
+        "name",
+        "user",
+        "queue",
+        "state",
+        "final_status",
+        "start_time",
+        "finish_time",
+    ):
         assert key in data
     assert data["id"] == app_id and data["user"] == "alice" and data["state"] == "FINISHED"
     (c,) = data["containers"]

@@ -7,11 +7,12 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import AppFactory, pack, processes_with_env, wait_for, wait_running
 
 from dlapp.client import DlappClient
 from dlapp.errors import ConflictError
 from dlapp.spec import AppSpec
+
+from conftest import AppFactory, pack, processes_with_env, wait_for, wait_running
 
 pytestmark = pytest.mark.cluster
 
@@ -43,9 +44,7 @@ def test_kill_ends_the_whole_process_tree(
 def test_softkill_sends_sigterm_before_sigkill(
     client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:
-    script = (
-        "trap 'echo got-TERM; kill $(jobs -p); echo checkpointed; exit 0' TERM\n" + TREE
-    )
+    script = "trap 'echo got-TERM; kill $(jobs -p); echo checkpointed; exit 0' TERM\n" + TREE
     app_id = _start(client, make_app, tmp_path, script, "soft")
     client.softkill(app_id)
     done = client.wait(app_id, timeout_s=30)
@@ -59,7 +58,9 @@ def test_softkill_sends_sigterm_before_sigkill(
 def test_softkill_kills_an_app_that_ignores_sigterm_after_the_grace(
     client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:
-    script = "trap 'echo ignoring-TERM' TERM\nsleep 300 &\necho up\nwhile true; do sleep 0.2; done\n"
+    script = (
+        "trap 'echo ignoring-TERM' TERM\nsleep 300 &\necho up\nwhile true; do sleep 0.2; done\n"
+    )
     app_id = _start(client, make_app, tmp_path, script, "stubborn")
     client.softkill(app_id)
     done = client.wait(app_id, timeout_s=40)

@@ -6,6 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+
+from dlapp.client import DlappClient
+from dlapp.errors import InfeasibleError
+from dlapp.spec import AppSpec
+
 from conftest import (
     CLUSTER_GPUS,
     AppFactory,
@@ -14,10 +19,6 @@ from conftest import (
     wait_for,
     wait_running,
 )
-
-from dlapp.client import DlappClient
-from dlapp.errors import InfeasibleError
-from dlapp.spec import AppSpec
 
 pytestmark = pytest.mark.cluster
 
@@ -29,7 +30,8 @@ def test_app_runs_with_env_inputs_and_outputs(
     (tmp_path / "in" / "numbers.txt").write_text("1 2 3\n")
     out = tmp_path / "out"
     spec_path = make_app(
-        'echo "idx=$CONTAINER_INDEX n=$NUM_CONTAINERS app=$DLAPP_APP_ID gpus=$CUDA_VISIBLE_DEVICES"\n'
+        'echo "idx=$CONTAINER_INDEX n=$NUM_CONTAINERS app=$DLAPP_APP_ID"'
+        ' "gpus=$CUDA_VISIBLE_DEVICES"\n'
         'printf "%s|" "$@"; echo\n'
         "mkdir -p output && wc -w < data/numbers.txt > output/count.txt\n"
         "echo to-stderr >&2\n",
@@ -91,9 +93,7 @@ def test_gang_gets_distinct_gpus_and_later_apps_queue(
         running = wait_running(client, g["id"])
         ids = sorted(i for c in running["containers"] for i in c["gpu_ids"])
         assert ids == sorted({*ids}) and len(ids) == CLUSTER_GPUS
-        held = {
-            g_["id"]: g_["app_id"] for n in client.cluster()["nodes"] for g_ in n["gpus"]
-        }
+        held = {g_["id"]: g_["app_id"] for n in client.cluster()["nodes"] for g_ in n["gpus"]}
         assert all(held[i] == g["id"] for i in ids)
         w = client.submit(waiter, pack(Path(waiter.workspace.path), tmp_path))
         pending = wait_for(
@@ -125,7 +125,8 @@ def test_failed_container_fails_the_app_with_the_reason(
 ) -> None:
     spec = AppSpec.from_file(
         make_app(
-            'if [ "$CONTAINER_INDEX" = 1 ]; then exit 3; fi; sleep 60\n', name="gangfail",
+            'if [ "$CONTAINER_INDEX" = 1 ]; then exit 3; fi; sleep 60\n',
+            name="gangfail",
             num_containers=2,
         )
     )

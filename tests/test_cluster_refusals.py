@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import AppFactory, evil_tarball, pack
 
 from dlapp.client import DlappClient
 from dlapp.errors import DataError, OutputExistsError, WorkspaceError
 from dlapp.spec import AppSpec
+
+from conftest import AppFactory, evil_tarball, pack
 
 pytestmark = pytest.mark.cluster
 
@@ -28,7 +29,9 @@ def test_malicious_tarball_is_refused(
     assert not (tmp_path.parent / "escaped.txt").exists()
 
 
-def test_not_a_tarball_is_refused(client: DlappClient, make_app: AppFactory, tmp_path: Path) -> None:
+def test_not_a_tarball_is_refused(
+    client: DlappClient, make_app: AppFactory, tmp_path: Path
+) -> None:
     spec = AppSpec.from_file(make_app("true\n", name="junk"))
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"this is not gzip")
@@ -104,7 +107,9 @@ def test_unsupported_storage_scheme_is_refused(
         client.submit(spec, pack(Path(spec.workspace.path), tmp_path))
 
 
-def test_missing_input_is_refused(client: DlappClient, make_app: AppFactory, tmp_path: Path) -> None:
+def test_missing_input_is_refused(
+    client: DlappClient, make_app: AppFactory, tmp_path: Path
+) -> None:
     spec = AppSpec.from_file(
         make_app("true\n", name="noinput", inputs=[{"url": str(tmp_path / "nope"), "path": "d"}])
     )

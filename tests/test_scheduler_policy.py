@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from builders import make_app, make_node, make_snapshot
 from dlapp.errors import InfeasibleError
 from dlapp.scheduler import (
     Admit,
@@ -14,6 +13,8 @@ from dlapp.scheduler import (
     decide,
     place_gang,
 )
+
+from builders import make_app, make_node, make_snapshot
 
 # --- Resources -------------------------------------------------------------------------------
 

@@ -80,12 +80,16 @@ def _launch(spec_file: str, wait: bool, follow: bool) -> int:
         f"checking the spec {path}: ok (name {spec.name!r}, queue {spec.queue}, "
         f"{spec.num_containers} container(s) of {r.cpus:g} CPU, {r.memory_mb} MiB, {r.gpus} GPU)"
     )
-    client = _client(autostart=True)
+    if not Path(spec.workspace.path).is_dir():
+        raise DlappError(f"the workspace {spec.workspace.path} is not a directory")
+    with _client(autostart=True) as client:
+        return _submit_and_watch(client, spec, wait, follow)
+
+
+def _submit_and_watch(client: DlappClient, spec: AppSpec, wait: bool, follow: bool) -> int:
     health = client.health()
     out.print(f"checking the server {client.base_url}: dlapp {health.get('version')} ok")
     ws = Path(spec.workspace.path)
-    if not ws.is_dir():
-        raise DlappError(f"the workspace {ws} is not a directory")
     out.print(f"workspace path: {ws}")
     out.print(f"exclude list: {', '.join(spec.workspace.exclude) or '(none)'}")
     with tempfile.TemporaryDirectory(prefix="dlapp-launch-") as tmp:

@@ -21,6 +21,7 @@ import httpx
 from dlapp.errors import DlappError, ServerUnavailable
 
 STATE_FILE = "server.json"
+_spawned: list[subprocess.Popen[bytes]] = []
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,15 @@ def up(
     if cpus is not None:
         cmd += ["--cpus", str(cpus)]
     state_path(home).unlink(missing_ok=True)
-    log = (home / "server.log").open("ab")
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with (home / "server.log").open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _spawned.append(proc)  # a daemon: it outlives this handle, which must not warn when dropped
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -95,8 +95,8 @@ class DataBinding(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         parsed = urlparse(v)
-        if parsed.scheme == "file" and (parsed.netloc or not parsed.path.startswith("/")):
-            raise ValueError(f"url {v!r}: a file URL is absolute (file:///path); or give a path")
+        if parsed.scheme == "file" and (parsed.netloc or not parsed.path):
+            raise ValueError(f"url {v!r}: write a file URL as file:///abs/path, or give a path")
         return v
 
     @field_validator("path")

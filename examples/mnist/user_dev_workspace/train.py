@@ -33,14 +33,14 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, kernel_size=3, padding=1)   # 16 x 8 x 8
-        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, padding=1)  # 32 x 4 x 4
-        self.fc1 = nn.Linear(32 * 2 * 2, 128)
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)   # 32 x 8 x 8
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)  # 64 x 4 x 4
+        self.fc1 = nn.Linear(64 * 2 * 2, 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # -> 16 x 4 x 4
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # -> 32 x 2 x 2
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # -> 32 x 4 x 4
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # -> 64 x 2 x 2
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         return self.fc2(x)
@@ -75,8 +75,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Train LeNet on the 8x8 digits")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

@@ -1,0 +1,119 @@
+"""The server's routes, services and scheduling cycle in-process, over the LocalExecutor.
+
+No Ray here: the executor layer is swapped for the in-process one (real supervisor, real
+process runtime), so these run in seconds. The Ray path is covered by the cluster tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dlapp.config import ServerSettings
+from dlapp.executor import LocalExecutor
+from dlapp.scheduler import Resources
+from dlapp.server.app import create_app
+from dlapp.spec import AppSpec
+from dlapp.workspace import pack_workspace
+
+HEADERS = {"X-Dlapp-User": "bob"}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[TestClient]:
+    settings = ServerSettings(home=tmp_path / "home", schedule_interval_s=0.05, softkill_grace_s=2)
+    app = create_app(settings, lambda s: LocalExecutor(Resources(4, 8192, 2)))
+    with TestClient(app) as tc:
+        yield tc
+
+
+def _submit(api: TestClient, tmp: Path, script: str, **spec: Any) -> dict[str, Any]:
+    ws = tmp / f"ws{time.monotonic_ns()}"
+    ws.mkdir()
+    (ws / "run.sh").write_text(script)
+    data = {"name": "t", "entry": {"script": "run.sh"}, "resources": {"memory": "128M"}, **spec}
+    tarball = pack_workspace(ws, tmp / f"{ws.name}.tar.gz").path
+    resp = api.post(
+        "/api/v1/apps",
+        headers=HEADERS,
+        data={"spec": json.dumps(AppSpec.from_dict(data).to_dict())},
+        files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
+    )
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _wait(api: TestClient, app_id: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}").json()
+        if app["state"] == "FINISHED":
+            return app
+        time.sleep(0.05)
+    raise AssertionError(f"{app_id} did not finish")
+
+
+def test_healthz_and_openapi(api: TestClient) -> None:
+    assert api.get("/healthz").json()["status"] == "ok"
+    paths = api.get("/openapi.json").json()["paths"]
+    for p in ("/api/v1/apps", "/api/v1/apps/{app_id}/logs", "/api/v1/cluster"):
+        assert p in paths
+
+
+def test_app_succeeds_and_its_logs_stay(api: TestClient, tmp_path: Path) -> None:
+    app = _submit(api, tmp_path, "echo hello $CONTAINER_INDEX/$NUM_CONTAINERS\n", num_containers=2)
+    done = _wait(api, app["id"])
+    assert done["final_status"] == "SUCCEEDED" and done["user"] == "bob"
+    for i in (0, 1):
+        log = api.get(f"/api/v1/apps/{app['id']}/logs", params={"container": i})
+        assert log.text == f"hello {i}/2\n"
+        assert log.headers["X-Dlapp-Complete"] == "true"
+
+
+def test_waiting_app_says_why_and_where(api: TestClient, tmp_path: Path) -> None:
+    first = _submit(api, tmp_path, "sleep 30\n", resources={"gpus": 2, "memory": "128M"})
+    second = _submit(api, tmp_path, "true\n", resources={"gpus": 1, "memory": "128M"})
+    time.sleep(0.5)
+    waiting = api.get(f"/api/v1/apps/{second['id']}").json()
+    assert waiting["state"] == "ACCEPTED"
+    assert (
+        "GPU" in waiting["pending_reason"]
+        and "position 1 in queue default" in waiting["pending_reason"]
+    )
+    assert api.post(f"/api/v1/apps/{first['id']}/kill", headers=HEADERS).status_code == 200
+    assert _wait(api, first["id"])["final_status"] == "KILLED"
+    assert _wait(api, second["id"])["final_status"] == "SUCCEEDED"
+
+
+def test_errors_have_a_code_and_a_message(api: TestClient) -> None:
+    resp = api.get("/api/v1/apps/application_0_0001")
+    assert resp.status_code == 404
+    assert resp.json()["error"] == {"code": "not_found", "message": "no app application_0_0001"}
+    bad = api.post(
+        "/api/v1/apps",
+        headers=HEADERS,
+        data={"spec": json.dumps({"name": "x", "entry": {"script": "r.sh"}, "gpus": 1})},
+        files={"workspace": ("w.tar.gz", b"", "application/gzip")},
+    )
+    assert bad.status_code == 400 and "unknown key 'gpus'" in bad.json()["error"]["message"]
+    anonymous = api.post("/api/v1/apps/application_0_0001/kill")
+    assert anonymous.status_code == 400 and "X-Dlapp-User" in anonymous.json()["error"]["message"]
+
+
+def test_state_filter_and_events(api: TestClient, tmp_path: Path) -> None:
+    app = _submit(api, tmp_path, "exit 2\n")
+    done = _wait(api, app["id"])
+    assert done["final_status"] == "FAILED" and "exited with code 2" in done["diagnostics"]
+    finished = api.get("/api/v1/apps", params={"state": "FINISHED"}).json()["apps"]
+    assert app["id"] in [a["id"] for a in finished]
+    assert api.get("/api/v1/apps", params={"state": "RUNNING"}).json()["apps"] == []
+    events = api.get(f"/api/v1/apps/{app['id']}/events").json()["events"]
+    reasons = " | ".join(e["reason"] for e in events)
+    assert "submitted by bob" in reasons and "FAILED" in reasons
