@@ -10,7 +10,15 @@ import itertools
 import re
 from dataclasses import replace
 
-from dlapp.scheduler import AppHead, NodeView, Resources, Snapshot
+from dlapp.scheduler import (
+    DEFAULT_TREE,
+    AppHead,
+    NodeView,
+    QueueTree,
+    Resources,
+    RunningApp,
+    Snapshot,
+)
 
 _seq = itertools.count(1)
 
@@ -139,5 +147,11 @@ def make_node(name: str = "10.0.0.1") -> NodeBuilder:
     return NodeBuilder(name)
 
 
-def make_snapshot(*nodes: NodeView | NodeBuilder) -> Snapshot:
-    return Snapshot(tuple(n.build() if isinstance(n, NodeBuilder) else n for n in nodes))
+def make_snapshot(
+    *nodes: NodeView | NodeBuilder,
+    queues: QueueTree = DEFAULT_TREE,
+    running: tuple[RunningApp, ...] = (),
+    now: float = 0.0,
+) -> Snapshot:
+    built = tuple(n.build() if isinstance(n, NodeBuilder) else n for n in nodes)
+    return Snapshot(built, running=running, queues=queues, now=now)

@@ -11,6 +11,7 @@ from dlapp.scheduler import (
     Wait,
     check_feasible,
     decide,
+    parse_tree,
     place_gang,
 )
 
@@ -92,8 +93,9 @@ def test_fifo_admits_the_earliest_submission_first() -> None:
     assert decisions[0].app_id == "late"
 
 
-def test_head_of_line_blocks_the_rest_of_its_queue() -> None:
-    snap = make_snapshot(make_node("n1").gpus(2))
+def test_head_of_line_blocks_the_rest_of_a_fifo_queue() -> None:
+    fifo = parse_tree({"queues": {"q": {"guaranteed": "100%", "ordering": "fifo"}}})
+    snap = make_snapshot(make_node("n1").gpus(2), queues=fifo)
     big = make_app("big").gpus(4).queue("q").build()
     small = make_app("small").gpus(1).queue("q").build()
 
@@ -101,7 +103,19 @@ def test_head_of_line_blocks_the_rest_of_its_queue() -> None:
 
     assert isinstance(decisions[0], Wait)
     assert decisions[0].position == 1
-    assert decisions[1] == Wait("small", 2, "waiting behind big (first in queue q)")
+    why = "waiting behind big (first in queue root.q, which is fifo)"
+    assert decisions[1] == Wait("small", 2, why)
+
+
+def test_a_backfill_queue_lets_a_smaller_app_go_past_a_blocked_one() -> None:
+    snap = make_snapshot(make_node("n1").gpus(2))
+    big = make_app("big").gpus(4).queue("q").build()
+    small = make_app("small").gpus(1).queue("q").build()
+
+    decisions = decide([big, small], snap)
+
+    assert isinstance(decisions[0], Wait) and decisions[0].position == 1
+    assert decisions[1] == Admit("small", ("n1",))
 
 
 def test_another_queue_proceeds_past_a_blocked_queue() -> None:
@@ -122,7 +136,7 @@ def test_positions_count_only_the_apps_still_waiting() -> None:
     waits = decisions[1:]
     assert all(isinstance(d, Wait) for d in waits)
     assert [d.position for d in waits if isinstance(d, Wait)] == [1, 2, 3]
-    assert waits[2] == Wait("a4", 3, "waiting behind a2 (first in queue q)")
+    assert waits[2].app_id == "a4" and "needs 1 container of" in waits[2].reason
 
 
 def test_admitted_apps_reduce_the_snapshot_for_later_heads() -> None:

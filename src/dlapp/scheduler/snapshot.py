@@ -6,76 +6,27 @@ old one as it was, so a decision cycle can try placements without touching the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
-# CPU counts are floats (Ray allows fractions); sums and differences of them drift.
-_EPS = 1e-9
+from dlapp.scheduler.queues import DEFAULT_TREE, QueueTree
+from dlapp.scheduler.resources import (
+    Resources,
+    describe_cpus,
+    describe_gpus,
+    describe_memory,
+)
 
-
-def _number(value: float) -> str:
-    """``2`` for 2.0, ``0.5`` for 0.5, at most two decimals."""
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{value:.2f}".rstrip("0").rstrip(".")
-
-
-def describe_cpus(cpus: float) -> str:
-    return f"{_number(cpus)} CPU" + ("" if cpus == 1 else "s")
-
-
-def describe_memory(memory_mb: int) -> str:
-    """``2.0 GiB``; amounts under one GiB in MiB (``512 MiB``), so small ones stay exact."""
-    if 0 < memory_mb < 1024:
-        return f"{memory_mb} MiB"
-    return f"{memory_mb / 1024:.1f} GiB"
-
-
-def describe_gpus(gpus: int) -> str:
-    return f"{gpus} GPU" + ("" if gpus == 1 else "s")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """An amount of CPU, memory and GPUs: what one container asks for, or a node's capacity."""
-
-    cpus: float = 0.0
-    memory_mb: int = 0
-    gpus: int = 0
-
-    def fits_in(self, other: Resources) -> bool:
-        """True when every amount here is at most the same amount in ``other``."""
-        return (
-            self.cpus <= other.cpus + _EPS
-            and self.memory_mb <= other.memory_mb
-            and self.gpus <= other.gpus
-        )
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(
-            cpus=self.cpus + other.cpus,
-            memory_mb=self.memory_mb + other.memory_mb,
-            gpus=self.gpus + other.gpus,
-        )
-
-    def __sub__(self, other: Resources) -> Resources:
-        return Resources(
-            cpus=self.cpus - other.cpus,
-            memory_mb=self.memory_mb - other.memory_mb,
-            gpus=self.gpus - other.gpus,
-        )
-
-    def scaled(self, n: int) -> Resources:
-        """``n`` times this amount (``n`` containers of it)."""
-        return Resources(cpus=self.cpus * n, memory_mb=self.memory_mb * n, gpus=self.gpus * n)
-
-    def is_negative(self) -> bool:
-        return self.cpus < -_EPS or self.memory_mb < 0 or self.gpus < 0
-
-    def describe(self) -> str:
-        """``1 CPU, 2.0 GiB, 1 GPU``."""
-        return ", ".join(
-            (describe_cpus(self.cpus), describe_memory(self.memory_mb), describe_gpus(self.gpus))
-        )
+__all__ = [
+    "AppHead",
+    "NodeView",
+    "Resources",
+    "RunningApp",
+    "Snapshot",
+    "describe_cpus",
+    "describe_gpus",
+    "describe_memory",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +41,11 @@ class AppHead:
     num_containers: int = 1
     include_nodes: tuple[str, ...] = ()  # node names or ids; empty = any node
     exclude_nodes: tuple[str, ...] = ()
+    priority: int = 0  # higher first, inside its queue
+
+    @property
+    def total(self) -> Resources:
+        return self.request.scaled(self.num_containers)
 
     def __post_init__(self) -> None:
         if self.num_containers < 1:
@@ -120,22 +76,48 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class RunningApp:
+    """An app holding resources now: what preemption may take back, and estimates read."""
+
+    app_id: str
+    user: str
+    queue: str  # leaf queue path
+    seq: int
+    request: Resources  # per container
+    nodes: tuple[str, ...]  # node_id of each container
+    priority: int = 0
+    started_at: float = 0.0
+    ends_by: float | None = None  # start + max runtime, when the app has one
+    stopping: bool = False  # killed / preempted, not yet gone
+
+    @property
+    def total(self) -> Resources:
+        return self.request.scaled(len(self.nodes))
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The cluster's capacity and usage at one instant; never changed, only replaced."""
 
     nodes: tuple[NodeView, ...]
+    running: tuple[RunningApp, ...] = ()
+    queues: QueueTree = DEFAULT_TREE
+    now: float = 0.0  # the clock, for estimates; the policy never reads a clock itself
+    _index: dict[str, NodeView] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        ids = [n.node_id for n in self.nodes]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        counts = Counter(n.node_id for n in self.nodes)
+        duplicates = sorted(i for i, c in counts.items() if c > 1)
         if duplicates:
             raise ValueError(f"duplicate node ids in snapshot: {duplicates}")
 
     def node(self, node_id: str) -> NodeView:
-        for node in self.nodes:
-            if node.node_id == node_id:
-                return node
-        raise KeyError(f"no node {node_id!r} in snapshot")
+        if not self._index:
+            self._index.update((n.node_id, n) for n in self.nodes)
+        try:
+            return self._index[node_id]
+        except KeyError:
+            raise KeyError(f"no node {node_id!r} in snapshot") from None
 
     def allocate(self, node_id: str, r: Resources) -> Snapshot:
         """A new snapshot with ``r`` taken from that node's free resources.
@@ -150,7 +132,8 @@ class Snapshot:
                 f"only {target.free.describe()} free"
             )
         taken = replace(target, free=target.free - r)
-        return Snapshot(tuple(taken if n.node_id == node_id else n for n in self.nodes))
+        nodes = tuple(taken if n.node_id == node_id else n for n in self.nodes)
+        return replace(self, nodes=nodes, _index={})
 
     def totals(self) -> Resources:
         """Capacity of every node, schedulable or not."""

@@ -1,0 +1,430 @@
+"""The queue tree: guaranteed and maximum capacity, user limits, ACLs, preemptibility.
+
+Configured in YAML (``$DLAPP_HOME/queues.yaml``, see docs/queues.md)::
+
+    preemption: {enabled: true, grace_s: 30}
+    queues:
+      research:
+        guaranteed: {gpus: 60%}
+        children:
+          vision: {guaranteed: 50%, maximum: 100%, user_limit: {gpus: 4}, priority_max: 10}
+      prod: {guaranteed: {gpus: 40%}, submit_acl: {users: [alice], groups: [ops]}}
+
+A capacity is a share of the parent's (``50%``; the guarantee of the parent's guarantee, the
+maximum of the parent's maximum) or an absolute amount (``8`` GPUs, ``64G`` memory), per
+resource or for all three at once. A missing guarantee is 0; a missing maximum is the parent's.
+Apps go to leaf queues, named by full path (``root.research.vision``) or a unique leaf name.
+Pure values: ``resolve(total)`` turns shares into absolute ``Resources`` for a cluster size.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from dlapp.errors import DlappError
+from dlapp.scheduler.resources import Resources
+
+ROOT = "root"
+RESOURCE_KEYS = ("gpus", "cpus", "memory")
+QUEUE_KEYS = (
+    "guaranteed",
+    "maximum",
+    "user_limit",
+    "user_limit_share",
+    "submit_acl",
+    "admin_acl",
+    "preemptible",
+    "ordering",
+    "children",
+)
+ORDERINGS = ("backfill", "fifo")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_MEM_MB = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
+
+
+class QueueConfigError(DlappError):
+    code = "invalid_queue_config"
+    http_status = 400
+
+
+@dataclass(frozen=True)
+class Amount:
+    """One resource's capacity: a share of the parent's, or an absolute amount."""
+
+    share: float | None = None  # 0..1
+    absolute: float | None = None
+
+    def of(self, parent: float) -> float:
+        if self.share is not None:
+            return parent * self.share
+        return min(float(self.absolute or 0.0), parent)
+
+    def describe(self) -> str:
+        return f"{self.share * 100:g}%" if self.share is not None else f"{self.absolute:g}"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    gpus: Amount
+    cpus: Amount
+    memory: Amount
+
+    def of(self, parent: Resources) -> Resources:
+        return Resources(
+            cpus=self.cpus.of(parent.cpus),
+            memory_mb=int(self.memory.of(parent.memory_mb)),
+            gpus=int(round(self.gpus.of(parent.gpus), 6)),
+        )
+
+
+@dataclass(frozen=True)
+class Acl:
+    users: frozenset[str] = frozenset({"*"})
+    groups: frozenset[str] = frozenset()
+
+    def allows(self, user: str, groups: frozenset[str] = frozenset()) -> bool:
+        return "*" in self.users or user in self.users or bool(self.groups & groups)
+
+    def describe(self) -> str:
+        parts = sorted(self.users) + [f"group:{g}" for g in sorted(self.groups)]
+        return ", ".join(parts) or "nobody"
+
+
+ALL = Amount(share=1.0)
+NONE = Amount(share=0.0)
+
+
+@dataclass(frozen=True)
+class Queue:
+    path: str
+    guaranteed: Capacity
+    maximum: Capacity
+    user_limit: Resources | None = None  # absolute caps per user (None: no cap)
+    user_limit_share: float = 1.0  # of the queue's maximum, per user
+    submit_acl: Acl = Acl()
+    admin_acl: Acl = Acl(users=frozenset())
+    preemptible: bool = True
+    ordering: str = "backfill"
+    children: tuple[Queue, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit(".", 1)[-1]
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+    def walk(self) -> Iterator[Queue]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A queue's capacities, made absolute for one cluster size."""
+
+    guaranteed: Resources
+    maximum: Resources
+
+
+@dataclass(frozen=True)
+class QueueTree:
+    root: Queue
+    preemption: bool = False
+    preemption_grace_s: float = 30.0
+    source: str = "built-in default"
+    _resolved: dict[Resources, dict[str, Limits]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @cached_property
+    def by_path(self) -> dict[str, Queue]:
+        return {q.path: q for q in self.root.walk()}
+
+    @cached_property
+    def leaves(self) -> tuple[Queue, ...]:
+        return tuple(q for q in self.root.walk() if q.is_leaf)
+
+    def ancestors(self, path: str) -> list[str]:
+        """``root.a.b`` -> ``[root.a.b, root.a, root]`` (the queue itself first)."""
+        parts = path.split(".")
+        return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+    def leaf(self, name: str) -> Queue:
+        """The leaf queue ``name`` refers to: a full path, a path without ``root.``, or a
+        unique leaf name. Raises QueueConfigError naming the queues that exist."""
+        for candidate in (name, f"{ROOT}.{name}"):
+            q = self.by_path.get(candidate)
+            if q is not None:
+                if not q.is_leaf:
+                    raise QueueConfigError(
+                        f"queue {q.path} has child queues; submit to one of: "
+                        + ", ".join(c.path for c in q.walk() if c.is_leaf)
+                    )
+                return q
+        matches = [q for q in self.leaves if q.name == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise QueueConfigError(
+                f"queue name {name!r} is ambiguous: " + ", ".join(q.path for q in matches)
+            )
+        raise QueueConfigError(
+            f"no queue {name!r}; queues: " + ", ".join(q.path for q in self.leaves)
+        )
+
+    def resolve(self, total: Resources) -> dict[str, Limits]:
+        """Absolute guaranteed / maximum capacity of every queue for a cluster of ``total``."""
+        cached = self._resolved.get(total)
+        if cached is not None:
+            return cached
+        out: dict[str, Limits] = {}
+
+        def visit(q: Queue, parent: Limits) -> None:
+            g = q.guaranteed.of(parent.guaranteed)
+            m = q.maximum.of(parent.maximum)
+            m = Resources(max(m.cpus, g.cpus), max(m.memory_mb, g.memory_mb), max(m.gpus, g.gpus))
+            out[q.path] = Limits(g, m)
+            for c in q.children:
+                visit(c, out[q.path])
+
+        visit(self.root, Limits(total, total))
+        out[self.root.path] = Limits(total, total)
+        self._resolved[total] = out
+        return out
+
+    def user_cap(self, path: str, maximum: Resources) -> Resources:
+        """What one user may hold at once in leaf ``path``."""
+        q = self.by_path[path]
+        share = q.user_limit_share
+        cap = Resources(
+            maximum.cpus * share, int(maximum.memory_mb * share), int(maximum.gpus * share)
+        )
+        if q.user_limit is not None:
+            ul = q.user_limit
+            cap = Resources(
+                min(cap.cpus, ul.cpus), min(cap.memory_mb, ul.memory_mb), min(cap.gpus, ul.gpus)
+            )
+        return cap
+
+
+DEFAULT_TREE = QueueTree(
+    root=Queue(
+        path=ROOT,
+        guaranteed=Capacity(ALL, ALL, ALL),
+        maximum=Capacity(ALL, ALL, ALL),
+        children=(
+            Queue(
+                path=f"{ROOT}.default",
+                guaranteed=Capacity(ALL, ALL, ALL),
+                maximum=Capacity(ALL, ALL, ALL),
+            ),
+        ),
+    )
+)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def parse_tree(data: Any, source: str = "queues.yaml") -> QueueTree:
+    """Build and validate a tree from its YAML form; every problem is reported at once."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise QueueConfigError(f"{source}: must be a mapping with a 'queues' key")
+    unknown = set(data) - {"queues", "preemption"}
+    if unknown:
+        problems.append(f"unknown top-level key(s) {sorted(unknown)}; valid: preemption, queues")
+    pre = data.get("preemption") or {}
+    enabled, grace = False, 30.0
+    if not isinstance(pre, Mapping) or set(pre) - {"enabled", "grace_s"}:
+        problems.append("preemption must be a mapping with keys enabled, grace_s")
+    else:
+        enabled = bool(pre.get("enabled", False))
+        try:
+            grace = float(pre.get("grace_s", 30.0))
+            if grace < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append(
+                f"preemption.grace_s must be a number of seconds >= 0, not {pre.get('grace_s')!r}"
+            )
+    queues = data.get("queues")
+    if not isinstance(queues, Mapping) or not queues:
+        problems.append("queues must map queue names to their settings, with at least one queue")
+        raise QueueConfigError(f"{source}: " + "; ".join(problems))
+    children = tuple(
+        _parse_queue(f"{ROOT}.{name}", spec, problems) for name, spec in queues.items()
+    )
+    root = Queue(
+        path=ROOT,
+        guaranteed=Capacity(ALL, ALL, ALL),
+        maximum=Capacity(ALL, ALL, ALL),
+        children=children,
+    )
+    _check_sums(root, problems)
+    if problems:
+        raise QueueConfigError(f"{source}: " + "; ".join(problems))
+    return QueueTree(root=root, preemption=enabled, preemption_grace_s=grace, source=source)
+
+
+def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
+    name = path.rsplit(".", 1)[-1]
+    if not _NAME_RE.match(str(name)):
+        problems.append(f"queue name {name!r} must be 1-64 letters, digits, '_' or '-'")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        problems.append(f"{path}: settings must be a mapping")
+        spec = {}
+    unknown = set(spec) - set(QUEUE_KEYS)
+    if unknown:
+        problems.append(
+            f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(QUEUE_KEYS)}"
+        )
+    guaranteed = _capacity(path, "guaranteed", spec.get("guaranteed"), NONE, problems)
+    maximum = _capacity(path, "maximum", spec.get("maximum"), ALL, problems)
+    for key in RESOURCE_KEYS:
+        g, m = getattr(guaranteed, key), getattr(maximum, key)
+        if g.share is not None and m.share is not None and g.share > m.share:
+            problems.append(
+                f"{path}: guaranteed {key} {g.describe()} is over its maximum {m.describe()}"
+            )
+        if g.absolute is not None and m.absolute is not None and g.absolute > m.absolute:
+            problems.append(
+                f"{path}: guaranteed {key} {g.describe()} is over its maximum {m.describe()}"
+            )
+    user_limit = None
+    if spec.get("user_limit") is not None:
+        ul = spec["user_limit"]
+        if not isinstance(ul, Mapping) or set(ul) - set(RESOURCE_KEYS):
+            problems.append(
+                f"{path}: user_limit must map some of {RESOURCE_KEYS} to absolute amounts"
+            )
+        else:
+            big = 1e18
+            user_limit = Resources(
+                cpus=_absolute(path, "user_limit.cpus", ul.get("cpus"), big, problems),
+                memory_mb=int(
+                    _absolute(
+                        path, "user_limit.memory", ul.get("memory"), big, problems, memory=True
+                    )
+                ),
+                gpus=int(_absolute(path, "user_limit.gpus", ul.get("gpus"), big, problems)),
+            )
+    share = 1.0
+    if spec.get("user_limit_share") is not None:
+        amount = _amount(path, "user_limit_share", spec["user_limit_share"], problems)
+        if amount.share is None:
+            problems.append(f"{path}: user_limit_share must be a share such as 50%")
+        else:
+            share = amount.share
+    ordering = str(spec.get("ordering", "backfill"))
+    if ordering not in ORDERINGS:
+        problems.append(f"{path}: ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
+    children_spec = spec.get("children") or {}
+    if not isinstance(children_spec, Mapping):
+        problems.append(f"{path}: children must map names to queue settings")
+        children_spec = {}
+    children = tuple(_parse_queue(f"{path}.{n}", s, problems) for n, s in children_spec.items())
+    return Queue(
+        path=path,
+        guaranteed=guaranteed,
+        maximum=maximum,
+        user_limit=user_limit,
+        user_limit_share=share,
+        submit_acl=_acl(path, "submit_acl", spec.get("submit_acl"), Acl(), problems),
+        admin_acl=_acl(path, "admin_acl", spec.get("admin_acl"), Acl(users=frozenset()), problems),
+        preemptible=bool(spec.get("preemptible", True)),
+        ordering=ordering,
+        children=children,
+    )
+
+
+def _capacity(path: str, key: str, value: Any, default: Amount, problems: list[str]) -> Capacity:
+    if value is None:
+        return Capacity(default, default, default)
+    if not isinstance(value, Mapping):
+        a = _amount(path, key, value, problems)
+        return Capacity(a, a, a)
+    unknown = set(value) - set(RESOURCE_KEYS)
+    if unknown:
+        problems.append(
+            f"{path}: {key} has unknown resource(s) {sorted(unknown)}; valid: gpus, cpus, memory"
+        )
+    return Capacity(
+        *(
+            _amount(path, f"{key}.{r}", value[r], problems, memory=r == "memory")
+            if r in value
+            else default
+            for r in RESOURCE_KEYS
+        )
+    )
+
+
+def _amount(path: str, key: str, value: Any, problems: list[str], memory: bool = False) -> Amount:
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1]) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 1:
+            problems.append(f"{path}: {key} {text!r} must be a share between 0% and 100%")
+            return NONE
+        return Amount(share=share)
+    return Amount(absolute=_absolute(path, key, value, 0.0, problems, memory))
+
+
+def _absolute(
+    path: str, key: str, value: Any, default: float, problems: list[str], memory: bool = False
+) -> float:
+    if value is None:
+        return default
+    if memory and not isinstance(value, int | float):
+        m = _MEM_RE.match(str(value))
+        if m:
+            return float(m.group(1)) * _MEM_MB[m.group(2).upper()]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if number < 0 or isinstance(value, bool):
+        problems.append(
+            f"{path}: {key} must be a non-negative amount or a share like 50%, not {value!r}"
+        )
+        return default
+    return number
+
+
+def _acl(path: str, key: str, value: Any, default: Acl, problems: list[str]) -> Acl:
+    if value is None:
+        return default
+    if not isinstance(value, Mapping) or set(value) - {"users", "groups"}:
+        problems.append(f"{path}: {key} must be a mapping with users and/or groups lists")
+        return default
+    users, groups = value.get("users") or [], value.get("groups") or []
+    if not isinstance(users, list) or not isinstance(groups, list):
+        problems.append(f"{path}: {key} users and groups must be lists")
+        return default
+    return Acl(users=frozenset(map(str, users)), groups=frozenset(map(str, groups)))
+
+
+def _check_sums(q: Queue, problems: list[str]) -> None:
+    """Children's guaranteed shares must fit in their parent's guarantee."""
+    for key in RESOURCE_KEYS:
+        shares = [getattr(c.guaranteed, key).share for c in q.children]
+        total = sum(s for s in shares if s is not None)
+        if total > 1.0 + 1e-9:
+            problems.append(
+                f"{q.path}: the children's guaranteed {key} add up to {total * 100:g}% (over 100%)"
+            )
+    for c in q.children:
+        _check_sums(c, problems)
