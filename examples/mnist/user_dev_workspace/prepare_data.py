@@ -40,8 +40,11 @@ def main() -> int:
     with gzip.open(args.data, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     if table.shape[1] != 65:
-        print(f"ERROR: {args.data}: expected 65 columns (64 pixels + label), got {table.shape[1]}",
-              file=sys.stderr, flush=True)
+        print(
+            f"ERROR: {args.data}: expected 65 columns (64 pixels + label), got {table.shape[1]}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     x = table[:, :64].astype(np.uint8).reshape(-1, 8, 8)
     y = table[:, 64]
@@ -51,7 +54,7 @@ def main() -> int:
     for label in np.unique(y):
         idx = np.flatnonzero(y == label)
         rng.shuffle(idx)
-        test_idx.extend(idx[: int(round(len(idx) * args.test_fraction))])
+        test_idx.extend(idx[: round(len(idx) * args.test_fraction)])
     is_test = np.zeros(len(y), dtype=bool)
     is_test[test_idx] = True
     train_idx = rng.permutation(np.flatnonzero(~is_test))

@@ -33,7 +33,7 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)   # 32 x 8 x 8
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)  # 32 x 8 x 8
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)  # 64 x 4 x 4
         self.fc1 = nn.Linear(64 * 2 * 2, 128)
         self.fc2 = nn.Linear(128, num_classes)
@@ -49,7 +49,7 @@ class LeNet(nn.Module):
 _sigterm = False
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001
+def _on_sigterm(signum, frame):
     global _sigterm
     _sigterm = True
 
@@ -87,10 +87,11 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     container_index = int(os.environ.get("CONTAINER_INDEX", 0))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    num_containers = os.environ.get("NUM_CONTAINERS", "<unset>")
     print(
-        f"device={device.type} ({device_name}) "
-        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')} "
-        f"CONTAINER_INDEX={container_index} NUM_CONTAINERS={os.environ.get('NUM_CONTAINERS', '<unset>')} "
+        f"device={device.type} ({device_name}) CUDA_VISIBLE_DEVICES={visible} "
+        f"CONTAINER_INDEX={container_index} NUM_CONTAINERS={num_containers} "
         f"torch={torch.__version__}",
         flush=True,
     )
@@ -109,7 +110,7 @@ def main() -> int:
         torch.save(
             {
                 "epoch": epoch,
-                "model_state_dict": model.state_dict(),
+                "model_state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "optimizer_state_dict": optimizer.state_dict(),
                 "args": vars(args),
             },
@@ -147,7 +148,8 @@ def main() -> int:
         )
     stop_if_terminated(args.epochs)
 
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, os.path.join(OUTPUT, "model.pt"))
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(OUTPUT, "model.pt"))
     metrics = {
         "accuracy": accuracy,
         "epochs": args.epochs,
