@@ -7,6 +7,7 @@ with its container: the runtime's guard kills the process tree if the supervisor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -101,7 +102,10 @@ class Supervisor:
             "NUM_CONTAINERS": str(plan.num_containers),
             "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
             "DLAPP_WORKSPACE": str(self.workdir),
+            "DLAPP_NOTICE_FILE": str(self.notice_file),
+            "DLAPP_CHECKPOINT_DIR": str(self.checkpoint_dir()),
         }
+        self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
         request = LaunchRequest(
             app_id=plan.app_id,
             index=plan.index,
@@ -160,14 +164,38 @@ class Supervisor:
     def _killed(self) -> bool:
         return self._stop_grace is not None
 
-    def stop(self, grace: float) -> None:
-        """Kill (grace 0) or softkill (SIGTERM, ``grace`` seconds, SIGKILL)."""
+    def stop(self, grace: float, notice: dict[str, Any] | None = None) -> None:
+        """Kill (grace 0) or softkill (SIGTERM, ``grace`` seconds, SIGKILL).
+
+        ``notice`` is written to ``$DLAPP_NOTICE_FILE`` before the SIGTERM: the reason
+        (``preempted``, ``softkill``) and the deadline after which SIGKILL comes.
+        """
         with self._lock:
             self._stop_grace = grace
             running = self._running
+        if notice is not None:
+            self._write_notice(notice)
         if running is not None:
             self._note(f"stopping: SIGTERM, then SIGKILL after {grace:g}s" if grace else "killing")
             running.stop(grace)
+
+    @property
+    def notice_file(self) -> Path:
+        return self.root / "notice.json"
+
+    def checkpoint_dir(self) -> Path:
+        """Kept across attempts of the app (in the artifact store): where to checkpoint."""
+        return (
+            Path(self.plan.artifact_root) / "checkpoints" / self.plan.app_id / str(self.plan.index)
+        )
+
+    def _write_notice(self, notice: dict[str, Any]) -> None:
+        tmp = self.notice_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(notice))
+            os.replace(tmp, self.notice_file)
+        except OSError:
+            logger.exception("could not write the notice of %s", self.plan.actor_name)
 
     # -- logs -----------------------------------------------------------------------------------
 

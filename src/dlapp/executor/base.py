@@ -58,9 +58,14 @@ class Executor(ABC):
             time.monotonic() - t0,
         )
 
-    def stop(self, app_id: str, grace: float) -> None:
+    def stop(self, app_id: str, grace: float, notice: dict[str, Any] | None = None) -> None:
+        """End the app's containers: SIGTERM, ``grace`` seconds, SIGKILL (0: SIGKILL now).
+
+        ``notice`` (reason, deadline) is written to each container's notice file first, so
+        the app can tell a preemption from a kill and checkpoint before its deadline.
+        """
         logger.info("stopping %s (grace %.1fs)", app_id, grace)
-        self._stop(app_id, grace)
+        self._stop(app_id, grace, notice)
 
     def poll(self) -> list[Report]:
         return self._poll()
@@ -86,7 +91,7 @@ class Executor(ABC):
     ) -> None: ...
 
     @abstractmethod
-    def _stop(self, app_id: str, grace: float) -> None: ...
+    def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None: ...
 
     @abstractmethod
     def _poll(self) -> list[Report]: ...

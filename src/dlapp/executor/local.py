@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from dlapp.errors import DlappError
 from dlapp.executor.base import Executor, NodeInfo, Report
@@ -55,11 +56,11 @@ class LocalExecutor(Executor):
             self._sups.pop((plan.app_id, plan.index), None)
         self._reports.put(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
 
-    def _stop(self, app_id: str, grace: float) -> None:
+    def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None:
         with self._lock:
             sups = [s for (a, _), s in self._sups.items() if a == app_id]
         for sup in sups:
-            threading.Thread(target=sup.stop, args=(grace,), daemon=True).start()
+            threading.Thread(target=sup.stop, args=(grace, notice), daemon=True).start()
 
     def _poll(self) -> list[Report]:
         out: list[Report] = []

@@ -153,7 +153,7 @@ class RayExecutor(Executor):
                 _Tracked(plan, actor, actor.start_here.remote(), actor.wait.remote())
             )
 
-    def _stop(self, app_id: str, grace: float) -> None:
+    def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None:
         run = self._apps.get(app_id)
         if run is None:
             return
@@ -161,7 +161,7 @@ class RayExecutor(Executor):
         for c in run.containers:
             if not c.done:
                 c.stop_deadline = deadline
-                c.actor.stop.remote(grace)
+                c.actor.stop.remote(grace, notice)
 
     def _poll(self) -> list[Report]:
         reports: list[Report] = []
@@ -239,7 +239,7 @@ class RayExecutor(Executor):
 
     def _close(self) -> None:
         for app_id in list(self._apps):
-            self._stop(app_id, 0)
+            self._stop(app_id, 0, None)
         ray.shutdown()
 
 

@@ -3,9 +3,10 @@
 One cycle, as a recipe:
   1. take the executor's reports and record them (containers started, exited, lost);
   2. finish apps whose containers have all ended, and end the gang of any that failed;
-  3. take the queue heads and an immutable snapshot of capacity and usage;
+  3. take the queue heads and an immutable snapshot of capacity, usage and the queue tree;
   4. decide (pure policy);
-  5. apply: start admitted apps, write each waiting app's reason and place in line.
+  5. apply: start admitted apps, stop preempted ones (they go back to their queue), write
+     each waiting app's reason, place in line and estimated start.
 """
 
 from __future__ import annotations
@@ -18,8 +19,19 @@ from sqlalchemy.orm import Session
 
 from dlapp.errors import DlappError
 from dlapp.executor import Report
-from dlapp.scheduler import Admit, AppHead, NodeView, Resources, Snapshot, Wait, decide
+from dlapp.scheduler import (
+    Admit,
+    AppHead,
+    NodeView,
+    Preempt,
+    Resources,
+    RunningApp,
+    Snapshot,
+    Wait,
+    decide,
+)
 from dlapp.server.context import Context
+from dlapp.server.views import iso
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
@@ -36,6 +48,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self.cycles = 0
+        self._specs: dict[str, AppSpec] = {}  # parsed specs by app id (specs never change)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -63,6 +76,7 @@ class Scheduler:
             self._wake.clear()
 
     def cycle(self) -> None:
+        self.ctx.queues.reload()  # a changed queue file takes effect now; a bad one is refused
         with self.ctx.sessions() as session:
             # 1-2. reconcile
             for report in self.ctx.executor.poll():
@@ -73,7 +87,7 @@ class Scheduler:
             # 3. heads and snapshot
             pending = repo.pending_apps(session)
             if pending:
-                heads = [_head(a) for a in pending]
+                heads = [self._head(a) for a in pending]
                 snapshot = self._snapshot(session)
                 # 4. decide
                 decisions = decide(heads, snapshot)
@@ -83,11 +97,14 @@ class Scheduler:
                     if isinstance(d, Admit):
                         self._admit(session, by_id[d.app_id], d, snapshot)
                     elif isinstance(d, Wait):
-                        reason = (
-                            f"{d.reason} (position {d.position} in queue {by_id[d.app_id].queue})"
-                        )
-                        if by_id[d.app_id].pending_reason != reason:
-                            by_id[d.app_id].pending_reason = reason
+                        app = by_id[d.app_id]
+                        reason = f"{d.reason} (position {d.position} in queue {app.queue})"
+                        if d.estimate is not None:
+                            reason += f"; could start by {iso(d.estimate)}"
+                        if app.pending_reason != reason:
+                            app.pending_reason = reason
+                    elif isinstance(d, Preempt):
+                        self._preempt(session, d)
                 session.commit()
         self.cycles += 1
 
@@ -110,7 +127,7 @@ class Scheduler:
                             end_time=now,
                             diagnostics="lost when the server restarted",
                         )
-                if app.kill_requested:
+                if app.kill_requested in ("kill", "softkill"):
                     repo.transition(
                         session, app, AppState.FINISHED, "killed", now, FinalStatus.KILLED
                     )
@@ -180,7 +197,12 @@ class Scheduler:
         for app in repo.running_apps(session):
             containers = repo.current_containers(session, app)
             failed = [c for c in containers if _failed(c)]
-            if all(ContainerState(c.state).is_terminal() for c in containers):
+            ended = all(ContainerState(c.state).is_terminal() for c in containers)
+            if ended and app.kill_requested == "preempt":
+                # back to its queue, keeping its place (seq); a preemption is no failure
+                app.kill_requested = None
+                repo.transition(session, app, AppState.ACCEPTED, "requeued after preemption", now)
+            elif ended:
                 final, reason = _outcome(app, containers)
                 repo.transition(session, app, AppState.FINISHED, reason, now, final)
             elif failed and not app.kill_requested:
@@ -198,6 +220,64 @@ class Scheduler:
 
     # -- admit ----------------------------------------------------------------------------------
 
+    def _spec(self, app: App) -> AppSpec:
+        spec = self._specs.get(app.id)
+        if spec is None:
+            spec = self._specs[app.id] = repo.app_spec(app)
+        return spec
+
+    def _head(self, app: App) -> AppHead:
+        spec = self._spec(app)
+        return AppHead(
+            app_id=app.id,
+            user=app.user,
+            queue=app.queue,
+            seq=app.seq,
+            request=Resources(app.cpus, app.memory_mb, app.gpus),
+            num_containers=app.num_containers,
+            include_nodes=spec.nodes.include,
+            exclude_nodes=spec.nodes.exclude,
+            priority=spec.priority,
+        )
+
+    def _running(self, session: Session) -> tuple[RunningApp, ...]:
+        nodes: dict[str, list[str]] = {}
+        apps: dict[str, App] = {}
+        for app, c in repo.allocations(session):
+            apps[app.id] = app
+            nodes.setdefault(app.id, []).append(c.node_id)
+        out = []
+        for app_id, app in apps.items():
+            spec = self._spec(app)
+            started = app.start_time or 0.0
+            out.append(
+                RunningApp(
+                    app_id=app_id,
+                    user=app.user,
+                    queue=app.queue,
+                    seq=app.seq,
+                    request=Resources(app.cpus, app.memory_mb, app.gpus),
+                    nodes=tuple(nodes[app_id]),
+                    priority=spec.priority,
+                    started_at=started,
+                    ends_by=None if spec.max_runtime_s is None else started + spec.max_runtime_s,
+                    stopping=app.kill_requested is not None,
+                )
+            )
+        return tuple(out)
+
+    def _preempt(self, session: Session, d: Preempt) -> None:
+        app = session.get(App, d.app_id)
+        if app is None or app.state != AppState.RUNNING.value or app.kill_requested:
+            return
+        now = self.ctx.clock()
+        grace = self.ctx.queues.tree.preemption_grace_s
+        app.kill_requested = "preempt"
+        repo.add_event(session, app.id, "preemption", d.reason, now)
+        repo.add_event(session, d.for_app, "preemption", f"{d.app_id} preempted for this app", now)
+        notice = {"reason": "preempted", "detail": d.reason, "deadline": now + grace}
+        self.ctx.executor.stop(app.id, grace, notice)
+
     def _snapshot(self, session: Session) -> Snapshot:
         used: dict[str, Resources] = {}
         for app, c in repo.allocations(session):
@@ -210,7 +290,12 @@ class Scheduler:
                 continue
             free = n.total - used.get(n.node_id, Resources())
             views.append(NodeView(n.node_id, n.name, n.total, _clamp(free)))
-        return Snapshot(tuple(views))
+        return Snapshot(
+            tuple(views),
+            running=self._running(session),
+            queues=self.ctx.queues.tree,
+            now=self.ctx.clock(),
+        )
 
     def _admit(self, session: Session, app: App, admit: Admit, snapshot: Snapshot) -> None:
         now = self.ctx.clock()
@@ -259,17 +344,6 @@ def _plans(ctx: Context, app: App, spec: AppSpec) -> list[ContainerPlan]:
         )
         for i in range(app.num_containers)
     ]
-
-
-def _head(app: App) -> AppHead:
-    return AppHead(
-        app_id=app.id,
-        user=app.user,
-        queue=app.queue,
-        seq=app.seq,
-        request=Resources(app.cpus, app.memory_mb, app.gpus),
-        num_containers=app.num_containers,
-    )
 
 
 def _clamp(r: Resources) -> Resources:
