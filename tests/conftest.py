@@ -2,7 +2,8 @@
 
 The server runs as its own process (``dlapp server``, the same code ``dlapp up`` starts), on a
 free port, with 4 CPUs and 2 declared GPUs so that queueing and device IDs can be tried on a
-machine without GPUs.
+machine without GPUs. Its first admin's token is in ``<home>/admin.token``; with it the session
+makes two plain users, alice and bob. The ``client`` and the CLI (``use_server``) act as alice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from dlapp import embedded
 from dlapp.client import DlappClient
+from dlapp.credentials import ADMIN_TOKEN_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_GPUS = 2
@@ -42,17 +44,31 @@ def server_url(server_home: Path) -> str:
     return info.url
 
 
+@pytest.fixture(scope="session")
+def tokens(server_home: Path, server_url: str) -> dict[str, str]:
+    """Tokens by user name: ``admin`` (the bootstrap admin), ``alice`` and ``bob``."""
+    admin = (server_home / ADMIN_TOKEN_FILE).read_text().strip()
+    found = {"admin": admin}
+    with DlappClient(server_url, admin) as c:
+        for name in ("alice", "bob"):
+            found[name] = c.admin_add_user(name)["token"]
+    return found
+
+
 @pytest.fixture
-def client(server_url: str) -> Iterator[DlappClient]:
-    with DlappClient(server_url, user="alice") as c:
+def client(server_url: str, tokens: dict[str, str]) -> Iterator[DlappClient]:
+    with DlappClient(server_url, tokens["alice"]) as c:
         yield c
 
 
 @pytest.fixture
-def use_server(server_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point the CLI at the test server."""
+def use_server(
+    server_url: str, tokens: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Point the CLI at the test server, as alice (no client config file is read)."""
     monkeypatch.setenv("DLAPP_SERVER", server_url)
-    monkeypatch.setenv("DLAPP_USER", "alice")
+    monkeypatch.setenv("DLAPP_TOKEN", tokens["alice"])
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-client-config"))
     return server_url
 
 

@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from dlapp import cli
+
+from conftest import ROOT
 
 pytestmark = pytest.mark.cluster
 

@@ -5,7 +5,8 @@ get concrete GPU ids, preempted apps stop after a grace of one cycle and go back
 queue. After every step: no node over its capacity, GPU ids disjoint, no admission that takes
 a queue over its maximum or a user over its limit, victims only from queues over their
 guarantee, and a queue with demand under its guarantee gets there within one cycle plus the
-grace period.
+grace period. (Single-container apps in the preemptible queues, so a victim never has to take
+its own queue under its guarantee; gangs run in a queue that never borrows.)
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ TREE = parse_tree(
     {
         "preemption": {"enabled": True, "grace_s": 1},
         "queues": {
-            "a": {"guaranteed": "50%", "maximum": "100%"},
-            "b": {"guaranteed": "25%", "maximum": "50%", "user_limit": {"gpus": 2}},
-            "c": {"guaranteed": "25%", "maximum": "100%"},
+            "a": {"guaranteed": "40%", "maximum": "100%"},
+            "b": {"guaranteed": "20%", "maximum": "50%", "user_limit": {"gpus": 2}},
+            "c": {"guaranteed": "15%", "maximum": "100%"},
+            # gangs live here: never preempted, never over its guarantee, so it is no victim
+            "d": {"guaranteed": "25%", "maximum": "25%", "preemptible": False},
         },
     }
 )
@@ -53,6 +56,7 @@ class App:
     containers: int
     placed: dict[int, tuple[str, int]] = field(default_factory=dict)  # index -> (node, gpu)
     stopping_for: int | None = None  # cycles left before a preempted app is gone
+    claimed_by: str | None = None
 
 
 class Cluster(RuleBasedStateMachine):
@@ -66,12 +70,20 @@ class Cluster(RuleBasedStateMachine):
 
     # -- what users and the cluster do ---------------------------------------------------------
 
-    @rule(
-        queue=st.sampled_from(["a", "b", "c"]),
-        user=st.sampled_from(["alice", "bob", "carol"]),
-        containers=st.integers(1, 2),
-    )
-    def submit(self, queue: str, user: str, containers: int) -> None:
+    @rule(queue=st.sampled_from(["a", "b", "c"]), user=st.sampled_from(["alice", "bob", "carol"]))
+    def submit(self, queue: str, user: str) -> None:
+        self._submit(queue, user, 1)
+
+    @rule(queue=st.sampled_from(["a", "b", "c"]), count=st.integers(2, 12))
+    def submit_many(self, queue: str, count: int) -> None:
+        for _ in range(count):
+            self._submit(queue, "dave", 1)
+
+    @rule(user=st.sampled_from(["alice", "bob"]), containers=st.integers(1, 3))
+    def submit_gang(self, user: str, containers: int) -> None:
+        self._submit("d", user, containers)
+
+    def _submit(self, queue: str, user: str, containers: int) -> None:
         self.seq += 1
         app = App(f"app{self.seq}", f"root.{queue}", user, self.seq, containers)
         self.pending[app.app_id] = app
@@ -96,7 +108,7 @@ class Cluster(RuleBasedStateMachine):
             if any(n == node for n, _ in app.placed.values()):
                 del self.running[app.app_id]
                 self._release(app, lost=node)
-                app.placed, app.stopping_for = {}, None
+                app.placed, app.stopping_for, app.claimed_by = {}, None, None
                 self.pending[app.app_id] = app  # an infrastructure failure: back to its queue
         self.starved.clear()  # guarantees shrank with the cluster
 
@@ -109,10 +121,9 @@ class Cluster(RuleBasedStateMachine):
                 if app.stopping_for < 0:
                     del self.running[app.app_id]
                     self._release(app)
-                    app.placed, app.stopping_for = {}, None
+                    app.placed, app.stopping_for, app.claimed_by = {}, None, None
                     self.pending[app.app_id] = app
         snapshot = self._snapshot()
-        starved_now = self._starved_queues(snapshot)
         decisions = decide([self._head(a) for a in self.pending.values()], snapshot)
         limits = TREE.resolve(snapshot.totals())
         usage = self._usage()
@@ -124,10 +135,18 @@ class Cluster(RuleBasedStateMachine):
                 assert victim.stopping_for is None
                 over = usage[victim.queue]
                 assert not over.fits_in(limits[victim.queue].guaranteed), d
-                victim.stopping_for = GRACE_CYCLES
+                victim.stopping_for, victim.claimed_by = GRACE_CYCLES, d.for_queue
         self._check_limits(decisions, limits)
+        starved_now = self._starved_queues(snapshot)  # still under its guarantee, with demand
+        grew = {
+            q
+            for q in LIVENESS_QUEUES
+            if self._usage().get(q, Resources()).gpus > usage.get(q, Resources()).gpus
+        }
         for q in LIVENESS_QUEUES:
-            self.starved[q] = self.starved.get(q, 0) + 1 if q in starved_now else 0
+            # a queue under its guarantee must make progress within one cycle plus the grace
+            progress = q in grew or q not in starved_now
+            self.starved[q] = 0 if progress else self.starved.get(q, 0) + 1
             assert self.starved[q] <= GRACE_CYCLES + 2, f"{q} stayed under its guarantee"
 
     # -- invariants ----------------------------------------------------------------------------
@@ -177,6 +196,7 @@ class Cluster(RuleBasedStateMachine):
                 REQUEST,
                 tuple(a.placed[i][0] for i in sorted(a.placed)),
                 stopping=a.stopping_for is not None,
+                claimed_by=a.claimed_by,
             )
             for a in self.running.values()
         )
@@ -220,8 +240,8 @@ class Cluster(RuleBasedStateMachine):
 
 TestPolicyStateMachine = Cluster.TestCase
 TestPolicyStateMachine.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -22,7 +22,9 @@ from dlapp.server.app import create_app
 from dlapp.spec import AppSpec
 from dlapp.workspace import pack_workspace
 
-HEADERS = {"X-Dlapp-User": "bob"}
+from inprocess import add_user, bearer
+
+HEADERS: dict[str, str] = {}  # the api fixture authenticates every request as bob
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
     settings = ServerSettings(home=tmp_path / "home", schedule_interval_s=0.05, softkill_grace_s=2)
     app = create_app(settings, lambda s: LocalExecutor(Resources(4, 8192, 2)))
     with TestClient(app) as tc:
+        tc.headers.update(bearer(add_user(tc, settings.home, "bob")))
         yield tc
 
 
@@ -85,7 +88,7 @@ def test_waiting_app_says_why_and_where(api: TestClient, tmp_path: Path) -> None
     assert waiting["state"] == "ACCEPTED"
     assert (
         "GPU" in waiting["pending_reason"]
-        and "position 1 in queue default" in waiting["pending_reason"]
+        and "position 1 in queue root.default" in waiting["pending_reason"]
     )
     assert api.post(f"/api/v1/apps/{first['id']}/kill", headers=HEADERS).status_code == 200
     assert _wait(api, first["id"])["final_status"] == "KILLED"
@@ -103,8 +106,8 @@ def test_errors_have_a_code_and_a_message(api: TestClient) -> None:
         files={"workspace": ("w.tar.gz", b"", "application/gzip")},
     )
     assert bad.status_code == 400 and "unknown key 'gpus'" in bad.json()["error"]["message"]
-    anonymous = api.post("/api/v1/apps/application_0_0001/kill")
-    assert anonymous.status_code == 400 and "X-Dlapp-User" in anonymous.json()["error"]["message"]
+    anonymous = api.post("/api/v1/apps/application_0_0001/kill", headers={"Authorization": ""})
+    assert anonymous.status_code == 401 and "no token" in anonymous.json()["error"]["message"]
 
 
 def test_state_filter_and_events(api: TestClient, tmp_path: Path) -> None:
@@ -117,3 +120,16 @@ def test_state_filter_and_events(api: TestClient, tmp_path: Path) -> None:
     events = api.get(f"/api/v1/apps/{app['id']}/events").json()["events"]
     reasons = " | ".join(e["reason"] for e in events)
     assert "submitted by bob" in reasons and "FAILED" in reasons
+
+
+def test_a_runtime_the_cluster_lacks_is_refused_at_submit(api: TestClient, tmp_path: Path) -> None:
+    spec = {"name": "d", "runtime": "docker", "image": "x", "entry": {"script": "run.sh"}}
+    resp = api.post(
+        "/api/v1/apps",
+        headers=HEADERS,
+        data={"spec": json.dumps(spec)},
+        files={"workspace": ("w.tar.gz", b"", "application/gzip")},
+    )
+    assert resp.status_code == 400
+    assert "runtime 'docker' is not available" in resp.json()["error"]["message"]
+    assert api.get("/api/v1/apps").json()["apps"] == []

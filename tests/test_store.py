@@ -77,9 +77,9 @@ def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_schema_version_is_0001(engine: Engine) -> None:
+def test_schema_version_is_0002(engine: Engine) -> None:
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
 
 
 def test_migrating_twice_is_a_no_op(engine: Engine) -> None:

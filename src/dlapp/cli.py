@@ -18,9 +18,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dlapp import __version__, embedded
+from dlapp import __version__, cli_admin, embedded
 from dlapp.client import DlappClient
 from dlapp.config import default_home, load_client_settings
+from dlapp.credentials import ADMIN_TOKEN_FILE, read_private
 from dlapp.errors import DlappError, ServerUnavailable
 from dlapp.spec import AppSpec
 from dlapp.workspace import pack_workspace
@@ -33,9 +34,16 @@ SHOW_PROGRESS_BYTES = 16 * 1024 * 1024
 
 
 def _client(autostart: bool = False, gpus: int | None = None) -> DlappClient:
+    """A client for the configured server with its token, else for the embedded cluster with the
+    token of its first admin (``<home>/admin.token``, written there by the server)."""
     settings = load_client_settings()
     if settings.server:
-        return DlappClient(settings.server, settings.user, settings.timeout_s)
+        if settings.token is None:
+            raise DlappError(
+                f"no token for {settings.server}: run `dlapp login {settings.server}` "
+                "or set DLAPP_TOKEN"
+            )
+        return DlappClient(settings.server, settings.token.get_secret_value(), settings.timeout_s)
     home = default_home()
     info = embedded.running(home)
     if info is None and autostart:
@@ -47,7 +55,8 @@ def _client(autostart: bool = False, gpus: int | None = None) -> DlappClient:
             "no dlapp server is running: start the local cluster with `dlapp up`, "
             "or point DLAPP_SERVER at a server"
         )
-    return DlappClient(info.url, settings.user, settings.timeout_s)
+    token = read_private(home / ADMIN_TOKEN_FILE, "the embedded cluster's admin token")
+    return DlappClient(info.url, token, settings.timeout_s)
 
 
 def _size(n: float) -> str:
@@ -198,7 +207,9 @@ def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = N
     if as_json:
         _print_json(apps)
         return 0
-    table = Table("id", "name", "user", "queue", "state", "final status", "gpus", "submitted")
+    table = Table(
+        "id", "name", "user", "queue", "state", "final status", "gpus", "submitted", "why pending"
+    )
     for a in apps:
         table.add_row(
             a["id"],
@@ -209,6 +220,7 @@ def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = N
             a["final_status"],
             str(a["resources"]["gpus"] * a["num_containers"]),
             a["submit_time"],
+            a.get("pending_reason") or "",
         )
     out.print(table)
     if not apps:
@@ -271,6 +283,47 @@ def logs(app_id: str, container: int, stderr: bool, follow: bool) -> None:
 
 
 # -- cluster ----------------------------------------------------------------------------------
+
+
+def _amounts(r: dict[str, Any]) -> str:
+    return f"{r['gpus']} GPU / {r['cpus']:g} CPU / {r['memory_mb'] / 1024:.1f} GiB"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--reload", is_flag=True, help="read the queue file again now (admins)")
+def queues(as_json: bool, reload: bool) -> None:
+    """The queue tree: guaranteed / maximum / used / pending, and users' shares."""
+    with _client() as client:
+        data = client.reload_queues() if reload else client.queues()
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("queue", "guaranteed", "maximum", "used", "pending", "apps", "users")
+    for q in data["queues"]:
+        depth = q["path"].count(".")
+        name = "  " * depth + q["path"].rsplit(".", 1)[-1]
+        if not q["configured"]:
+            name += " (removed)"
+        users = ", ".join(
+            f"{u} {r['gpus']} GPU ({r['share_of_maximum']:.0%})"
+            for u, r in q.get("users", {}).items()
+        )
+        table.add_row(
+            name,
+            _amounts(q["guaranteed"]) if "guaranteed" in q else "-",
+            _amounts(q["maximum"]) if "maximum" in q else "-",
+            _amounts(q["used"]),
+            _amounts(q["pending"]),
+            f"{q['running_apps']} running, {q['pending_apps']} pending",
+            users,
+        )
+    out.print(table)
+    pre = data["preemption"]
+    state = f"on (grace {pre['grace_s']:g}s)" if pre["enabled"] else "off"
+    out.print(f"configuration: {data['source']}; preemption {state}")
+    if data["error"]:
+        err.print(f"the queue file was refused, the running configuration is kept: {data['error']}")
 
 
 @cli.command()
@@ -342,6 +395,8 @@ def spec_check(spec_file: str, as_json: bool) -> None:
     else:
         click.echo(parsed.to_yaml(), nl=False)
 
+
+cli_admin.register(cli)  # dlapp admin ..., dlapp login
 
 # -- entry points -----------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import httpx
 from dlapp.errors import DlappError, ServerError, ServerUnavailable, error_from_dict
 from dlapp.spec import AppSpec
 
-USER_HEADER = "X-Dlapp-User"
 TERMINAL = "FINISHED"
 
 
@@ -21,18 +20,19 @@ class DlappClient:
     def __init__(
         self,
         base_url: str,
-        user: str,
+        token: str | None = None,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``token`` is sent as ``Authorization: Bearer``; every route but /healthz needs it."""
         self.base_url = base_url.rstrip("/")
-        self.user = user
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={USER_HEADER: user},
-            timeout=timeout_s,
-            transport=transport,
+            base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
         )
+
+    def __repr__(self) -> str:  # never the token
+        return f"DlappClient({self.base_url!r})"
 
     def close(self) -> None:
         self._http.close()
@@ -109,6 +109,14 @@ class DlappClient:
         result: dict[str, Any] = self._json("GET", "/api/v1/cluster")
         return result
 
+    def queues(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/api/v1/queues")
+        return result
+
+    def reload_queues(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/api/v1/queues/reload")
+        return result
+
     def logs(self, app_id: str, container: int = 0, stream: str = "stdout", offset: int = 0) -> str:
         resp = self._request(
             "GET",
@@ -129,6 +137,57 @@ class DlappClient:
                 yield from resp.iter_text()
         except httpx.TransportError as exc:
             raise ServerUnavailable(f"lost the dlapp server at {self.base_url}: {exc}") from None
+
+    # -- accounts (``admin_*``: cluster admins only) ---------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/api/v1/me")
+        return result
+
+    def admin_users(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._json("GET", "/api/v1/admin/users")["users"]
+        return found
+
+    def admin_add_user(
+        self, name: str, admin: bool = False, groups: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Returns ``{"user": ..., "token": ...}``: the token is shown this once."""
+        body = {"name": name, "admin": admin, "groups": list(groups)}
+        result: dict[str, Any] = self._json("POST", "/api/v1/admin/users", json=body)
+        return result
+
+    def admin_disable_user(self, name: str) -> dict[str, Any]:
+        user: dict[str, Any] = self._json("POST", f"/api/v1/admin/users/{name}/disable")["user"]
+        return user
+
+    def admin_enable_user(self, name: str) -> dict[str, Any]:
+        user: dict[str, Any] = self._json("POST", f"/api/v1/admin/users/{name}/enable")["user"]
+        return user
+
+    def admin_rotate_token(self, name: str) -> str:
+        """A new token for ``name`` (the old one stops working), shown this once."""
+        token: str = self._json("POST", f"/api/v1/admin/users/{name}/token")["token"]
+        return token
+
+    def admin_revoke_token(self, name: str) -> int:
+        count: int = self._json("POST", f"/api/v1/admin/users/{name}/token/revoke")["revoked"]
+        return count
+
+    def admin_audit(
+        self,
+        user: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        params.update(
+            {k: v for k, v in (("user", user), ("action", action), ("target", target)) if v}
+        )
+        entries: list[dict[str, Any]] = self._json("GET", "/api/v1/admin/audit", params=params)[
+            "entries"
+        ]
+        return entries
 
     def wait(
         self, app_id: str, timeout_s: float | None = None, poll_s: float = 0.5

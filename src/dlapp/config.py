@@ -2,21 +2,22 @@
 
 Every server setting can be set in a YAML file (``--config``, or ``$DLAPP_HOME/server.yaml``)
 or through the environment variable ``DLAPP_<NAME>`` in upper case (``DLAPP_PORT=9000``).
-The client reads ``DLAPP_SERVER`` / ``DLAPP_USER`` or ``~/.config/dlapp/client.yaml``.
+The client reads ``DLAPP_SERVER`` / ``DLAPP_TOKEN`` or ``~/.config/dlapp/client.yaml`` (which
+must be readable by its owner only when it holds a token).
 See docs/configuration.md for the full list.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from dlapp.credentials import check_private
 from dlapp.errors import DlappError
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,17 +54,32 @@ class ServerSettings(BaseModel):
     gpus: int | None = Field(
         None, description="embedded cluster: GPUs to declare (default: found with NVML)"
     )
-    memory_mb: int | None = Field(None, description="embedded cluster: memory to declare, MiB")
     object_store_mb: int = Field(512, description="embedded cluster: Ray object store size, MiB")
     softkill_grace_s: float = Field(30.0, ge=0, description="softkill: SIGTERM to SIGKILL delay")
+    queues_file: Path | None = Field(
+        None, description="queue tree YAML, reloaded when it changes (default: home/queues.yaml)"
+    )
     schedule_interval_s: float = Field(0.5, gt=0, description="scheduler cycle period")
     max_upload_mb: int = Field(2048, ge=1, description="largest workspace tarball accepted")
     workspace_max_files: int = Field(100_000, ge=1, description="files per workspace")
     workspace_max_mb: int = Field(4096, ge=1, description="uncompressed workspace size")
+    admin_user: str | None = Field(
+        None, description="name of the first admin, made on a fresh store (default: login name)"
+    )
+    submit_rate_per_min: float = Field(
+        60.0, ge=0, description="submissions per user per minute (token bucket); 0: no limit"
+    )
+    max_pending_per_user: int = Field(
+        1000, ge=0, description="ACCEPTED apps one user may have waiting; 0: no limit"
+    )
 
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.home / 'dlapp.db'}"
+
+    @property
+    def queues_path(self) -> Path:
+        return self.queues_file or self.home / "queues.yaml"
 
     @property
     def artifacts(self) -> Path:
@@ -82,7 +98,7 @@ class ClientSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     server: str | None = None
-    user: str = Field(default_factory=getpass.getuser)
+    token: SecretStr | None = None  # for ``server``; the embedded cluster uses its admin.token
     timeout_s: float = 30.0
 
 
@@ -140,6 +156,9 @@ def load_client_settings(env: Mapping[str, str] = os.environ, **overrides: Any) 
     path = client_config_path(env)
     if path.exists():
         values.update(_read_yaml(path))
-    values.update(_env_overrides(ClientSettings, env))
+    from_env = _env_overrides(ClientSettings, env)
+    if values.get("token") and "token" not in from_env and not overrides.get("token"):
+        check_private(path, "the token")  # a token others can read is no secret: refuse it
+    values.update(from_env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return _build(ClientSettings, values, str(path))

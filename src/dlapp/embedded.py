@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from dlapp.credentials import without_secrets
 from dlapp.errors import DlappError, ServerUnavailable
 
 STATE_FILE = "server.json"
@@ -104,6 +105,7 @@ def up(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=without_secrets(os.environ),  # the client's token is not the server's business
         )
     _spawned.append(proc)  # a daemon: it outlives this handle, which must not warn when dropped
     deadline = time.monotonic() + timeout_s
@@ -139,4 +141,7 @@ def down(home: Path, timeout_s: float = 60.0) -> bool:
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
     state_path(home).unlink(missing_ok=True)
+    for proc in [p for p in _spawned if p.pid == pid]:  # started by this process: reap it
+        proc.poll()
+        _spawned.remove(proc)
     return True

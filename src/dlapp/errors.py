@@ -10,6 +10,10 @@
     ├── InvalidTransition           409 invalid_transition  (illegal app state change)
     ├── ConflictError               409 conflict            (e.g. kill of a finished app)
     ├── PayloadTooLarge             413 too_large
+    ├── BadRequest                  400 bad_request         (a malformed request, e.g. a user name)
+    ├── Unauthorized                401 unauthorized        (no token, a wrong or revoked one)
+    ├── Forbidden                   403 forbidden           (authenticated, but not allowed)
+    ├── TooManyRequests             429 too_many_requests   (a per-user limit; maybe Retry-After)
     ├── ServerError                 502 server_error        (client side: the server said no)
     └── ServerUnavailable           503 unavailable         (client side: cannot reach a server)
 
@@ -18,6 +22,8 @@ the client turns such an answer back into the same class; the CLI prints one lin
 """
 
 from __future__ import annotations
+
+import math
 
 
 class DlappError(Exception):
@@ -30,6 +36,10 @@ class DlappError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for the answer (``WWW-Authenticate``, ``Retry-After``)."""
+        return {}
 
 
 class SpecError(DlappError):
@@ -81,6 +91,38 @@ class PayloadTooLarge(DlappError):
     http_status = 413
 
 
+class BadRequest(DlappError):
+    code = "bad_request"
+    http_status = 400
+
+
+class Unauthorized(DlappError):
+    code = "unauthorized"
+    http_status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(DlappError):
+    code = "forbidden"
+    http_status = 403
+
+
+class TooManyRequests(DlappError):
+    code = "too_many_requests"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
 class ServerError(DlappError):
     code = "server_error"
     http_status = 502
@@ -104,6 +146,10 @@ ERRORS_BY_CODE: dict[str, type[DlappError]] = {
         InvalidTransition,
         ConflictError,
         PayloadTooLarge,
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        TooManyRequests,
         ServerError,
         ServerUnavailable,
     )

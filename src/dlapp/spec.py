@@ -28,7 +28,15 @@ _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B)?)\s*$", re.
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _MEM_UNITS_MB = {"": 1.0 / 1024 / 1024, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
 _DUR_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-RESERVED_ENV = ("DLAPP_APP_ID", "CONTAINER_INDEX", "NUM_CONTAINERS", "CUDA_VISIBLE_DEVICES")
+RESERVED_ENV = (
+    "DLAPP_APP_ID",
+    "CONTAINER_INDEX",
+    "NUM_CONTAINERS",
+    "CUDA_VISIBLE_DEVICES",
+    "DLAPP_WORKSPACE",
+    "DLAPP_NOTICE_FILE",
+    "DLAPP_CHECKPOINT_DIR",
+)
 
 
 def parse_memory_mb(value: object) -> int:
@@ -112,6 +120,13 @@ class DataBinding(_Strict):
         return url_scheme(self.url)
 
 
+class NodeSelector(_Strict):
+    """The reference's "request a specific server node" and "server-node blacklist"."""
+
+    include: tuple[str, ...] = ()  # node names (IP or hostname) or ids; empty: any node
+    exclude: tuple[str, ...] = ()
+
+
 class Workspace(_Strict):
     path: str = "."
     exclude: tuple[str, ...] = ()
@@ -152,6 +167,8 @@ class AppSpec(_Strict):
     inputs: tuple[DataBinding, ...] = ()
     outputs: tuple[DataBinding, ...] = ()
     max_runtime_s: int | None = Field(default=None, alias="max_runtime")
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    nodes: NodeSelector = NodeSelector()
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True
@@ -274,6 +291,8 @@ class AppSpec(_Strict):
                 {"url": b.url, "path": b.path, "overwrite": b.overwrite} for b in self.outputs
             ],
             "max_runtime": self.max_runtime_s,
+            "priority": self.priority,
+            "nodes": {"include": list(self.nodes.include), "exclude": list(self.nodes.exclude)},
         }
 
     def to_yaml(self) -> str:
@@ -322,6 +341,9 @@ _APP_KEYS: dict[str, str | None] = {
     "gpus": "resources.gpus",
     "num_containers": "num_containers",
     "max_runtime": "max_runtime",
+    "priority": "priority",
+    "include_nodes": "nodes.include",
+    "exclude_nodes": "nodes.exclude",
     "username": None,  # the user is the authenticated caller, never a spec field
 }
 _INPUT_KEYS = {"hdfs": "url", "url": "url", "input_path": "path"}
@@ -374,7 +396,7 @@ def properties_to_dict(text: str) -> dict[str, Any]:
             if target is None:
                 continue
             value: Any = _unquote(raw)
-            if target in ("workspace.exclude",):
+            if target in ("workspace.exclude", "nodes.include", "nodes.exclude"):
                 value = shlex.split(value)
             _set_dotted(out, target, value)
     if parser.has_section("env"):
@@ -434,6 +456,7 @@ _MODELS_AT: dict[str, type[BaseModel]] = {
     "resources": Resources,
     "workspace": Workspace,
     "entry": Entry,
+    "nodes": NodeSelector,
     "inputs": DataBinding,
     "outputs": DataBinding,
 }

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dlapp.credentials import without_secrets
 from dlapp.errors import WorkspaceError
 from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
 
@@ -42,8 +43,9 @@ def app_command(req: LaunchRequest) -> list[str]:
 
 
 def app_env(req: LaunchRequest) -> dict[str, str]:
-    """The node's environment, then the request's, with this interpreter first on PATH."""
-    env = dict(os.environ)
+    """The node's environment (less dlapp's secrets), then the request's, with this interpreter
+    first on PATH."""
+    env = without_secrets(os.environ)
     env.update(req.env)
     bindir = os.path.dirname(sys.executable)
     path = env.get("PATH", "")

@@ -20,9 +20,10 @@ snapshot carries ``now``). One cycle:
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias
 
@@ -30,7 +31,6 @@ from dlapp.scheduler.placement import FreeIndex, explain_free
 from dlapp.scheduler.queues import Limits, QueueTree
 from dlapp.scheduler.snapshot import (
     AppHead,
-    NodeView,
     Resources,
     RunningApp,
     Snapshot,
@@ -58,11 +58,13 @@ class Wait:
 
 @dataclass(frozen=True)
 class Preempt:
-    """Stop ``app_id`` (SIGTERM, grace, SIGKILL) and requeue it, to make room for ``for_app``."""
+    """Stop ``app_id`` (SIGTERM, grace, SIGKILL) and requeue it, to make room for ``for_app``
+    of queue ``for_queue`` (whose claim on the freed resources later cycles honour)."""
 
     app_id: str
     for_app: str
     reason: str
+    for_queue: str = ""
 
 
 Decision: TypeAlias = Admit | Wait | Preempt
@@ -128,10 +130,16 @@ class _Cycle:
         for app in snapshot.running:
             self._charge(self._path(app.queue), app.user, app.total)
         self.decisions: dict[str, Decision] = {}
+        self._rooms: dict[str, tuple[Resources, Resources]] = {}
+        self._caps: dict[str, Resources] = {}
         self.preempts: list[Preempt] = []
         self.failed_shapes: dict[tuple[object, ...], str] = {}
         self.estimates: dict[tuple[object, ...], float | None] = {}
         self.preempting: set[str] = set()  # queues that asked for a preemption this cycle
+        self.no_victims: set[tuple[str, tuple[object, ...]]] = set()
+        self.victims: dict[str, str] = {}  # chosen this cycle -> the queue they make room for
+        self._victim_order: list[tuple[RunningApp, str]] | None = None
+        self._victim_queues: set[str] = set()
 
     # -- queues and usage ----------------------------------------------------------------------
 
@@ -171,20 +179,53 @@ class _Cycle:
         return (relative, share(used, self.total), path)
 
     def user_cap(self, path: str) -> Resources:
-        if path not in self.tree.by_path:
-            return self.total
-        return self.tree.user_cap(path, self.limits_of(path).maximum)
+        cap = self._caps.get(path)
+        if cap is None:
+            if path not in self.tree.by_path:
+                cap = self.total
+            else:
+                cap = self.tree.user_cap(path, self.limits_of(path).maximum)
+            self._caps[path] = cap
+        return cap
 
     # -- one app -------------------------------------------------------------------------------
 
+    def within_guarantee(self, head: AppHead, path: str) -> bool:
+        """Whether admitting ``head`` keeps its queue within its guarantee, on every resource
+        the queue has a guarantee of."""
+        if path not in self.tree.by_path:
+            return False
+        after, g = self.usage[path] + head.total, self.limits_of(path).guaranteed
+        return (
+            (g.gpus <= 0 or after.gpus <= g.gpus)
+            and (g.cpus <= 0 or after.cpus <= g.cpus + 1e-9)
+            and (g.memory_mb <= 0 or after.memory_mb <= g.memory_mb)
+        )
+
+    def _room(self, path: str) -> tuple[Resources, Resources]:
+        """(room under the queue's and its ancestors' maxima, a user's cap) for leaf ``path``;
+        cached until the next admission changes usage."""
+        room = self._rooms.get(path)
+        if room is None:
+            rooms = [self.limits_of(p).maximum - self.usage[p] for p in self.chain(path)]
+            headroom = Resources(
+                min(r.cpus for r in rooms),
+                min(r.memory_mb for r in rooms),
+                min(r.gpus for r in rooms),
+            )
+            room = self._rooms[path] = (headroom, self.user_cap(path))
+        return room
+
     def limit_reason(self, head: AppHead, path: str) -> str | None:
         need = head.total
+        headroom, cap = self._room(path)
+        if need.fits_in(headroom) and (need.fits_in(cap - self.user_usage[(path, head.user)])):
+            return None
         for p in self.chain(path):
             maximum = self.limits_of(p).maximum
             if _binds(self.usage[p] + need, maximum, self.total):
                 in_use = _say(self.usage[p], maximum)
                 return f"queue {p} at its maximum ({in_use} in use, needs {need.describe()})"
-        cap = self.user_cap(path)
         held = self.user_usage[(path, head.user)]
         if _binds(held + need, cap, self.total):
             return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
@@ -208,6 +249,7 @@ class _Cycle:
 
     def admit(self, head: AppHead, path: str, nodes: tuple[str, ...]) -> None:
         self._charge(path, head.user, head.total)
+        self._rooms.clear()
         self.decisions[head.app_id] = Admit(head.app_id, nodes)
         # an admission can only shrink free space: failed shapes stay failed this cycle
 
@@ -245,19 +287,28 @@ class _Cycle:
         g = self.limits_of(path).guaranteed
         if _over(self.usage[path] + head.total, g):
             return None  # preemption only gives a queue its guarantee back, not more
-        base = [(n, self.free.free[i]) for i, n in self.free.nodes.items()]
-        stopping = [a for a in self.snapshot.running if a.stopping]
-        if stopping and self._fits_after(head, base, stopping):
+        tried = (path, self.shape(head))
+        if tried in self.no_victims:
+            return None
+        stopping = [
+            a
+            for a in self.snapshot.running
+            if (a.stopping and a.claimed_by in (None, path)) or self.victims.get(a.app_id) == path
+        ]
+        if stopping and self._fits_with(head, stopping):
             self.preempting.add(path)
             return f"waiting for {len(stopping)} stopping app(s) to release their resources"
-        candidates = [a for a in self.snapshot.running if self._victim_ok(a, path)]
-        candidates.sort(
-            key=lambda a: (
-                -self.relative_use(self._path(a.queue))[0],
-                a.priority,
-                -a.started_at,
-                -a.seq,
-            )
+        order = self._victims()
+        over = {
+            q
+            for q in self._victim_queues
+            if q != path
+            and q in self.tree.by_path
+            and self.tree.by_path[q].preemptible
+            and _over(self.usage[q], self.limits_of(q).guaranteed) is not None
+        }
+        candidates = (
+            a for a, q in order if q in over and not a.stopping and a.app_id not in self.victims
         )
         chosen: list[RunningApp] = []
         queue_use = dict(self.usage)
@@ -270,49 +321,69 @@ class _Cycle:
                 continue  # never push the victim's queue under its own guarantee
             queue_use[vpath] = after
             chosen.append(victim)
-            if self._fits_after(head, base, chosen):
+            self._free_up([victim], +1)
+            placed = self.free.place(head)
+            if placed is not None:
+                for node_id in placed:
+                    self.free.give(node_id, head.request)
                 break
         else:
+            self._free_up(chosen, -1)
+            self.no_victims.add(tried)
             return None
+        self._free_up(chosen, -1)
         for victim in list(reversed(chosen)):  # no more than needed
             rest = [v for v in chosen if v is not victim]
-            if rest and self._fits_after(head, base, rest):
+            if rest and self._fits_with(head, rest):
                 chosen = rest
         self.preempting.add(path)
+        self.victims.update((v.app_id, path) for v in chosen)
         used, glimit = self.usage[path], g
         for victim in chosen:
             vpath = self._path(victim.queue)
             vuse, vg = self.usage[vpath], self.limits_of(vpath).guaranteed
             self.preempts.append(
                 Preempt(
-                    victim.app_id,
-                    head.app_id,
-                    f"preempted for {head.app_id}: queue {path} is under its guarantee "
+                    app_id=victim.app_id,
+                    for_app=head.app_id,
+                    for_queue=path,
+                    reason=f"preempted for {head.app_id}: queue {path} is under its guarantee "
                     f"({describe_gpus(used.gpus)} of {glimit.gpus} guaranteed) and {vpath} is over "
                     f"its guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)",
                 )
             )
         return f"waiting for {len(chosen)} preempted app(s) to release their resources"
 
-    def _victim_ok(self, app: RunningApp, path: str) -> bool:
-        if app.stopping:
-            return False
-        vpath = self._path(app.queue)
-        if vpath == path or vpath not in self.tree.by_path:
-            return False
-        if not self.tree.by_path[vpath].preemptible:
-            return False
-        return _over(self.usage[vpath], self.limits_of(vpath).guaranteed) is not None
+    def _victims(self) -> list[tuple[RunningApp, str]]:
+        """Running apps (with their queue) in the order preemption takes them: queue most over
+        its guarantee first, then lowest priority, then youngest. Sorted once a cycle."""
+        if self._victim_order is None:
+            pairs = [(a, self._path(a.queue)) for a in self.snapshot.running]
+            rel = {q: self.relative_use(q)[0] for q in {q for _, q in pairs}}
+            pairs.sort(key=lambda p: (-rel[p[1]], p[0].priority, -p[0].started_at, -p[0].seq))
+            self._victim_order = pairs
+            self._victim_queues = set(rel)
+        return self._victim_order
 
-    def _fits_after(
-        self, head: AppHead, base: Sequence[tuple[NodeView, Resources]], freed: Iterable[RunningApp]
-    ) -> bool:
-        sim = FreeIndex(replace(n, free=f) for n, f in base)
-        for app in freed:
+    def _free_up(self, apps: Iterable[RunningApp], sign: int) -> None:
+        """Pretend ``apps`` are gone (+1), or undo that (-1), on the working index."""
+        for app in apps:
             for node_id in app.nodes:
-                if node_id in sim.nodes:
-                    sim.give(node_id, app.request)
-        return sim.place(head) is not None
+                if node_id in self.free.nodes:
+                    if sign > 0:
+                        self.free.give(node_id, app.request)
+                    else:
+                        self.free.take(node_id, app.request)
+
+    def _fits_with(self, head: AppHead, freed: Sequence[RunningApp]) -> bool:
+        """Whether ``head`` would fit once ``freed`` are gone; the working index is unchanged."""
+        self._free_up(freed, +1)
+        placed = self.free.place(head)
+        if placed is not None:
+            for node_id in placed:
+                self.free.give(node_id, head.request)
+        self._free_up(freed, -1)
+        return placed is not None
 
 
 def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
@@ -325,53 +396,41 @@ def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
     for h in heads:
         lines[cycle._path(h.queue)].append(h)
     position: dict[str, int] = {}
-    pending: dict[str, dict[int, dict[str, list[AppHead]]]] = {}
+    pending: dict[str, _Line] = {}
     for path, line in lines.items():
         line.sort(key=lambda h: (-h.priority, h.seq, h.app_id))
-        by_prio: dict[int, dict[str, list[AppHead]]] = defaultdict(lambda: defaultdict(list))
         for i, h in enumerate(line, 1):
             position[h.app_id] = i
-            by_prio[h.priority][h.user].append(h)
-        for users in by_prio.values():
-            for apps in users.values():
-                apps.reverse()  # pop() from the end takes the earliest
-        pending[path] = by_prio
+        pending[path] = _Line(line, cycle, path)
 
-    def wait(h: AppHead, path: str, reason: str, estimate: float | None = None) -> None:
+    def wait(h: AppHead, path: str, reason: str, estimate: float | None) -> None:
         cycle.decisions[h.app_id] = Wait(h.app_id, position[h.app_id], reason, estimate)
 
-    # 2. serve the least-served queue next, one app at a time
-    active = set(pending)
-    while active:
-        path = min(active, key=cycle.relative_use)
-        head = _next(pending[path], cycle, path)
-        if head is None:
-            active.discard(path)
-            continue
-        # 3. the queue's maximum and the user's limit
-        limited = cycle.limit_reason(head, path)
-        if limited is not None:
-            wait(head, path, limited)
-        else:
-            # 4. the whole gang, by best fit
-            placed = cycle.try_place(head)
-            if isinstance(placed, tuple):
-                cycle.admit(head, path, placed)
+    # 2. first every queue up to its guarantee (preempting for it when that is on), then
+    #    idle capacity lent out up to each queue's maximum; the least-served queue first
+    for borrowing in (False, True):
+        order = [(cycle.relative_use(path), path) for path, q_line in pending.items() if q_line]
+        heapq.heapify(order)
+        while order:
+            _, path = heapq.heappop(order)
+            queue_line = pending[path]
+            head = queue_line.next()
+            if head is None:
                 continue
-            # 5. preemption for a queue under its guarantee; else say why and when
-            preempting = cycle.preempt_for(head, path)
-            if preempting is not None:
-                wait(head, path, preempting)
+            if not borrowing and not cycle.within_guarantee(head, path):
+                queue_line.put_back(head)  # its turn comes when capacity is lent out
+                continue
+            if _serve(cycle, head, path, borrowing, wait):
+                queue_line.charged(head.user)
             else:
-                wait(head, path, placed, cycle.estimate(head))
-        queue = cycle.tree.by_path.get(path)
-        if queue is not None and queue.ordering == "fifo":
-            blocker = head.app_id
-            while (behind := _next(pending[path], cycle, path)) is not None:
-                wait(
-                    behind, path, f"waiting behind {blocker} (first in queue {path}, which is fifo)"
-                )
-            active.discard(path)
+                queue = cycle.tree.by_path.get(path)
+                if queue is not None and queue.ordering == "fifo":
+                    blocker = head.app_id
+                    while (behind := queue_line.next()) is not None:
+                        why = f"waiting behind {blocker} (first in queue {path}, which is fifo)"
+                        wait(behind, path, why, None)
+                    continue
+            heapq.heappush(order, (cycle.relative_use(path), path))
     # 6. positions count only the apps still waiting, in each queue's line order
     for line in lines.values():
         place = 0
@@ -384,17 +443,87 @@ def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
     return [cycle.decisions[h.app_id] for h in heads] + list(cycle.preempts)
 
 
-def _next(by_prio: dict[int, dict[str, list[AppHead]]], cycle: _Cycle, path: str) -> AppHead | None:
-    """The queue's next app: top priority, then the user with the smallest dominant share."""
-    while by_prio:
-        top = max(by_prio)
-        users = {u: apps for u, apps in by_prio[top].items() if apps}
-        if not users:
-            del by_prio[top]
-            continue
-        cap = cycle.limits_of(path).maximum
-        user = min(
-            users, key=lambda u: (share(cycle.user_usage[(path, u)], cap), users[u][-1].seq, u)
-        )
-        return users[user].pop()
-    return None
+def _serve(
+    cycle: _Cycle,
+    head: AppHead,
+    path: str,
+    borrowing: bool,
+    wait: Callable[[AppHead, str, str, float | None], None],
+) -> bool:
+    """Admit ``head`` if its queue's maximum, its user's limit and the cluster allow; else
+    record why it waits (after trying preemption, for a queue under its guarantee)."""
+    # 3. the queue's maximum and the user's limit
+    limited = cycle.limit_reason(head, path)
+    if limited is not None:
+        wait(head, path, limited, None)
+        return False
+    # 4. the whole gang, by best fit
+    placed = cycle.try_place(head)
+    if isinstance(placed, tuple):
+        cycle.admit(head, path, placed)
+        return True
+    # 5. preemption gives a queue its guarantee back (never for borrowing)
+    preempting = None if borrowing else cycle.preempt_for(head, path)
+    if preempting is not None:
+        wait(head, path, preempting, None)
+    else:
+        wait(head, path, placed, cycle.estimate(head))
+    return False
+
+
+class _Line:
+    """One queue's pending apps: top priority first, then the user with the smallest dominant
+    share (a heap per priority; only the user who was just served changes place)."""
+
+    def __init__(self, line: Sequence[AppHead], cycle: _Cycle, path: str) -> None:
+        self.cycle, self.path = cycle, path
+        self.cap = cycle.limits_of(path).maximum
+        self.apps: dict[int, dict[str, deque[AppHead]]] = defaultdict(lambda: defaultdict(deque))
+        for h in line:  # already in (priority, seq) order
+            self.apps[h.priority][h.user].append(h)
+        self.priorities = sorted(self.apps, reverse=True)
+        self.heaps: dict[int, list[tuple[float, int, str]]] = {}
+        for prio, users in self.apps.items():
+            heap = [(self._share(u), apps[0].seq, u) for u, apps in users.items()]
+            heapq.heapify(heap)
+            self.heaps[prio] = heap
+        self._last: tuple[int, str] | None = None
+        self._held: AppHead | None = None
+
+    def _share(self, user: str) -> float:
+        return share(self.cycle.user_usage[(self.path, user)], self.cap)
+
+    def __bool__(self) -> bool:
+        return self._held is not None or any(self.heaps.values())
+
+    def put_back(self, head: AppHead) -> None:
+        """Return the app just taken: it is the next one again."""
+        self._held = head
+
+    def next(self) -> AppHead | None:
+        if self._held is not None:
+            head, self._held = self._held, None
+            return head
+        self._requeue_last()
+        while self.priorities:
+            prio = self.priorities[0]
+            heap = self.heaps[prio]
+            if not heap:
+                self.priorities.pop(0)
+                continue
+            _, _, user = heapq.heappop(heap)
+            self._last = (prio, user)
+            return self.apps[prio][user].popleft()
+        return None
+
+    def charged(self, user: str) -> None:
+        """The last app served was admitted: its user's share grew (re-sorted on next())."""
+
+    def _requeue_last(self) -> None:
+        if self._last is None:
+            return
+        prio, user = self._last
+        self._last = None
+        rest = self.apps[prio][user]
+        if rest:
+            heapq.heappush(self.heaps[prio], (self._share(user), rest[0].seq, user))

@@ -89,6 +89,7 @@ class RunningApp:
     started_at: float = 0.0
     ends_by: float | None = None  # start + max runtime, when the app has one
     stopping: bool = False  # killed / preempted, not yet gone
+    claimed_by: str | None = None  # preempted for this queue: its resources are that queue's
 
     @property
     def total(self) -> Resources:

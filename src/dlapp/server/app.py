@@ -13,7 +13,11 @@ from dlapp import __version__
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import Executor
+from dlapp.server import admin_routes
+from dlapp.server.auth import AuthMiddleware, bootstrap_admin
 from dlapp.server.context import Context
+from dlapp.server.limits import BodyLimitMiddleware, BodyTooLarge
+from dlapp.server.queue_config import QueueConfig
 from dlapp.server.routes import router
 from dlapp.server.scheduling import Scheduler
 from dlapp.store.db import make_engine, migrate, session_factory
@@ -38,7 +42,13 @@ def create_app(
         engine = make_engine(settings.database_url)
         migrate(engine)
         executor = executor_factory(settings)
-        ctx = Context(settings=settings, sessions=session_factory(engine), executor=executor)
+        ctx = Context(
+            settings=settings,
+            sessions=session_factory(engine),
+            executor=executor,
+            queues=QueueConfig(settings.queues_path),
+        )
+        bootstrap_admin(ctx)  # a fresh store gets its one admin
         scheduler = Scheduler(ctx)
         scheduler.start()
         app.state.ctx = ctx
@@ -60,11 +70,21 @@ def create_app(
 
     @app.exception_handler(DlappError)
     async def _dlapp_error(_request: Request, exc: DlappError) -> JSONResponse:
-        return JSONResponse(status_code=exc.http_status, content={"error": exc.to_dict()})
+        return JSONResponse(
+            status_code=exc.http_status, content={"error": exc.to_dict()}, headers=exc.headers()
+        )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _body_too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"error": exc.error.to_dict()})
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     app.include_router(router, prefix="/api/v1")
+    app.include_router(admin_routes.me_router, prefix="/api/v1")
+    app.include_router(admin_routes.router, prefix="/api/v1/admin")
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AuthMiddleware)  # added last, so it runs first: 401 before anything else
     return app

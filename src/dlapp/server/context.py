@@ -1,4 +1,4 @@
-"""What the server's services share: settings, sessions, the executor and the clock."""
+"""What the server's services share: settings, sessions, the executor, the clock, limiters."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dlapp.config import ServerSettings
 from dlapp.executor import Executor, NodeInfo
+from dlapp.server.queue_config import QueueConfig
+from dlapp.server.ratelimit import RateLimiter
 
 
 @dataclass
@@ -17,9 +19,14 @@ class Context:
     settings: ServerSettings
     sessions: sessionmaker[Session]
     executor: Executor
+    queues: QueueConfig
     clock: Callable[[], float] = time.time
+    submit_limiter: RateLimiter = field(init=False)  # per user, from submit_rate_per_min
     _nodes: list[NodeInfo] = field(default_factory=list)
     _nodes_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.submit_limiter = RateLimiter(self.settings.submit_rate_per_min)
 
     def nodes(self, max_age_s: float = 2.0) -> list[NodeInfo]:
         """The executor's node list, cached for a moment (it is asked on every cycle)."""

@@ -1,4 +1,7 @@
-"""REST routes under /api/v1: thin; each validates and calls a service."""
+"""REST routes under /api/v1: thin; each validates and calls a service.
+
+Every route needs a caller (``get_caller``): the ``AuthMiddleware`` has resolved the token.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from dlapp.errors import SpecError
-from dlapp.server import services
+from dlapp.errors import Forbidden, SpecError
+from dlapp.scheduler import QueueConfigError
+from dlapp.server import queue_service, services
+from dlapp.server.auth import Caller, get_caller
 from dlapp.server.context import Context
 from dlapp.server.views import app_view, event_view
 from dlapp.spec import AppSpec
 from dlapp.status import AppState
 from dlapp.store import repo
 
-router = APIRouter()
-USER_HEADER = "X-Dlapp-User"
+router = APIRouter(dependencies=[Depends(get_caller)])
 
 
 def get_ctx(request: Request) -> Context:
@@ -35,16 +39,9 @@ def get_session(ctx: Annotated[Context, Depends(get_ctx)]) -> Iterator[Session]:
         yield session
 
 
-def get_user(x_dlapp_user: Annotated[str, Header()] = "") -> str:
-    # Identity until token authentication lands: the caller names itself.
-    if not x_dlapp_user or len(x_dlapp_user) > 128:
-        raise SpecError(f"the {USER_HEADER} header must name the caller")
-    return x_dlapp_user
-
-
 Ctx = Annotated[Context, Depends(get_ctx)]
 Db = Annotated[Session, Depends(get_session)]
-User = Annotated[str, Depends(get_user)]
+User = Annotated[Caller, Depends(get_caller)]
 
 
 @router.post("/apps", status_code=201, tags=["apps"])
@@ -64,7 +61,7 @@ def submit_app(
     with tempfile.NamedTemporaryFile(dir=ctx.settings.home, suffix=".upload") as tmp:
         shutil.copyfileobj(workspace.file, tmp)
         tmp.flush()
-        view = services.submit(ctx, session, user, app_spec, Path(tmp.name))
+        view = services.submit(ctx, session, user.name, app_spec, Path(tmp.name))
     request.app.state.scheduler.wake()
     return view
 
@@ -73,29 +70,30 @@ def submit_app(
 def list_apps(
     ctx: Ctx,
     session: Db,
+    me: User,
     user: Annotated[str | None, Query()] = None,
     queue: Annotated[str | None, Query()] = None,
     state: Annotated[list[AppState] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
-    apps = repo.list_apps(session, user=user, queue=queue, states=state or (), limit=limit)
+    apps = services.list_apps(session, me, user=user, queue=queue, states=state or (), limit=limit)
     return {"apps": [app_view(a, ctx.settings.url) for a in apps]}
 
 
 @router.get("/apps/{app_id}", tags=["apps"])
-def get_app(ctx: Ctx, session: Db, app_id: str) -> dict[str, Any]:
-    return app_view(services.get(ctx, session, app_id), ctx.settings.url)
+def get_app(ctx: Ctx, session: Db, me: User, app_id: str) -> dict[str, Any]:
+    return app_view(services.get(ctx, session, app_id, me), ctx.settings.url)
 
 
 @router.get("/apps/{app_id}/events", tags=["apps"])
-def get_events(ctx: Ctx, session: Db, app_id: str) -> dict[str, Any]:
-    services.get(ctx, session, app_id)
+def get_events(ctx: Ctx, session: Db, me: User, app_id: str) -> dict[str, Any]:
+    services.get(ctx, session, app_id, me)
     return {"events": [event_view(e) for e in repo.events(session, app_id)]}
 
 
 @router.post("/apps/{app_id}/kill", tags=["apps"])
 def kill_app(request: Request, ctx: Ctx, session: Db, user: User, app_id: str) -> dict[str, Any]:
-    app = services.kill(ctx, session, app_id, soft=False)
+    app = services.kill(ctx, session, app_id, soft=False, caller=user)
     request.app.state.scheduler.wake()
     return app_view(app, ctx.settings.url)
 
@@ -104,7 +102,7 @@ def kill_app(request: Request, ctx: Ctx, session: Db, user: User, app_id: str) -
 def softkill_app(
     request: Request, ctx: Ctx, session: Db, user: User, app_id: str
 ) -> dict[str, Any]:
-    app = services.kill(ctx, session, app_id, soft=True)
+    app = services.kill(ctx, session, app_id, soft=True, caller=user)
     request.app.state.scheduler.wake()
     return app_view(app, ctx.settings.url)
 
@@ -113,6 +111,7 @@ def softkill_app(
 def get_logs(
     ctx: Ctx,
     session: Db,
+    me: User,
     app_id: str,
     container: Annotated[int, Query(ge=0)] = 0,
     stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
@@ -120,7 +119,7 @@ def get_logs(
     length: Annotated[int, Query(ge=1, le=16 * 1024 * 1024)] = 1024 * 1024,
     follow: bool = False,
 ) -> Response:
-    app = services.get(ctx, session, app_id)
+    app = services.get(ctx, session, app_id, me)
     if follow:
         services.read_log(ctx, session, app, container, stream, 0, 1)  # validates the request
         return StreamingResponse(
@@ -141,3 +140,21 @@ def get_logs(
 @router.get("/cluster", tags=["cluster"])
 def get_cluster(ctx: Ctx, session: Db) -> dict[str, Any]:
     return services.cluster(ctx, session)
+
+
+@router.get("/queues", tags=["queues"])
+def get_queues(ctx: Ctx, session: Db) -> dict[str, Any]:
+    """The queue tree: guaranteed / maximum / used / pending per resource, users' shares."""
+    return queue_service.queues_view(ctx, session)
+
+
+@router.post("/queues/reload", tags=["queues"])
+def reload_queues(request: Request, ctx: Ctx, session: Db, caller: User) -> dict[str, Any]:
+    """Read the queue file again now (admins); an invalid one is refused, the running one kept."""
+    if not caller.is_admin:
+        raise Forbidden("only cluster admins may reload the queue configuration")
+    result = ctx.queues.reload(force=True)
+    if result.error is not None:
+        raise QueueConfigError(result.error)
+    request.app.state.scheduler.wake()
+    return queue_service.queues_view(ctx, session)

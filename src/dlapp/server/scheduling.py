@@ -49,6 +49,7 @@ class Scheduler:
         self._wake = threading.Event()
         self.cycles = 0
         self._specs: dict[str, AppSpec] = {}  # parsed specs by app id (specs never change)
+        self._claims: dict[str, str] = {}  # preempted app -> the queue its resources go to
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class Scheduler:
             if ended and app.kill_requested == "preempt":
                 # back to its queue, keeping its place (seq); a preemption is no failure
                 app.kill_requested = None
+                self._claims.pop(app.id, None)
                 repo.transition(session, app, AppState.ACCEPTED, "requeued after preemption", now)
             elif ended:
                 final, reason = _outcome(app, containers)
@@ -262,6 +264,7 @@ class Scheduler:
                     started_at=started,
                     ends_by=None if spec.max_runtime_s is None else started + spec.max_runtime_s,
                     stopping=app.kill_requested is not None,
+                    claimed_by=self._claims.get(app_id),
                 )
             )
         return tuple(out)
@@ -273,6 +276,7 @@ class Scheduler:
         now = self.ctx.clock()
         grace = self.ctx.queues.tree.preemption_grace_s
         app.kill_requested = "preempt"
+        self._claims[app.id] = d.for_queue
         repo.add_event(session, app.id, "preemption", d.reason, now)
         repo.add_event(session, d.for_app, "preemption", f"{d.app_id} preempted for this app", now)
         notice = {"reason": "preempted", "detail": d.reason, "deadline": now + grace}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,16 @@ from sqlalchemy.orm import Session
 
 from dlapp import staging, workspace
 from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
+from dlapp.runtime import get_runtime
 from dlapp.scheduler import NodeView, Resources, check_feasible
+from dlapp.server import limits
+from dlapp.server.auth import Caller, may_see
 from dlapp.server.context import Context
+from dlapp.server.queue_service import resolve_queue
 from dlapp.server.views import app_view
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
-from dlapp.store import repo
+from dlapp.store import audit, repo, users
 from dlapp.store.models import App
 from dlapp.supervisor import STREAMS, log_dir
 
@@ -41,11 +45,21 @@ def submit(
     ctx: Context, session: Session, user: str, spec: AppSpec, upload: Path
 ) -> dict[str, Any]:
     """Check everything that can be checked now, then store the app as ACCEPTED."""
+    # 0. refuse a caller over their limits (apps waiting, submission rate)
+    limits.check_submit(ctx, session, user)
     # 1. refuse what could never run, before anything is kept
     if upload.stat().st_size > ctx.settings.max_upload_mb * MB:
         raise PayloadTooLarge(f"the workspace tarball is over {ctx.settings.max_upload_mb} MiB")
     r = spec.resources
-    check_feasible(Resources(r.cpus, r.memory_mb, r.gpus), spec.num_containers, node_views(ctx))
+    check_feasible(
+        Resources(r.cpus, r.memory_mb, r.gpus),
+        spec.num_containers,
+        node_views(ctx),
+        spec.nodes.include,
+        spec.nodes.exclude,
+    )
+    spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
+    get_runtime(spec.runtime)  # a runtime this cluster cannot run is refused now, not at start
     staging.check_urls(spec)
     staging.check_outputs_writable(spec)
     workspace.inspect_tarball(upload, _limits(ctx))
@@ -60,6 +74,7 @@ def submit(
         app = repo.add_app(
             session, repo.NewApp(user=user, spec=spec, workspace=str(dest)), now, app_id, seq
         )
+        audit.record(session, user, "submit", app_id, now, f"queue {spec.queue}, name {spec.name}")
         os.replace(tmp, dest)
         session.commit()
     except BaseException:
@@ -70,13 +85,34 @@ def submit(
     return app_view(app, ctx.settings.url)
 
 
-def get(ctx: Context, session: Session, app_id: str) -> App:
-    return repo.get_app(session, app_id)
+def get(ctx: Context, session: Session, app_id: str, caller: Caller) -> App:
+    """The app, if ``caller`` may see it; someone else's app is not found, as a missing one."""
+    app = session.get(App, app_id)
+    if app is None or not may_see(caller, app):
+        raise NotFoundError(f"no app {app_id}")
+    return app
 
 
-def kill(ctx: Context, session: Session, app_id: str, soft: bool) -> App:
+def list_apps(
+    session: Session,
+    caller: Caller,
+    user: str | None = None,
+    queue: str | None = None,
+    states: Sequence[AppState] = (),
+    limit: int = 1000,
+) -> list[App]:
+    """Apps the caller may see: their own, or everyone's for an admin. A non-admin asking for
+    another user's apps gets none (as if that user had none)."""
+    if not caller.is_admin:
+        if user not in (None, "", caller.name):
+            return []
+        user = caller.name
+    return repo.list_apps(session, user=user, queue=queue, states=states, limit=limit)
+
+
+def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller) -> App:
     """Kill now, or softkill: SIGTERM, the grace period, then SIGKILL."""
-    app = repo.get_app(session, app_id)
+    app = get(ctx, session, app_id, caller)
     state = AppState(app.state)
     word = "softkill" if soft else "kill"
     now = ctx.clock()
@@ -90,7 +126,9 @@ def kill(ctx: Context, session: Session, app_id: str, soft: bool) -> App:
         grace = ctx.settings.softkill_grace_s if soft else 0.0
         app.kill_requested = word
         repo.add_event(session, app.id, "info", f"{word} requested (grace {grace:g}s)", now)
-        ctx.executor.stop(app.id, grace)
+        notice = {"reason": word, "by": caller.name, "deadline": now + grace}
+        ctx.executor.stop(app.id, grace, notice if soft else None)
+    audit.record(session, caller.name, word, app.id, now, f"app of {app.user}, was {state.value}")
     session.commit()
     return app
 

@@ -1,0 +1,193 @@
+"""``dlapp admin ...`` (users, tokens, the audit log: cluster admins) and ``dlapp login``.
+
+A token is printed once, when it is made (``user add``, ``token rotate``); the server keeps only
+its hash. ``dlapp login`` checks a token against a server and saves both in the client config,
+mode 0600. Registered on the main group by ``dlapp.cli``; tested through ``dlapp.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from dlapp.client import DlappClient
+from dlapp.config import client_config_path
+from dlapp.credentials import write_private
+from dlapp.errors import DlappError
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _client() -> DlappClient:
+    from dlapp.cli import _client as connect  # dlapp.cli imports this module: import late
+
+    return connect()
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _show_token(name: str, token: str) -> None:
+    click.echo(f"token for {name} (shown only this once; keep it secret):")
+    click.echo(token)
+    click.echo(f"{name} can save it with: dlapp login <server URL>  (then paste the token)")
+
+
+@click.group()
+def admin() -> None:
+    """Users, tokens and the audit log (cluster admins only)."""
+
+
+@admin.group()
+def user() -> None:
+    """Add, list, disable and enable users."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", "is_admin", is_flag=True, help="make a cluster admin")
+@click.option("--group", "groups", multiple=True, help="a group (for queue ACLs); repeatable")
+@click.option("--json", "as_json", is_flag=True, help="print the user and token as JSON")
+def user_add(name: str, is_admin: bool, groups: tuple[str, ...], as_json: bool) -> None:
+    """Add user NAME and print their first token."""
+    with _client() as client:
+        made = client.admin_add_user(name, admin=is_admin, groups=groups)
+    if as_json:
+        _print_json(made)
+        return
+    u = made["user"]
+    role = "cluster admin" if u["is_admin"] else "user"
+    out.print(
+        f"added {role} {u['name']}" + (f" (groups {', '.join(u['groups'])})" if u["groups"] else "")
+    )
+    _show_token(u["name"], made["token"])
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def user_list(as_json: bool) -> None:
+    """Every user: admin or not, groups, disabled, when their token was made and last used."""
+    with _client() as client:
+        found = client.admin_users()
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("name", "admin", "groups", "disabled", "created", "token made", "token used")
+    for u in found:
+        table.add_row(
+            u["name"],
+            "yes" if u["is_admin"] else "",
+            ",".join(u["groups"]),
+            "yes" if u["disabled"] else "",
+            u["created"] or "-",
+            u["token_created"] or "(none)",
+            u["token_last_used"] or "-",
+        )
+    out.print(table)
+
+
+@user.command("disable")
+@click.argument("name")
+def user_disable(name: str) -> None:
+    """Refuse every request of NAME from now on (their apps keep running)."""
+    with _client() as client:
+        client.admin_disable_user(name)
+    out.print(f"disabled {name}")
+
+
+@user.command("enable")
+@click.argument("name")
+def user_enable(name: str) -> None:
+    """Let a disabled user in again (with their token, if it was not revoked)."""
+    with _client() as client:
+        client.admin_enable_user(name)
+    out.print(f"enabled {name}")
+
+
+@admin.group()
+def token() -> None:
+    """Rotate or revoke a user's token."""
+
+
+@token.command("rotate")
+@click.argument("name")
+def token_rotate(name: str) -> None:
+    """Give NAME a new token (printed once); the old one stops working."""
+    with _client() as client:
+        new = client.admin_rotate_token(name)
+    _show_token(name, new)
+
+
+@token.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke NAME's token; they are locked out until `dlapp admin token rotate NAME`."""
+    with _client() as client:
+        count = client.admin_revoke_token(name)
+    out.print(f"revoked {count} token(s) of {name}")
+
+
+@admin.command("audit")
+@click.option("--user", help="only what this user did")
+@click.option("--action", help="only this action (submit, kill, softkill, user.add, ...)")
+@click.option("--target", help="only what was done to this app or user")
+@click.option("--limit", default=100, show_default=True, help="newest N entries")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def audit_cmd(
+    user: str | None, action: str | None, target: str | None, limit: int, as_json: bool
+) -> None:
+    """Who did what, and when: submits, kills, user and token changes. Newest first."""
+    with _client() as client:
+        entries = client.admin_audit(user=user, action=action, target=target, limit=limit)
+    if as_json:
+        _print_json(entries)
+        return
+    table = Table("time", "user", "action", "target", "detail")
+    for e in entries:
+        table.add_row(e["time"], e["user"], e["action"], e["target"], e["detail"])
+    out.print(table)
+
+
+@click.command()
+@click.argument("server")
+@click.option("--token-stdin", is_flag=True, help="read the token from stdin, not a prompt")
+def login(server: str, token_stdin: bool) -> None:
+    """Check a token against SERVER and save both in the client config (mode 0600)."""
+    if token_stdin:
+        secret = sys.stdin.readline().strip()
+    else:
+        secret = click.prompt("token", hide_input=True).strip()
+    if not secret:
+        raise DlappError("no token given")
+    with DlappClient(server, secret) as client:
+        me = client.whoami()
+    path = client_config_path()
+    values = _read_config(path)
+    values.update({"server": server, "token": secret})
+    write_private(path, yaml.safe_dump(values, sort_keys=False))
+    out.print(f"logged in to {server} as {me['name']}; saved in {path} (mode 0600)")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DlappError(f"cannot read the client config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DlappError(f"the client config {path} must be a mapping")
+    return data
+
+
+def register(group: click.Group) -> None:
+    group.add_command(admin)
+    group.add_command(login)

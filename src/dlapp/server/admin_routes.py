@@ -1,0 +1,76 @@
+"""Routes for accounts: ``/api/v1/me`` for anyone, ``/api/v1/admin/...`` for cluster admins."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from dlapp.server import accounts
+from dlapp.server.auth import Caller, get_caller, require_admin
+from dlapp.server.routes import Ctx, Db
+from dlapp.store import audit, users
+
+me_router = APIRouter(dependencies=[Depends(get_caller)])
+router = APIRouter(dependencies=[Depends(require_admin)])
+Admin = Annotated[Caller, Depends(require_admin)]
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="login name: letters, digits, '.', '_', '-'")
+    admin: bool = Field(False, description="a cluster admin")
+    groups: list[str] = Field(default_factory=list, description="groups, for queue ACLs")
+
+
+@me_router.get("/me", tags=["users"])
+def whoami(caller: Annotated[Caller, Depends(get_caller)]) -> dict[str, Any]:
+    return {"name": caller.name, "is_admin": caller.is_admin, "groups": sorted(caller.groups)}
+
+
+@router.get("/users", tags=["admin"])
+def list_users(session: Db) -> dict[str, Any]:
+    return {"users": [accounts.user_view(session, u) for u in users.list_users(session)]}
+
+
+@router.post("/users", status_code=201, tags=["admin"])
+def add_user(ctx: Ctx, session: Db, caller: Admin, body: NewUser) -> dict[str, Any]:
+    """Make a user and their first token. The token is in this answer only."""
+    return accounts.add_user(ctx, session, caller, body.name, body.admin, body.groups)
+
+
+@router.post("/users/{name}/disable", tags=["admin"])
+def disable_user(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
+    user = accounts.set_disabled(ctx, session, caller, name, disabled=True)
+    return {"user": accounts.user_view(session, user)}
+
+
+@router.post("/users/{name}/enable", tags=["admin"])
+def enable_user(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
+    user = accounts.set_disabled(ctx, session, caller, name, disabled=False)
+    return {"user": accounts.user_view(session, user)}
+
+
+@router.post("/users/{name}/token", tags=["admin"])
+def rotate_token(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
+    """A new token for the user; the old one stops working. The token is in this answer only."""
+    return {"user": name, "token": accounts.rotate_token(ctx, session, caller, name)}
+
+
+@router.post("/users/{name}/token/revoke", tags=["admin"])
+def revoke_token(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
+    return {"user": name, "revoked": accounts.revoke_tokens(ctx, session, caller, name)}
+
+
+@router.get("/audit", tags=["admin"])
+def get_audit(
+    session: Db,
+    user: Annotated[str | None, Query()] = None,
+    action: Annotated[str | None, Query()] = None,
+    target: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> dict[str, Any]:
+    """Newest first."""
+    entries = audit.entries(session, user=user, action=action, target=target, limit=limit)
+    return {"entries": [accounts.audit_view(e) for e in entries]}

@@ -1,0 +1,133 @@
+"""Who is calling, and what they may touch. Deny by default.
+
+Every request but ``GET /healthz`` must carry ``Authorization: Bearer <token>``: the
+``AuthMiddleware`` checks it before routing, so every route and method (``/docs`` and
+``/openapi.json`` included, and paths that do not exist) answers 401 without a live token of an
+enabled user. The routes read the resolved ``Caller`` through ``get_caller``.
+
+Rights: a user sees and controls their own apps; a cluster admin everything. Someone else's app
+is answered as not found, so its existence does not leak.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dlapp.credentials import ADMIN_TOKEN_FILE, write_private
+from dlapp.errors import DlappError, Forbidden, ServerUnavailable, Unauthorized
+from dlapp.server.context import Context
+from dlapp.store import audit, users
+from dlapp.store.models import App
+
+logger = logging.getLogger(__name__)
+OPEN_PATHS = frozenset({"/healthz"})
+CALLER_KEY = "dlapp.caller"  # where the middleware leaves the Caller in the ASGI scope
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    is_admin: bool = False
+    groups: frozenset[str] = frozenset()
+
+
+def may_see(caller: Caller, app: App) -> bool:
+    """Whether ``caller`` may see and control ``app`` (view, events, logs, kill)."""
+    return caller.is_admin or app.user == caller.name
+
+
+def authenticate(ctx: Context, authorization: str | None) -> Caller:
+    """The caller behind an ``Authorization`` header, or ``Unauthorized`` (never echoing it)."""
+    if not authorization:
+        raise Unauthorized(
+            "no token: send 'Authorization: Bearer <token>' (see `dlapp login`, or DLAPP_TOKEN)"
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    with ctx.sessions() as session:
+        user = users.authenticate(session, token, ctx.clock())
+        if user is None:
+            raise Unauthorized("invalid or revoked token")
+        if user.disabled:
+            raise Unauthorized(f"user {user.name} is disabled")
+        caller = Caller(user.name, user.is_admin, frozenset(users.groups_of(user)))
+        if session.dirty:  # last_used moved
+            session.commit()
+    return caller
+
+
+class AuthMiddleware:
+    """Resolve the caller of every HTTP request before routing; 401 unless the path is open."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            ctx: Context | None = getattr(scope["app"].state, "ctx", None)
+            if ctx is None:
+                raise ServerUnavailable("the server is starting")
+            header = Headers(scope=scope).get("authorization")
+            scope[CALLER_KEY] = await anyio.to_thread.run_sync(authenticate, ctx, header)
+        except DlappError as exc:
+            response = JSONResponse(
+                {"error": exc.to_dict()}, status_code=exc.http_status, headers=exc.headers()
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def get_caller(request: Request) -> Caller:
+    caller = request.scope.get(CALLER_KEY)
+    if not isinstance(caller, Caller):  # the middleware is missing: still deny
+        raise Unauthorized("not authenticated")
+    return caller
+
+
+def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.is_admin:
+        raise Forbidden(f"{caller.name} is not a cluster admin")
+    return caller
+
+
+def bootstrap_admin(ctx: Context) -> str | None:
+    """On a store without users, make the first admin; its token goes to <home>/admin.token.
+
+    Returns the admin's name when one was made. The token is written with mode 0600 and never
+    logged: the CLI of the embedded cluster reads it from there, and the admin of a configured
+    server copies it into their client config (``dlapp login``).
+    """
+    with ctx.sessions() as session:
+        if users.has_users(session):
+            return None
+        name = ctx.settings.admin_user or _login_name()
+        now = ctx.clock()
+        _, token = users.add_user(session, name, now, is_admin=True)
+        audit.record(session, name, "user.add", name, now, "first admin, made on a fresh store")
+        path = ctx.settings.home / ADMIN_TOKEN_FILE
+        write_private(path, token + "\n")
+        session.commit()
+    logger.info("made the first admin user %s; its token is in %s", name, path)
+    return name
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "admin"

@@ -1,0 +1,104 @@
+"""Per-user and per-request limits: request body size, submission rate, apps waiting.
+
+The body limit is checked before the body is read (``Content-Length``) and again while it
+streams in, so an oversized upload never reaches the disk beyond the limit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dlapp.config import ServerSettings
+from dlapp.errors import PayloadTooLarge, TooManyRequests
+from dlapp.server.context import Context
+from dlapp.status import AppState
+from dlapp.store.models import App
+
+MB = 1024 * 1024
+FORM_SLACK = MB  # the spec field and multipart framing around the workspace tarball
+OTHER_BODY_LIMIT = MB  # every other route takes at most a small JSON body
+UPLOAD_ROUTE = ("POST", "/api/v1/apps")
+
+
+def body_limit(method: str, path: str, settings: ServerSettings) -> tuple[int, str]:
+    """The most bytes a request body may have here, and how to say so."""
+    if (method, path.rstrip("/")) == UPLOAD_ROUTE:
+        return (
+            settings.max_upload_mb * MB + FORM_SLACK,
+            f"the upload is over the limit of {settings.max_upload_mb} MiB (max_upload_mb)",
+        )
+    return OTHER_BODY_LIMIT, "the request body is over 1 MiB"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` once a streamed body passes its limit (the app maps it to 413)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(status_code=413, detail=message)
+        self.error = PayloadTooLarge(message + "; nothing was kept")
+
+
+class BodyLimitMiddleware:
+    """413 before reading a body whose ``Content-Length`` is over the limit; stop reading one
+    that streams past it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx: Context | None = getattr(scope["app"].state, "ctx", None)
+        if ctx is None:  # not started: the AuthMiddleware has already answered
+            await self.app(scope, receive, send)
+            return
+        limit, message = body_limit(scope["method"], scope["path"], ctx.settings)
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            error = PayloadTooLarge(message + "; nothing was read")
+            response = JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(message)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+def check_submit(ctx: Context, session: Session, user: str) -> None:
+    """Refuse a submission over the caller's limits: apps waiting, then the submission rate.
+
+    Every submit that gets this far takes a token from the caller's bucket, refused or not.
+    """
+    s = ctx.settings
+    if s.max_pending_per_user:
+        q = select(func.count()).where(App.user == user, App.state == AppState.ACCEPTED.value)
+        pending = int(session.scalar(q) or 0)
+        if pending >= s.max_pending_per_user:
+            raise TooManyRequests(
+                f"{user} already has {pending} apps waiting, the most allowed "
+                "(max_pending_per_user); kill some or wait until they start"
+            )
+    wait = ctx.submit_limiter.take(user)
+    if wait > 0:
+        raise TooManyRequests(
+            f"{user} is over {s.submit_rate_per_min:g} submissions a minute "
+            f"(submit_rate_per_min); try again in {math.ceil(wait)}s",
+            retry_after_s=wait,
+        )

@@ -1,0 +1,99 @@
+"""Helpers for the in-process server (``create_app`` over the LocalExecutor, a TestClient).
+
+The server makes its first admin on start and writes the token to ``<home>/admin.token``; these
+helpers read it and make users through the admin API, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from dlapp.config import ServerSettings
+from dlapp.credentials import ADMIN_TOKEN_FILE
+from dlapp.executor import LocalExecutor
+from dlapp.scheduler import Resources
+from dlapp.server.app import create_app
+from dlapp.spec import AppSpec
+from dlapp.workspace import pack_workspace
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_token(home: Path) -> str:
+    return (home / ADMIN_TOKEN_FILE).read_text().strip()
+
+
+def add_user(
+    api: TestClient, home: Path, name: str, admin: bool = False, groups: Sequence[str] = ()
+) -> str:
+    """Make ``name`` through the admin API; returns their token."""
+    resp = api.post(
+        "/api/v1/admin/users",
+        headers=bearer(admin_token(home)),
+        json={"name": name, "admin": admin, "groups": list(groups)},
+    )
+    assert resp.status_code == 201, resp.text
+    token: str = resp.json()["token"]
+    return token
+
+
+def submit(api: TestClient, tmp: Path, token: str, script: str = "sleep 30\n", **spec: Any) -> Any:
+    ws = tmp / f"ws{time.monotonic_ns()}"
+    ws.mkdir()
+    (ws / "run.sh").write_text(script)
+    data = {"name": "t", "entry": {"script": "run.sh"}, "resources": {"memory": "128M"}, **spec}
+    tarball = pack_workspace(ws, tmp / f"{ws.name}.tar.gz").path
+    return api.post(
+        "/api/v1/apps",
+        headers=bearer(token),
+        data={"spec": json.dumps(AppSpec.from_dict(data).to_dict())},
+        files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
+    )
+
+
+@contextmanager
+def serve(settings: ServerSettings, resources: Resources | None = None) -> Iterator[TestClient]:
+    """The app in-process, started (lifespan run), with no credentials by default."""
+    res = resources or Resources(4, 8192, 2)
+    app = create_app(settings, lambda s: LocalExecutor(res))
+    with TestClient(app) as tc:
+        yield tc
+
+
+@contextmanager
+def live(settings: ServerSettings, resources: Resources | None = None) -> Iterator[str]:
+    """The app behind a real uvicorn on a free loopback port, in a thread; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    res = resources or Resources(4, 8192, 2)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings = settings.model_copy(update={"port": port})
+    app = create_app(settings, lambda s: LocalExecutor(res))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
