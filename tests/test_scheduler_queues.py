@@ -206,14 +206,44 @@ def test_preemption_takes_back_a_guarantee_youngest_and_lowest_priority_first() 
     assert "preempted app" in reasons(decisions)["b1"]
 
 
-def test_preemption_never_takes_a_queue_below_its_guarantee() -> None:
+def test_a_gang_bigger_than_the_overage_is_taken_when_nothing_smaller_frees_room() -> None:
+    t = tree(TWO_TEAMS, preemption=True)
+    snap = make_snapshot(
+        make_node("n1").gpus(2).used(gpus=2), queues=t, running=(running("big", "root.a", 2),)
+    )
+    decisions = decide([make_app("b1").gpus(1).queue("b").build()], snap)
+    assert [d.app_id for d in decisions if isinstance(d, Preempt)] == ["big"]
+
+
+def test_only_borrowing_queues_lose_apps() -> None:
+    three = tree(
+        {
+            "a": {"guaranteed": "50%"},
+            "b": {"guaranteed": "25%"},
+            "c": {"guaranteed": "25%"},
+        },
+        preemption=True,
+    )
+    hogs = (
+        running("a-old", "root.a", 1, started_at=1.0),
+        running("a-young", "root.a", 1, started_at=99.0),  # a holds its guarantee: safe
+        running("c-old", "root.c", 1, started_at=10.0),
+        running("c-young", "root.c", 1, started_at=20.0),  # c borrows one GPU
+    )
+    snap = make_snapshot(make_node("n1").gpus(4).used(gpus=4), queues=three, running=hogs)
+    decisions = decide([make_app("b1").gpus(1).queue("b").build()], snap)
+    assert [d.app_id for d in decisions if isinstance(d, Preempt)] == ["c-young"]
+
+
+def test_a_queue_at_its_guarantee_does_not_preempt() -> None:
     t = tree(TWO_TEAMS, preemption=True)
     snap = make_snapshot(
         make_node("n1").gpus(4).used(gpus=4),
         queues=t,
         running=(running("a1", "root.a", 2), running("b-big", "root.b", 2)),
     )
-    # b wants 1 more GPU but already holds its guarantee (2 of 4): nothing is taken from a
+    # b wants 1 more GPU but already holds its guarantee (2 of 4): preemption only gives a
+    # guarantee back, it never helps a queue borrow
     decisions = decide([make_app("b2").gpus(1).queue("b").build()], snap)
     assert not [d for d in decisions if isinstance(d, Preempt)]
 

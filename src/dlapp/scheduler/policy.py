@@ -314,11 +314,9 @@ class _Cycle:
         queue_use = dict(self.usage)
         for victim in candidates:
             vpath = self._path(victim.queue)
+            if _over(queue_use[vpath], self.limits_of(vpath).guaranteed) is None:
+                continue  # its queue is no longer borrowing: take nothing more from it
             after = queue_use[vpath] - victim.total
-            vg = self.limits_of(vpath).guaranteed
-            dim_short = after.gpus < vg.gpus if head.request.gpus else after.cpus < vg.cpus - 1e-9
-            if dim_short:
-                continue  # never push the victim's queue under its own guarantee
             queue_use[vpath] = after
             chosen.append(victim)
             self._free_up([victim], +1)
