@@ -200,6 +200,17 @@ class QueueTree:
         self._resolved[total] = out
         return out
 
+    def administers(self, path: str, user: str, groups: frozenset[str] = frozenset()) -> bool:
+        """Whether ``user`` is an admin of queue ``path`` or of one of its ancestors."""
+        return any(
+            p in self.by_path and self.by_path[p].admin_acl.allows(user, groups)
+            for p in self.ancestors(path)
+        )
+
+    def administered_by(self, user: str, groups: frozenset[str] = frozenset()) -> list[str]:
+        """The leaf queues ``user`` administers."""
+        return [q.path for q in self.leaves if self.administers(q.path, user, groups)]
+
     def user_cap(self, path: str, maximum: Resources) -> Resources:
         """What one user may hold at once in leaf ``path``."""
         q = self.by_path[path]

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dlapp.credentials import ADMIN_TOKEN_FILE, write_private
 from dlapp.errors import DlappError, Forbidden, ServerUnavailable, Unauthorized
+from dlapp.scheduler import QueueTree
 from dlapp.server.context import Context
 from dlapp.store import audit, users
 from dlapp.store.models import App
@@ -40,9 +41,12 @@ class Caller:
     groups: frozenset[str] = frozenset()
 
 
-def may_see(caller: Caller, app: App) -> bool:
-    """Whether ``caller`` may see and control ``app`` (view, events, logs, kill)."""
-    return caller.is_admin or app.user == caller.name
+def may_see(caller: Caller, app: App, queues: QueueTree | None = None) -> bool:
+    """Whether ``caller`` may see and control ``app`` (view, events, logs, kill): its owner,
+    an admin of its queue (``admin_acl`` of the queue or an ancestor), or a cluster admin."""
+    if caller.is_admin or app.user == caller.name:
+        return True
+    return queues is not None and queues.administers(app.queue, caller.name, caller.groups)
 
 
 def authenticate(ctx: Context, authorization: str | None) -> Caller:

@@ -76,7 +76,15 @@ def list_apps(
     state: Annotated[list[AppState] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
-    apps = services.list_apps(session, me, user=user, queue=queue, states=state or (), limit=limit)
+    apps = services.list_apps(
+        session,
+        me,
+        user=user,
+        queue=queue,
+        states=state or (),
+        limit=limit,
+        queues=ctx.queues.tree,
+    )
     return {"apps": [app_view(a, ctx.settings.url) for a in apps]}
 
 

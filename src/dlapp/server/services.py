@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from dlapp import staging, workspace
 from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
 from dlapp.runtime import get_runtime
-from dlapp.scheduler import NodeView, Resources, check_feasible
+from dlapp.scheduler import NodeView, QueueTree, Resources, check_feasible
 from dlapp.server import limits
 from dlapp.server.auth import Caller, may_see
 from dlapp.server.context import Context
@@ -88,7 +88,7 @@ def submit(
 def get(ctx: Context, session: Session, app_id: str, caller: Caller) -> App:
     """The app, if ``caller`` may see it; someone else's app is not found, as a missing one."""
     app = session.get(App, app_id)
-    if app is None or not may_see(caller, app):
+    if app is None or not may_see(caller, app, ctx.queues.tree):
         raise NotFoundError(f"no app {app_id}")
     return app
 
@@ -100,14 +100,19 @@ def list_apps(
     queue: str | None = None,
     states: Sequence[AppState] = (),
     limit: int = 1000,
+    queues: QueueTree | None = None,
 ) -> list[App]:
-    """Apps the caller may see: their own, or everyone's for an admin. A non-admin asking for
-    another user's apps gets none (as if that user had none)."""
-    if not caller.is_admin:
+    """Apps the caller may see: their own, those in queues they administer, or everyone's
+    for a cluster admin. Asking for another user's apps shows only what the caller may see."""
+    if caller.is_admin:
+        return repo.list_apps(session, user=user, queue=queue, states=states, limit=limit)
+    administered = queues.administered_by(caller.name, caller.groups) if queues else []
+    if not administered:
         if user not in (None, "", caller.name):
             return []
-        user = caller.name
-    return repo.list_apps(session, user=user, queue=queue, states=states, limit=limit)
+        return repo.list_apps(session, user=caller.name, queue=queue, states=states, limit=limit)
+    apps = repo.list_apps(session, user=user, queue=queue, states=states, limit=limit)
+    return [a for a in apps if may_see(caller, a, queues)]
 
 
 def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller) -> App:
