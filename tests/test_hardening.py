@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlapp.config import ServerSettings
-from dlapp.errors import SpecError, WorkspaceError
+from dlapp.errors import DlappError, SpecError, WorkspaceError
 from dlapp.spec import AppSpec, properties_to_dict
 from dlapp.workspace import extract_workspace
 
@@ -214,3 +214,14 @@ def test_clean_error_for_every_bad_spec_reaches_the_client(tmp_path: Path) -> No
         )
     assert resp.status_code == 400
     assert "spec is not valid JSON" in resp.json()["error"]["message"]
+
+
+def test_an_unauthenticated_ray_is_refused_before_it_starts(tmp_path: Path) -> None:
+    from dlapp.executor.ray import RayExecutor
+
+    settings = ServerSettings(home=tmp_path)
+    with pytest.raises(DlappError, match="RAY_AUTH_MODE=disabled"):
+        RayExecutor(settings, environ={"RAY_AUTH_MODE": "disabled"})
+    import ray
+
+    assert not ray.is_initialized()

@@ -55,6 +55,9 @@ class ServerSettings(BaseModel):
         None, description="embedded cluster: GPUs to declare (default: found with NVML)"
     )
     object_store_mb: int = Field(512, description="embedded cluster: Ray object store size, MiB")
+    ray_require_auth: bool = Field(
+        True, description="refuse to run Ray with token authentication off (RAY_AUTH_MODE)"
+    )
     softkill_grace_s: float = Field(30.0, ge=0, description="softkill: SIGTERM to SIGKILL delay")
     queues_file: Path | None = Field(
         None, description="queue tree YAML, reloaded when it changes (default: home/queues.yaml)"

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dlapp.config import ServerSettings
+from dlapp.errors import DlappError
 from dlapp.executor.base import Executor, NodeInfo, Report
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
@@ -71,7 +72,14 @@ def count_gpus() -> int:
 
 
 class RayExecutor(Executor):
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, environ: Mapping[str, str] = os.environ) -> None:
+        if settings.ray_require_auth and environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            # an unauthenticated Ray runs anyone's code (CVE-2023-48022, "ShadowRay")
+            raise DlappError(
+                "Ray token authentication is off (RAY_AUTH_MODE=disabled); dlapp refuses to "
+                "run on an unauthenticated Ray cluster. Unset RAY_AUTH_MODE (Ray's default is "
+                "token authentication), or set ray_require_auth: false to accept the risk"
+            )
         if settings.ray_address:
             ray.init(
                 address=settings.ray_address,
