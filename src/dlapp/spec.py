@@ -36,6 +36,12 @@ RESERVED_ENV = (
     "DLAPP_WORKSPACE",
     "DLAPP_NOTICE_FILE",
     "DLAPP_CHECKPOINT_DIR",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from dlapp import staging, workspace
 from dlapp.errors import DlappError
 from dlapp.runtime import LaunchRequest, Running, get_runtime
-from dlapp.spec import AppSpec
+from dlapp.spec import AppSpec, DataBinding
 
 logger = logging.getLogger(__name__)
 STREAMS = ("stdout", "stderr")
@@ -42,6 +42,7 @@ class ContainerPlan:
     max_files: int = 100_000
     max_bytes: int = 4 * 1024**3
     node_name: str = field(default_factory=socket.gethostname)
+    rendezvous: dict[str, str] = field(default_factory=dict)  # MASTER_ADDR, RANK, ... (gangs)
 
     @property
     def actor_name(self) -> str:
@@ -104,6 +105,7 @@ class Supervisor:
             "DLAPP_WORKSPACE": str(self.workdir),
             "DLAPP_NOTICE_FILE": str(self.notice_file),
             "DLAPP_CHECKPOINT_DIR": str(self.checkpoint_dir()),
+            **plan.rendezvous,
         }
         self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
         request = LaunchRequest(
@@ -140,7 +142,7 @@ class Supervisor:
         code, diagnostics = self._wait_exit(self._running)
         if code == 0 and not self._killed:
             try:
-                staging.stage_out(self.spec.outputs, self.workdir, self._note)
+                staging.stage_out(self._outputs(), self.workdir, self._note)
             except (DlappError, OSError) as exc:
                 code_note = str(exc) if isinstance(exc, DlappError) else repr(exc)
                 diagnostics = f"staging out failed: {code_note}"
@@ -148,6 +150,17 @@ class Supervisor:
         location = self._keep_logs()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return ContainerResult(code, diagnostics, location, time.time(), self._killed)
+
+    def _outputs(self) -> tuple[DataBinding, ...]:
+        """The outputs this container writes: in a gang, each container under its own
+        ``container-<index>`` below the output URL, so the containers never overwrite
+        each other's results."""
+        if self.plan.num_containers == 1:
+            return self.spec.outputs
+        return tuple(
+            b.model_copy(update={"url": f"{b.url.rstrip('/')}/container-{self.plan.index}"})
+            for b in self.spec.outputs
+        )
 
     def _wait_exit(self, running: Running) -> tuple[int, str]:
         limit = self.spec.max_runtime_s

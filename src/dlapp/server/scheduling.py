@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+import zlib
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -50,6 +52,7 @@ class Scheduler:
         self.cycles = 0
         self._specs: dict[str, AppSpec] = {}  # parsed specs by app id (specs never change)
         self._claims: dict[str, str] = {}  # preempted app -> the queue its resources go to
+        self.observe_cycle: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -69,10 +72,12 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.perf_counter()
             try:
                 self.cycle()
             except Exception:
                 logger.exception("scheduling cycle failed")
+            self.observe_cycle(time.perf_counter() - started)
             self._wake.wait(self.ctx.settings.schedule_interval_s)
             self._wake.clear()
 
@@ -315,7 +320,7 @@ class Scheduler:
             now,
         )
         session.commit()
-        plans = _plans(self.ctx, app, spec)
+        plans = _plans(self.ctx, app, spec, [names.get(n, n) for n in admit.nodes])
         try:
             self.ctx.executor.start(
                 plans, admit.nodes, Resources(app.cpus, app.memory_mb, app.gpus)
@@ -331,8 +336,32 @@ class Scheduler:
             )
 
 
-def _plans(ctx: Context, app: App, spec: AppSpec) -> list[ContainerPlan]:
+def rendezvous(app_id: str, attempt: int, node_names: list[str]) -> list[dict[str, str]]:
+    """torch.distributed's environment for each container of a gang: one process per
+    container; container 0's node is the master; the port is derived from the app and attempt
+    (29500-30499) so every container knows it before any starts."""
+    port = 29500 + zlib.crc32(f"{app_id}:{attempt}".encode()) % 1000
+    node_order = list(dict.fromkeys(node_names))
+    seen: dict[str, int] = {}
+    out = []
+    for rank, node in enumerate(node_names):
+        out.append(
+            {
+                "MASTER_ADDR": node_names[0],
+                "MASTER_PORT": str(port),
+                "WORLD_SIZE": str(len(node_names)),
+                "RANK": str(rank),
+                "LOCAL_RANK": str(seen.get(node, 0)),
+                "NODE_RANK": str(node_order.index(node)),
+            }
+        )
+        seen[node] = seen.get(node, 0) + 1
+    return out
+
+
+def _plans(ctx: Context, app: App, spec: AppSpec, node_names: list[str]) -> list[ContainerPlan]:
     s = ctx.settings
+    env = rendezvous(app.id, app.attempt, node_names)
     return [
         ContainerPlan(
             app_id=app.id,
@@ -345,6 +374,7 @@ def _plans(ctx: Context, app: App, spec: AppSpec) -> list[ContainerPlan]:
             work_root=str(s.work),
             max_files=s.workspace_max_files,
             max_bytes=s.workspace_max_mb * 1024 * 1024,
+            rendezvous=env[i],
         )
         for i in range(app.num_containers)
     ]
