@@ -104,6 +104,7 @@ class DataBinding(_Strict):
     url: str = Field(min_length=1)
     path: str = Field(min_length=1)
     overwrite: bool = False
+    save_on_failure: bool = True  # outputs: a failed app's output goes to <url>.failed-<app id>
 
     @field_validator("url")
     @classmethod
@@ -174,6 +175,7 @@ class AppSpec(_Strict):
     outputs: tuple[DataBinding, ...] = ()
     max_runtime_s: int | None = Field(default=None, alias="max_runtime")
     priority: int = Field(default=0, ge=-1000, le=1000)
+    max_attempts: int = Field(default=1, ge=1, le=100)  # runs on its own failures, in all
     nodes: NodeSelector = NodeSelector()
 
     model_config = ConfigDict(
@@ -229,6 +231,8 @@ class AppSpec(_Strict):
     def _inputs_do_not_overwrite(cls, v: tuple[DataBinding, ...]) -> tuple[DataBinding, ...]:
         if any(b.overwrite for b in v):
             raise ValueError("overwrite applies to outputs only")
+        if not all(b.save_on_failure for b in v):
+            raise ValueError("save_on_failure applies to outputs only")
         return v
 
     @field_validator("outputs")
@@ -294,10 +298,17 @@ class AppSpec(_Strict):
             "env": dict(self.env),
             "inputs": [{"url": b.url, "path": b.path} for b in self.inputs],
             "outputs": [
-                {"url": b.url, "path": b.path, "overwrite": b.overwrite} for b in self.outputs
+                {
+                    "url": b.url,
+                    "path": b.path,
+                    "overwrite": b.overwrite,
+                    "save_on_failure": b.save_on_failure,
+                }
+                for b in self.outputs
             ],
             "max_runtime": self.max_runtime_s,
             "priority": self.priority,
+            "max_attempts": self.max_attempts,
             "nodes": {"include": list(self.nodes.include), "exclude": list(self.nodes.exclude)},
         }
 
@@ -348,12 +359,19 @@ _APP_KEYS: dict[str, str | None] = {
     "num_containers": "num_containers",
     "max_runtime": "max_runtime",
     "priority": "priority",
+    "max_attempts": "max_attempts",
     "include_nodes": "nodes.include",
     "exclude_nodes": "nodes.exclude",
     "username": None,  # the user is the authenticated caller, never a spec field
 }
 _INPUT_KEYS = {"hdfs": "url", "url": "url", "input_path": "path"}
-_OUTPUT_KEYS = {"hdfs": "url", "url": "url", "output_path": "path", "overwrite": "overwrite"}
+_OUTPUT_KEYS = {
+    "hdfs": "url",
+    "url": "url",
+    "output_path": "path",
+    "overwrite": "overwrite",
+    "save_on_failure": "save_on_failure",
+}
 _SECTIONS = ("application", "env", "from_hdfs", "to_hdfs")
 
 
@@ -423,8 +441,8 @@ def properties_to_dict(text: str) -> dict[str, Any]:
                 value = _unquote(raw)
                 if target == "url":
                     value = _hdfs_url(value)
-                elif target == "overwrite":
-                    value = _parse_bool(value, f"[{section}] overwrite", problems)
+                elif target in ("overwrite", "save_on_failure"):
+                    value = _parse_bool(value, f"[{section}] {target}", problems)
                 binding[target] = value
             out.setdefault(dest, []).append(binding)
     if problems:

@@ -22,9 +22,11 @@ from dlapp import staging, workspace
 from dlapp.errors import DlappError
 from dlapp.runtime import LaunchRequest, Running, get_runtime
 from dlapp.spec import AppSpec, DataBinding
+from dlapp.stores import DataConfig
 
 logger = logging.getLogger(__name__)
 STREAMS = ("stdout", "stderr")
+KILLED_BY_REQUEST = "killed by request"  # diagnostics of a container stopped by dlapp
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class ContainerPlan:
     max_bytes: int = 4 * 1024**3
     node_name: str = field(default_factory=socket.gethostname)
     rendezvous: dict[str, str] = field(default_factory=dict)  # MASTER_ADDR, RANK, ... (gangs)
+    # stores.DataConfig.to_dict(): profiles, file roots, cache. Holds credentials: never shown
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def actor_name(self) -> str:
@@ -62,6 +66,7 @@ class Supervisor:
     def __init__(self, plan: ContainerPlan) -> None:
         self.plan = plan
         self.spec = AppSpec.from_dict(plan.spec)
+        self.data = DataConfig.from_dict(plan.data)
         self.root = Path(plan.work_root) / plan.app_id / str(plan.attempt) / str(plan.index)
         self.workdir = self.root / "workspace"
         self.logs = self.root / "logs"
@@ -95,7 +100,7 @@ class Supervisor:
             self.workdir,
             workspace.WorkspaceLimits(max_bytes=plan.max_bytes, max_files=plan.max_files),
         )
-        staging.stage_in(spec.inputs, self.workdir, self._note)
+        staging.stage_in(spec.inputs, self.workdir, self._note, config=self.data)
         env = {
             **spec.env,
             "DLAPP_APP_ID": plan.app_id,
@@ -142,14 +147,29 @@ class Supervisor:
         code, diagnostics = self._wait_exit(self._running)
         if code == 0 and not self._killed:
             try:
-                staging.stage_out(self._outputs(), self.workdir, self._note)
-            except (DlappError, OSError) as exc:
+                staging.stage_out(self._outputs(), self.workdir, self._note, config=self.data)
+            except Exception as exc:  # any store's error fails the container, with the reason
                 code_note = str(exc) if isinstance(exc, DlappError) else repr(exc)
                 diagnostics = f"staging out failed: {code_note}"
                 code = None
+        elif not self._killed:
+            self._save_failed_outputs()
         location = self._keep_logs()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return ContainerResult(code, diagnostics, location, time.time(), self._killed)
+
+    def _save_failed_outputs(self) -> None:
+        """A failed app's outputs go to ``<url>.failed-<app id>`` (``save_on_failure``)."""
+        try:
+            staging.stage_out(
+                self._outputs(),
+                self.workdir,
+                self._note,
+                config=self.data,
+                failed_app_id=self.plan.app_id,
+            )
+        except Exception as exc:  # best effort: the app has failed already
+            self._note(f"could not save the failed app's outputs: {exc}")
 
     def _outputs(self) -> tuple[DataBinding, ...]:
         """The outputs this container writes: in a gang, each container under its own
@@ -170,7 +190,7 @@ class Supervisor:
             code = running.stop(grace=10.0)
             return code, f"exceeded its max runtime of {limit}s"
         if self._killed:
-            return code, "killed by request"
+            return code, KILLED_BY_REQUEST
         return code, "" if code == 0 else f"exited with code {code}"
 
     @property

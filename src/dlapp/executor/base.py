@@ -15,6 +15,9 @@ from dlapp.supervisor import ContainerPlan, ContainerResult
 logger = logging.getLogger(__name__)
 
 
+NODE_LOST = "node lost"  # diagnostics prefix of a container lost with its node
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     node_id: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,27 +23,46 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
-from dlapp.executor.base import Executor, NodeInfo, Report
+from dlapp.executor.base import NODE_LOST, Executor, NodeInfo, Report
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "dlapp"
 MB = 1024 * 1024
-HARD_KILL_AFTER_S = 20.0  # a stop not obeyed within grace + this: the supervisor is killed
+NODE_ID_LABEL = "ray.io/node-id"
+HARD_KILL_AFTER_S = 20.0
+RAYLET_WATCH_S = 0.5  # a stop not obeyed within grace + this: the supervisor is killed
 
 
 class RaySupervisor(Supervisor):
     """The supervisor as it runs inside its Ray actor."""
 
     def start_here(self) -> dict[str, Any]:
+        self._watch_raylet()
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         return self.start(gpu_ids, ray.util.get_node_ip_address())
+
+    def _watch_raylet(self) -> None:
+        """Fate-share with the node: a worker outlives a raylet that was SIGKILLed, so when
+        this process's parent (the raylet) goes, the container is killed and the process ends,
+        and no GPU stays held by a node Ray has already declared dead."""
+        raylet = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == raylet:
+                time.sleep(RAYLET_WATCH_S)
+            logger.error("%s: the raylet is gone; killing the container", self.plan.actor_name)
+            self.stop(0.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="dlapp-raylet-watch", daemon=True).start()
 
 
 @dataclass
 class _Tracked:
     plan: ContainerPlan
+    node_id: str
     actor: Any
     start_ref: Any
     wait_ref: Any
@@ -100,13 +120,11 @@ class RayExecutor(Executor):
             )
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
-        self._ips: dict[str, str] = {}
 
     def _nodes(self) -> list[NodeInfo]:
         out = []
         for n in ray.nodes():
             res = n.get("Resources", {})
-            self._ips[n["NodeID"]] = n["NodeManagerAddress"]
             gpus = int(res.get("GPU", 0))
             out.append(
                 NodeInfo(
@@ -123,14 +141,8 @@ class RayExecutor(Executor):
             )
         return out
 
-    def _bundle(self, request: Resources, node_id: str) -> dict[str, float]:
-        if node_id not in self._ips:
-            self._nodes()
-        bundle: dict[str, float] = {
-            "CPU": request.cpus,
-            "memory": float(request.memory_mb * MB),
-            f"node:{self._ips[node_id]}": 0.001,
-        }
+    def _bundle(self, request: Resources) -> dict[str, float]:
+        bundle: dict[str, float] = {"CPU": request.cpus, "memory": float(request.memory_mb * MB)}
         if request.gpus:
             bundle["GPU"] = float(request.gpus)
         return bundle
@@ -139,11 +151,16 @@ class RayExecutor(Executor):
         self, plans: Sequence[ContainerPlan], node_ids: Sequence[str], request: Resources
     ) -> None:
         app_id = plans[0].app_id
-        bundles = [self._bundle(request, n) for n in node_ids]
-        pg = placement_group(bundles, strategy="PACK", name=f"dlapp:{app_id}")
+        # each bundle pinned to the node the scheduler chose, by Ray's node-id label
+        pg = placement_group(
+            [self._bundle(request) for _ in node_ids],
+            strategy="PACK",
+            name=f"dlapp:{app_id}",
+            bundle_label_selector=[{NODE_ID_LABEL: n} for n in node_ids],
+        )
         run = _AppRun(pg=pg)
         self._apps[app_id] = run
-        for plan in plans:
+        for plan, node_id in zip(plans, node_ids, strict=True):
             actor = self._remote.options(  # type: ignore[attr-defined]
                 name=plan.actor_name,
                 namespace=NAMESPACE,
@@ -158,7 +175,7 @@ class RayExecutor(Executor):
                 ),
             ).remote(plan)
             run.containers.append(
-                _Tracked(plan, actor, actor.start_here.remote(), actor.wait.remote())
+                _Tracked(plan, node_id, actor, actor.start_here.remote(), actor.wait.remote())
             )
 
     def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None:
@@ -206,20 +223,21 @@ class RayExecutor(Executor):
                 result: ContainerResult = ray.get(c.wait_ref)
                 out.append(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
             except RayError as exc:
-                out.append(
-                    Report(
-                        plan.app_id,
-                        plan.attempt,
-                        plan.index,
-                        "lost",
-                        diagnostics=f"its supervisor died: {_cause(exc)}",
-                    )
-                )
+                node = self._dead_node(c.node_id)
+                why = f"{NODE_LOST}: {node}" if node else f"its supervisor died: {_cause(exc)}"
+                out.append(Report(plan.app_id, plan.attempt, plan.index, "lost", diagnostics=why))
         elif not c.done and c.stop_deadline is not None and time.monotonic() > c.stop_deadline:
             logger.warning("%s did not stop in time; killing its supervisor", plan.actor_name)
             ray.kill(c.actor, no_restart=True)
             c.stop_deadline = None
         return out
+
+    def _dead_node(self, node_id: str) -> str | None:
+        """``<ip> (<id>)`` when Ray reports that node dead, else None."""
+        for n in ray.nodes():
+            if n["NodeID"] == node_id and not n.get("Alive"):
+                return f"{n['NodeManagerAddress']} ({node_id[:12]})"
+        return None
 
     def _release(self, app_id: str, run: _AppRun) -> None:
         for c in run.containers:

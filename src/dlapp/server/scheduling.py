@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.orm import Session
 
 from dlapp.errors import DlappError
-from dlapp.executor import Report
+from dlapp.executor import NODE_LOST, Report
 from dlapp.scheduler import (
     Admit,
     AppHead,
@@ -38,7 +38,8 @@ from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
 from dlapp.store.models import App, Container
-from dlapp.supervisor import ContainerPlan
+from dlapp.stores import data_config
+from dlapp.supervisor import KILLED_BY_REQUEST, ContainerPlan
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,34 @@ class Scheduler:
             containers = repo.current_containers(session, app)
             failed = [c for c in containers if _failed(c)]
             ended = all(ContainerState(c.state).is_terminal() for c in containers)
+            lost_node = next((c for c in containers if _lost_with_node(c)), None)
             if ended and app.kill_requested == "preempt":
                 # back to its queue, keeping its place (seq); a preemption is no failure
                 app.kill_requested = None
                 self._claims.pop(app.id, None)
                 repo.transition(session, app, AppState.ACCEPTED, "requeued after preemption", now)
+            elif ended and lost_node is not None and app.kill_requested in (None, "gang"):
+                # an infrastructure failure: back to its queue, not counted against max_attempts
+                app.kill_requested = None
+                repo.transition(
+                    session,
+                    app,
+                    AppState.ACCEPTED,
+                    f"requeued: container {lost_node.index} was lost with its node "
+                    f"({lost_node.diagnostics}); not counted against max_attempts",
+                    now,
+                )
+            elif ended and self._retry(session, app, containers):
+                app.kill_requested = None
+                failures = _own_failures(session, app)
+                repo.transition(
+                    session,
+                    app,
+                    AppState.ACCEPTED,
+                    f"retrying: attempt {failures} of {self._spec(app).max_attempts} failed "
+                    f"({_outcome(app, containers)[1]})",
+                    now,
+                )
             elif ended:
                 final, reason = _outcome(app, containers)
                 repo.transition(session, app, AppState.FINISHED, reason, now, final)
@@ -224,6 +248,14 @@ class Scheduler:
                     now,
                 )
                 self.ctx.executor.stop(app.id, 0.0)
+
+    def _retry(self, session: Session, app: App, containers: Sequence[Container]) -> bool:
+        """An app that failed by itself runs again while it has attempts left."""
+        if app.kill_requested in ("kill", "softkill"):
+            return False
+        if _outcome(app, containers)[0] is not FinalStatus.FAILED:
+            return False
+        return _own_failures(session, app) < self._spec(app).max_attempts
 
     # -- admit ----------------------------------------------------------------------------------
 
@@ -375,6 +407,7 @@ def _plans(ctx: Context, app: App, spec: AppSpec, node_names: list[str]) -> list
             max_files=s.workspace_max_files,
             max_bytes=s.workspace_max_mb * 1024 * 1024,
             rendezvous=env[i],
+            data=data_config(s).to_dict(),
         )
         for i in range(app.num_containers)
     ]
@@ -382,6 +415,23 @@ def _plans(ctx: Context, app: App, spec: AppSpec, node_names: list[str]) -> list
 
 def _clamp(r: Resources) -> Resources:
     return Resources(max(r.cpus, 0.0), max(r.memory_mb, 0), max(r.gpus, 0))
+
+
+def _lost_with_node(c: Container) -> bool:
+    return c.state == ContainerState.LOST.value and c.diagnostics.startswith(NODE_LOST)
+
+
+def _own_failures(session: Session, app: App) -> int:
+    """Attempts that failed by the app's own doing: a container exited non-zero (or could
+    not start) and was not killed; a lost node or a preemption is never the app's failure."""
+    failed = {
+        c.attempt
+        for c in repo.all_containers(session, app)
+        if c.state == ContainerState.EXITED.value
+        and c.exit_code != 0
+        and c.diagnostics != KILLED_BY_REQUEST
+    }
+    return len(failed)
 
 
 def _failed(c: Container) -> bool:

@@ -196,6 +196,12 @@ def current_containers(session: Session, app: App) -> list[Container]:
     return list(session.scalars(q))
 
 
+def all_containers(session: Session, app: App) -> list[Container]:
+    """Every container of every attempt of ``app``."""
+    q = select(Container).where(Container.app_id == app.id).order_by(Container.id)
+    return list(session.scalars(q))
+
+
 def get_container(session: Session, app: App, index: int) -> Container:
     for c in current_containers(session, app):
         if c.index == index:

@@ -1,0 +1,144 @@
+"""Two Ray nodes: gangs spread over nodes, and a node that dies (its raylet SIGKILLed).
+
+The dlapp server runs in this test process (routes, scheduler, Ray executor) against a Ray
+cluster of two nodes started with ``ray.cluster_utils.Cluster``. When a node dies, its
+containers are marked lost within a bounded time, the app's other containers are ended, the
+app goes back to its queue without using up its attempts, no GPU stays held, and once a node
+comes back the app runs to the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dlapp.config import ServerSettings
+from dlapp.server.app import create_app
+
+from conftest import processes_with_env
+from inprocess import add_user, bearer, submit
+
+pytestmark = pytest.mark.cluster
+FAST_HEALTH_CHECKS = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 500,
+    "health_check_failure_threshold": 3,
+}
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[Any, TestClient, str]]:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "num_gpus": 1,
+            "include_dashboard": False,
+            "_system_config": FAST_HEALTH_CHECKS,
+        },
+    )
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+    home = tmp_path / "home"
+    settings = ServerSettings(home=home, ray_address=cluster.address, schedule_interval_s=0.2)
+    try:
+        with TestClient(create_app(settings)) as api:
+            yield cluster, api, add_user(api, home, "nora")
+    finally:
+        cluster.shutdown()
+
+
+def _app(api: TestClient, token: str, app_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json()
+    return result
+
+
+def _until(what: str, timeout: float, fn: Any) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
+    two_nodes: tuple[Any, TestClient, str], tmp_path: Path
+) -> None:
+    cluster, api, token = two_nodes
+    nodes = api.get("/api/v1/cluster", headers=bearer(token)).json()["nodes"]
+    assert len(nodes) == 2 and all(n["total"]["gpus"] == 1 for n in nodes)
+    script = (
+        'echo "rank $RANK of $WORLD_SIZE on $MASTER_ADDR"; '
+        'if [ -f "$DLAPP_CHECKPOINT_DIR/../second" ]; then exit 0; fi; sleep 600\n'
+    )
+    app_id = submit(
+        api,
+        tmp_path,
+        token,
+        script=script,
+        num_containers=2,
+        resources={"cpus": 1, "memory": "128M", "gpus": 1},
+    ).json()["id"]
+    running = _until(
+        "both containers to run",
+        60,
+        lambda: (
+            (a := _app(api, token, app_id))["containers"]
+            and all(c["state"] == "RUNNING" for c in a["containers"])
+            and a
+        ),
+    )
+    assert len({c["node_id"] for c in running["containers"]}) == 2  # one per node
+    # kill the worker node's raylet, as a machine failure would
+    worker = next(n for n in cluster.worker_nodes)
+    os.kill(worker.all_processes["raylet"][0].process.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    requeued = _until(
+        "the app to go back to its queue",
+        90,
+        lambda: (a := _app(api, token, app_id))["state"] == "ACCEPTED" and a,
+    )
+    detected_in = time.monotonic() - t0
+    assert detected_in < 60
+    events = api.get(f"/api/v1/apps/{app_id}/events", headers=bearer(token)).json()["events"]
+    assert any("lost with its node" in e["reason"] for e in events)
+    # the survivor was ended and no GPU stays held; the app waits for 2 GPUs on 2 nodes
+    _until("no process of the app", 30, lambda: processes_with_env("DLAPP_APP_ID", app_id) == [])
+    gpus = [
+        g
+        for n in api.get("/api/v1/cluster", headers=bearer(token)).json()["nodes"]
+        if n["alive"]
+        for g in n["gpus"]
+    ]
+    assert all(g["app_id"] is None for g in gpus)
+    assert "GPU" in _until(
+        "a pending reason", 10, lambda: _app(api, token, app_id)["pending_reason"]
+    )
+    # a new node joins: the app runs again (attempt 2) and completes
+    ckpt = home_of(api) / "artifacts" / "checkpoints" / app_id
+    (ckpt / "second").write_text("x")
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    done = _until(
+        "the app to finish",
+        120,
+        lambda: (a := _app(api, token, app_id))["state"] == "FINISHED" and a,
+    )
+    assert done["final_status"] == "SUCCEEDED", done
+    assert done["attempt"] == 2 and requeued["attempt"] == 1
+
+
+def home_of(api: TestClient) -> Path:
+    home: Path = api.app.state.ctx.settings.home  # type: ignore[attr-defined]
+    return home
