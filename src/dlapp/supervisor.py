@@ -74,6 +74,9 @@ class Supervisor:
         self._stop_grace: float | None = None
         self._lock = threading.Lock()
         self._started = threading.Event()
+        self._wait_lock = threading.Lock()
+        self._result: ContainerResult | None = None
+        self._info: dict[str, Any] | None = None
         self._start_error: str | None = None
 
     # -- life -----------------------------------------------------------------------------------
@@ -81,7 +84,8 @@ class Supervisor:
     def start(self, gpu_ids: list[str], node_name: str) -> dict[str, Any]:
         """Stage in and launch; returns where and how it runs. Raises with the reason on failure."""
         try:
-            return self._start(gpu_ids, node_name)
+            self._info = self._start(gpu_ids, node_name)
+            return self._info
         except BaseException as exc:
             self._start_error = str(exc) if isinstance(exc, DlappError) else repr(exc)
             raise
@@ -134,6 +138,20 @@ class Supervisor:
             "pid": self._running.pid,
             "start_time": time.time(),
         }
+
+    def wait_once(self) -> ContainerResult:
+        """``wait``, done once: a later caller (a server that took the app over after a
+        restart) blocks until the first call is done and gets the same result."""
+        with self._wait_lock:
+            if self._result is None:
+                self._result = self.wait()
+            return self._result
+
+    def started_info(self) -> dict[str, Any] | None:
+        """What ``start`` returned, once it is done (for a server taking the app over);
+        None when it failed to start."""
+        self._started.wait()
+        return self._info
 
     def wait(self) -> ContainerResult:
         """Block until the container exits; stage out, keep the logs, clean up."""

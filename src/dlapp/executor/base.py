@@ -35,7 +35,7 @@ class Report:
     attempt: int
     index: int
     kind: Literal["started", "exited", "lost"]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] | None = field(default_factory=dict)
     result: ContainerResult | None = None
     diagnostics: str = ""
 
@@ -81,6 +81,18 @@ class Executor(ABC):
 
     def holds(self, app_id: str) -> bool:
         return self._holds(app_id)
+
+    def adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
+        """Take over an app started by an earlier server process, if its containers still
+        run; False when they are gone (the app is then requeued)."""
+        adopted = self._adopt(app_id, attempt, node_ids)
+        logger.info(
+            "%s %s after a restart", "took over" if adopted else "could not take over", app_id
+        )
+        return adopted
+
+    def _adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
+        return False
 
     def close(self) -> None:
         self._close()

@@ -38,6 +38,9 @@ RAYLET_WATCH_S = 0.5  # a stop not obeyed within grace + this: the supervisor is
 class RaySupervisor(Supervisor):
     """The supervisor as it runs inside its Ray actor."""
 
+    def plan_of(self) -> ContainerPlan:
+        return self.plan
+
     def start_here(self) -> dict[str, Any]:
         self._watch_raylet()
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
@@ -118,6 +121,7 @@ class RayExecutor(Executor):
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
+        self._embedded = not settings.ray_address
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
 
@@ -156,6 +160,7 @@ class RayExecutor(Executor):
             [self._bundle(request) for _ in node_ids],
             strategy="PACK",
             name=f"dlapp:{app_id}",
+            lifetime="detached",  # outlives this server: a restarted one takes the app over
             bundle_label_selector=[{NODE_ID_LABEL: n} for n in node_ids],
         )
         run = _AppRun(pg=pg)
@@ -175,7 +180,7 @@ class RayExecutor(Executor):
                 ),
             ).remote(plan)
             run.containers.append(
-                _Tracked(plan, node_id, actor, actor.start_here.remote(), actor.wait.remote())
+                _Tracked(plan, node_id, actor, actor.start_here.remote(), actor.wait_once.remote())
             )
 
     def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None:
@@ -232,6 +237,30 @@ class RayExecutor(Executor):
             c.stop_deadline = None
         return out
 
+    def _adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
+        """Take over an app's running supervisors after a restart, by their names."""
+        try:
+            pg = ray.util.get_placement_group(f"dlapp:{app_id}")
+            actors = [
+                ray.get_actor(f"dlapp:{app_id}:{i}", namespace=NAMESPACE)
+                for i in range(len(node_ids))
+            ]
+        except (ValueError, RayError):
+            return False
+        run = _AppRun(pg=pg)
+        for index, (actor, node_id) in enumerate(zip(actors, node_ids, strict=True)):
+            plan = ray.get(actor.plan_of.remote(), timeout=30)
+            if plan.attempt != attempt or plan.index != index:
+                return False
+            run.containers.append(
+                _Tracked(
+                    plan, node_id, actor, actor.started_info.remote(), actor.wait_once.remote()
+                )
+            )
+        self._apps[app_id] = run
+        logger.info("took over %s (%d containers)", app_id, len(actors))
+        return True
+
     def _dead_node(self, node_id: str) -> str | None:
         """``<ip> (<id>)`` when Ray reports that node dead, else None."""
         for n in ray.nodes():
@@ -264,8 +293,11 @@ class RayExecutor(Executor):
         return app_id in self._apps
 
     def _close(self) -> None:
-        for app_id in list(self._apps):
-            self._stop(app_id, 0, None)
+        """Disconnect. The embedded cluster ends with this server, and its apps with it; on a
+        cluster of its own (``ray_address``) the apps keep running for the next server."""
+        if self._embedded:
+            for app_id in list(self._apps):
+                self._stop(app_id, 0, None)
         ray.shutdown()
 
 

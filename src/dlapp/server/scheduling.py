@@ -124,6 +124,12 @@ class Scheduler:
             for app in repo.running_apps(session):
                 if self.ctx.executor.holds(app.id):
                     continue
+                nodes = [c.node_id for c in repo.current_containers(session, app)]
+                if nodes and self.ctx.executor.adopt(app.id, app.attempt, nodes):
+                    repo.add_event(session, app.id, "info", "taken over by a restarted server", now)
+                    if app.kill_requested in ("kill", "softkill", "gang", "preempt"):
+                        self.ctx.executor.stop(app.id, 0.0)  # a stop asked before the restart
+                    continue
                 for c in repo.current_containers(session, app):
                     if not ContainerState(c.state).is_terminal():
                         repo.update_container(
@@ -157,6 +163,8 @@ class Scheduler:
         now = self.ctx.clock()
         c = repo.get_container(session, app, report.index)
         if report.kind == "started":
+            if report.info is None:
+                return  # taken over, and it never started: its exit report says why
             if report.diagnostics:
                 repo.add_event(
                     session,
