@@ -296,3 +296,26 @@ def test_gang_reason_says_how_many_fit() -> None:
         and "needs 3 containers of" in d.reason
         and "only 1 fits now" in d.reason
     )
+
+
+# -- placement strategy -----------------------------------------------------------------------
+
+
+def _spread(app_id: str, containers: int) -> AppHead:
+    head = make_app(app_id).gpus(1).containers(containers).build()
+    return AppHead(**{**head.__dict__, "spread": True})
+
+
+def test_spread_puts_each_container_on_its_own_node() -> None:
+    snap = make_snapshot(make_node("n1").gpus(4), make_node("n2").gpus(4), make_node("n3").gpus(1))
+    packed = make_app("packed").gpus(1).containers(2).build()
+    assert decide([packed], snap) == [Admit("packed", ("n3", "n1"))]  # best fit, tightest first
+    (d,) = decide([_spread("spread", 3)], snap)
+    assert isinstance(d, Admit) and sorted(d.nodes) == ["n1", "n2", "n3"]
+
+
+def test_spread_waits_when_there_are_fewer_nodes_than_containers() -> None:
+    snap = make_snapshot(make_node("n1").gpus(8))
+    (d,) = decide([_spread("s", 2)], snap)
+    assert isinstance(d, Wait)
+    assert "2 containers on different nodes; only 1 node can hold one now" in d.reason

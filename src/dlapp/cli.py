@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dlapp import __version__, cli_admin, embedded
+from dlapp import __version__, cli_admin, cli_sim, cli_usage, embedded
 from dlapp.client import DlappClient
 from dlapp.config import default_home, load_client_settings
 from dlapp.credentials import ADMIN_TOKEN_FILE, read_private
@@ -67,6 +67,11 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _dashboard_url(app: dict[str, Any]) -> str:
+    """The app's page on the server's web dashboard (``dlapp.server.dashboard``)."""
+    return f"{app['url'].split('/api/v1/')[0]}/dashboard/#/apps/{app['id']}"
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -112,6 +117,7 @@ def _submit_and_watch(client: DlappClient, spec: AppSpec, wait: bool, follow: bo
     app_id = app["id"]
     out.print(f"submitted: {app_id}")
     out.print(f"  see it at: {app['url']}")
+    out.print(f"  dashboard: {_dashboard_url(app)}")
     out.print(f"  status:    dlapp status {app_id}")
     out.print(f"  logs:      dlapp logs {app_id} --follow")
     if not (wait or follow):
@@ -173,6 +179,7 @@ def _status(app_id: str, as_json: bool) -> int:
     if app["elapsed_s"] is not None:
         out.print(f"Elapsed        : {app['elapsed_s']:.1f}s")
     out.print(f"URL            : {app['url']}")
+    out.print(f"Dashboard      : {_dashboard_url(app)}")
     if app["containers"]:
         table = Table("index", "node", "gpu ids", "state", "exit code", "diagnostics")
         base = app["url"].split("/api/v1/")[0]
@@ -335,12 +342,13 @@ def gpus(as_json: bool) -> None:
     if as_json:
         _print_json(data)
         return
-    table = Table("node", "gpu", "app", "user")
+    table = Table("node", "state", "gpu", "app", "user")
     for n in data["nodes"]:
+        state = n.get("state", "ready")
         if not n["gpus"]:
-            table.add_row(n["name"], "-", "(no GPUs)", "")
+            table.add_row(n["name"], state, "-", "(no GPUs)", "")
         for g in n["gpus"]:
-            table.add_row(n["name"], f"gpu{g['id']}", g["app_id"] or "free", g["user"] or "")
+            table.add_row(n["name"], state, f"gpu{g['id']}", g["app_id"] or "free", g["user"] or "")
     out.print(table)
 
 
@@ -397,6 +405,8 @@ def spec_check(spec_file: str, as_json: bool) -> None:
 
 
 cli_admin.register(cli)  # dlapp admin ..., dlapp login
+cli_sim.register(cli)  # dlapp simulate
+cli_usage.register(cli)  # dlapp usage
 
 # -- entry points -----------------------------------------------------------------------------
 

@@ -156,6 +156,18 @@ def audit_cmd(
     out.print(table)
 
 
+@admin.command("node")
+@click.argument("state", type=click.Choice(["drain", "cordon", "ready"]))
+@click.argument("node")
+def node_cmd(state: str, node: str) -> None:
+    """drain: no new apps, running ones finish; cordon: no new apps, running ones are evicted
+    back to their queue; ready: undo either. NODE is its address or id."""
+    with _client() as client:
+        result = client.admin_node(node, state)
+    evicted = f"; evicted: {', '.join(result['evicted'])}" if result["evicted"] else ""
+    out.print(f"node {result['name']} ({result['node_id'][:12]}): {state}{evicted}")
+
+
 @click.command()
 @click.argument("server")
 @click.option("--token-stdin", is_flag=True, help="read the token from stdin, not a prompt")

@@ -117,6 +117,13 @@ class DlappClient:
         result: dict[str, Any] = self._json("POST", "/api/v1/queues/reload")
         return result
 
+    def usage(
+        self, since: str | None = None, until: str | None = None, by: str = "user"
+    ) -> dict[str, Any]:
+        params = {"by": by, **{k: v for k, v in (("since", since), ("until", until)) if v}}
+        result: dict[str, Any] = self._json("GET", "/api/v1/usage", params=params)
+        return result
+
     def logs(self, app_id: str, container: int = 0, stream: str = "stdout", offset: int = 0) -> str:
         resp = self._request(
             "GET",
@@ -147,6 +154,11 @@ class DlappClient:
     def admin_users(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self._json("GET", "/api/v1/admin/users")["users"]
         return found
+
+    def admin_node(self, node: str, state: str) -> dict[str, Any]:
+        """Set a node ``drain``, ``cordon`` or ``ready`` (admins)."""
+        result: dict[str, Any] = self._json("POST", f"/api/v1/admin/nodes/{node}/{state}")
+        return result
 
     def admin_add_user(
         self, name: str, admin: bool = False, groups: Sequence[str] = ()

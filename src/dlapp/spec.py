@@ -132,6 +132,7 @@ class NodeSelector(_Strict):
 
     include: tuple[str, ...] = ()  # node names (IP or hostname) or ids; empty: any node
     exclude: tuple[str, ...] = ()
+    strategy: Literal["pack", "spread"] = "pack"  # a gang's containers: best fit, or 1 a node
 
 
 class Workspace(_Strict):
@@ -309,7 +310,11 @@ class AppSpec(_Strict):
             "max_runtime": self.max_runtime_s,
             "priority": self.priority,
             "max_attempts": self.max_attempts,
-            "nodes": {"include": list(self.nodes.include), "exclude": list(self.nodes.exclude)},
+            "nodes": {
+                "include": list(self.nodes.include),
+                "exclude": list(self.nodes.exclude),
+                "strategy": self.nodes.strategy,
+            },
         }
 
     def to_yaml(self) -> str:
@@ -362,6 +367,7 @@ _APP_KEYS: dict[str, str | None] = {
     "max_attempts": "max_attempts",
     "include_nodes": "nodes.include",
     "exclude_nodes": "nodes.exclude",
+    "placement": "nodes.strategy",
     "username": None,  # the user is the authenticated caller, never a spec field
 }
 _INPUT_KEYS = {"hdfs": "url", "url": "url", "input_path": "path"}

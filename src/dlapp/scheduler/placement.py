@@ -66,13 +66,15 @@ class FreeIndex:
     def give(self, node_id: str, r: Resources) -> None:
         self.take(node_id, Resources(-r.cpus, -r.memory_mb, -r.gpus))
 
-    def best_fit(self, head: AppHead) -> str | None:
+    def best_fit(self, head: AppHead, avoid: frozenset[str] = frozenset()) -> str | None:
         """The node with the fewest free GPUs that fits one container, then fewest free CPUs,
         then by name: whole GPU nodes stay free for big apps, CPU work goes to CPU nodes."""
         req = head.request
         for gpus in sorted(g for g in self._buckets if g >= req.gpus):
             bucket = self._buckets[gpus]
             for _cpus, _name, node_id in bucket[bisect.bisect_left(bucket, (req.cpus - _EPS,)) :]:
+                if node_id in avoid:
+                    continue
                 if req.memory_mb <= self.free[node_id].memory_mb and head.allows(
                     self.nodes[node_id]
                 ):
@@ -83,7 +85,7 @@ class FreeIndex:
         """Take room for all of ``head``'s containers, or take nothing and return None."""
         placed: list[str] = []
         for _ in range(head.num_containers):
-            node_id = self.best_fit(head)
+            node_id = self.best_fit(head, frozenset(placed) if head.spread else frozenset())
             if node_id is None:
                 for taken in placed:
                     self.give(taken, head.request)
@@ -123,6 +125,13 @@ def explain_free(head: AppHead, nodes: Sequence[tuple[NodeView, Resources]]) -> 
         return "no schedulable node: every allowed node is drained, cordoned or down"
     request = head.request
     needs = f"needs {_containers(head.num_containers)} of {request.describe()}"
+    if head.spread:
+        holders = sum(1 for _, f in usable if request.fits_in(f))
+        if holders < head.num_containers:
+            return (
+                f"{needs}, {head.num_containers} containers on different nodes; "
+                f"only {holders} node{'' if holders == 1 else 's'} can hold one now"
+            )
     fit = sum(_fit_count(request, f, head.num_containers) for _, f in usable)
     if fit > 0:
         return f"{needs} at once; only {fit} fit{'s' if fit == 1 else ''} now"

@@ -232,7 +232,13 @@ class _Cycle:
         return None
 
     def shape(self, head: AppHead) -> tuple[object, ...]:
-        return (head.request, head.num_containers, head.include_nodes, head.exclude_nodes)
+        return (
+            head.request,
+            head.num_containers,
+            head.include_nodes,
+            head.exclude_nodes,
+            head.spread,
+        )
 
     def try_place(self, head: AppHead) -> tuple[str, ...] | str:
         """Node ids, or the reason the gang does not fit now."""

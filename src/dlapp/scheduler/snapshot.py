@@ -42,6 +42,7 @@ class AppHead:
     include_nodes: tuple[str, ...] = ()  # node names or ids; empty = any node
     exclude_nodes: tuple[str, ...] = ()
     priority: int = 0  # higher first, inside its queue
+    spread: bool = False  # each container on a different node (default: pack by best fit)
 
     @property
     def total(self) -> Resources:

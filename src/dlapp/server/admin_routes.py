@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlapp.server import accounts
+from dlapp.server import accounts, nodes
 from dlapp.server.auth import Caller, get_caller, require_admin
 from dlapp.server.routes import Ctx, Db
 from dlapp.store import audit, users
@@ -74,3 +74,9 @@ def get_audit(
     """Newest first."""
     entries = audit.entries(session, user=user, action=action, target=target, limit=limit)
     return {"entries": [accounts.audit_view(e) for e in entries]}
+
+
+@router.post("/nodes/{node}/{state}", tags=["admin"])
+def set_node_state(ctx: Ctx, session: Db, caller: Admin, node: str, state: str) -> dict[str, Any]:
+    """``drain`` (no new apps), ``cordon`` (no new apps, evict running ones), ``ready``."""
+    return nodes.set_state(ctx, session, node, state, caller.name)

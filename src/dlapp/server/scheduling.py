@@ -32,6 +32,7 @@ from dlapp.scheduler import (
     Wait,
     decide,
 )
+from dlapp.server import nodes
 from dlapp.server.context import Context
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
@@ -285,6 +286,7 @@ class Scheduler:
             include_nodes=spec.nodes.include,
             exclude_nodes=spec.nodes.exclude,
             priority=spec.priority,
+            spread=spec.nodes.strategy == "spread",
         )
 
     def _running(self, session: Session) -> tuple[RunningApp, ...]:
@@ -334,11 +336,14 @@ class Scheduler:
                 app.cpus, app.memory_mb, app.gpus
             )
         views = []
+        held_back = nodes.states(session)  # drained or cordoned: no new apps
         for n in self.ctx.nodes():
             if not n.alive:
                 continue
             free = n.total - used.get(n.node_id, Resources())
-            views.append(NodeView(n.node_id, n.name, n.total, _clamp(free)))
+            views.append(
+                NodeView(n.node_id, n.name, n.total, _clamp(free), n.node_id not in held_back)
+            )
         return Snapshot(
             tuple(views),
             running=self._running(session),

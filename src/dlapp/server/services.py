@@ -17,6 +17,7 @@ from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
 from dlapp.runtime import get_runtime
 from dlapp.scheduler import NodeView, QueueTree, Resources, check_feasible
 from dlapp.server import limits
+from dlapp.server import nodes as node_states
 from dlapp.server.auth import Caller, may_see
 from dlapp.server.context import Context
 from dlapp.server.queue_service import resolve_queue
@@ -25,6 +26,7 @@ from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import audit, repo, users
 from dlapp.store.models import App
+from dlapp.stores import data_config
 from dlapp.supervisor import STREAMS, log_dir
 
 MB = 1024 * 1024
@@ -60,8 +62,9 @@ def submit(
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
     get_runtime(spec.runtime)  # a runtime this cluster cannot run is refused now, not at start
-    staging.check_urls(spec)
-    staging.check_outputs_writable(spec)
+    data = data_config(ctx.settings)
+    staging.check_urls(spec, config=data)
+    staging.check_outputs_writable(spec, config=data)
     workspace.inspect_tarball(upload, _limits(ctx))
     # 2. keep the tarball under the app's id and record the app, as one step
     now = ctx.clock()
@@ -210,13 +213,20 @@ def cluster(ctx: Context, session: Session) -> dict[str, Any]:
                 "container": str(c.index),
             }
     nodes = []
+    held_back = node_states.states(session)
     for n in ctx.nodes():
         u = used.get(n.node_id, Resources())
+        state = held_back.get(n.node_id, "ready")
+        if state == "drain":
+            state = "draining" if n.node_id in used else "drained"
+        elif state == "cordon":
+            state = "cordoned"
         nodes.append(
             {
                 "node_id": n.node_id,
                 "name": n.name,
                 "alive": n.alive,
+                "state": state if n.alive else "lost",
                 "total": _res(n.total),
                 "used": _res(u),
                 "free": _res(n.total - u),
