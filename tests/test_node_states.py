@@ -91,3 +91,12 @@ def test_an_unknown_node_is_named_as_such(api: tuple[TestClient, str, str]) -> N
     assert resp.status_code == 404 and "no node matches 'nope'" in resp.json()["error"]["message"]
     bad = tc.post("/api/v1/admin/nodes/local/explode", headers=bearer(admin))
     assert bad.status_code == 400
+
+
+def test_node_join_builds_the_ray_start_command() -> None:
+    from dlapp.nodes_join import join_command
+
+    cmd = join_command("10.0.0.1:6379", gpus=8, cpus=32, node_ip="10.0.0.7")
+    assert cmd[0].endswith("/ray") and cmd[1] == "start"
+    assert "--address=10.0.0.1:6379" in cmd and "--num-gpus=8" in cmd
+    assert "--num-cpus=32" in cmd and "--node-ip-address=10.0.0.7" in cmd

@@ -352,6 +352,24 @@ def gpus(as_json: bool) -> None:
     out.print(table)
 
 
+@cli.group()
+def node() -> None:
+    """This machine as a node of a cluster."""
+
+
+@node.command("join")
+@click.argument("head_address")
+@click.option("--gpus", type=int, help="GPUs to offer (default: those NVML finds)")
+@click.option("--cpus", type=float, help="CPUs to offer (default: all)")
+@click.option("--node-ip", help="this node's address on the cluster network")
+def node_join(head_address: str, gpus: int | None, cpus: float | None, node_ip: str | None) -> None:
+    """Join the Ray cluster whose head is HEAD_ADDRESS (host:port) as a GPU node."""
+    from dlapp.executor.ray import count_gpus
+    from dlapp.nodes_join import join
+
+    sys.exit(join(head_address, count_gpus() if gpus is None else gpus, cpus, node_ip))
+
+
 @cli.command()
 @click.option("--gpus", type=int, help="GPUs to declare (default: those NVML finds)")
 @click.option("--cpus", type=float, help="CPUs to declare (default: all)")
