@@ -28,8 +28,14 @@ HEADERS: dict[str, str] = {}  # the api fixture authenticates every request as b
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[TestClient]:
-    settings = ServerSettings(home=tmp_path / "home", schedule_interval_s=0.05, softkill_grace_s=2)
+def api(tmp_path: Path, database_url: str) -> Iterator[TestClient]:
+    """The API on each store: SQLite and PostgreSQL."""
+    settings = ServerSettings(
+        home=tmp_path / "home",
+        db_url=database_url,
+        schedule_interval_s=0.05,
+        softkill_grace_s=2,
+    )
     app = create_app(settings, lambda s: LocalExecutor(Resources(4, 8192, 2)))
     with TestClient(app) as tc:
         tc.headers.update(bearer(add_user(tc, settings.home, "bob")))

@@ -33,8 +33,9 @@ def make_spec(name: str = "t", queue: str = "default") -> AppSpec:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path}/x.db")
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated store, on SQLite and on PostgreSQL."""
+    eng = make_engine(database_url)
     migrate(eng)
     yield eng
     eng.dispose()
@@ -72,6 +73,9 @@ def test_migrate_creates_the_indexes(engine: Engine) -> None:
 
 
 def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        assert engine.dialect.name == "postgresql" and engine.driver == "psycopg"
+        return
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

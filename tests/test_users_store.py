@@ -20,8 +20,9 @@ T0 = 1_700_000_000.0
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path}/x.db")
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated store, on SQLite and on PostgreSQL."""
+    eng = make_engine(database_url)
     migrate(eng)
     yield eng
     eng.dispose()

@@ -387,7 +387,7 @@ def down() -> None:
     out.print("stopped" if embedded.down(home) else "no embedded cluster was running")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--host")
@@ -395,11 +395,64 @@ def down() -> None:
 @click.option("--gpus", type=int, help="embedded Ray: GPUs to declare")
 @click.option("--cpus", type=float, help="embedded Ray: CPUs to declare")
 @click.option("--ray-address", help="join this Ray cluster instead of starting one")
-def server(config_file: Path | None, **overrides: Any) -> None:
-    """Run the dlapp server in the foreground."""
-    from dlapp.server.run import serve
+@click.pass_context
+def server(ctx: click.Context, /, config_file: Path | None, **overrides: Any) -> None:
+    """Run the dlapp server in the foreground; or migrate, back up or restore its store."""
+    ctx.obj = (config_file, overrides)
+    if ctx.invoked_subcommand is None:
+        from dlapp.server.run import serve
 
-    serve(config_file, overrides)
+        serve(config_file, overrides)
+
+
+def _store(obj: tuple[Path | None, dict[str, Any]]) -> tuple[Any, Any]:
+    from dlapp.config import load_server_settings
+    from dlapp.store.db import make_engine
+
+    settings = load_server_settings(obj[0], **obj[1])
+    return settings, make_engine(settings.database_url)
+
+
+@server.command("migrate")
+@click.pass_obj
+def server_migrate(obj: tuple[Path | None, dict[str, Any]]) -> None:
+    """Bring the store's schema up to this release (nothing is lost)."""
+    from dlapp.store.backup import revision
+    from dlapp.store.db import migrate
+
+    _, engine = _store(obj)
+    before = revision(engine)
+    migrate(engine)
+    out.print(f"store schema: {before or 'empty'} -> {revision(engine)}")
+    engine.dispose()
+
+
+@server.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def server_backup(obj: tuple[Path | None, dict[str, Any]], dest: Path) -> None:
+    """Write the store and the artifact store to DEST (a tar.gz)."""
+    from dlapp.store.backup import backup
+
+    settings, engine = _store(obj)
+    counts = backup(engine, settings.artifacts, dest)
+    engine.dispose()
+    rows = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
+    out.print(f"backed up to {dest}: {rows or 'an empty store'}")
+
+
+@server.command("restore")
+@click.argument("source", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_obj
+def server_restore(obj: tuple[Path | None, dict[str, Any]], source: Path) -> None:
+    """Load a backup into an empty store (any database) and its artifact store."""
+    from dlapp.store.backup import restore
+
+    settings, engine = _store(obj)
+    counts = restore(engine, settings.artifacts, source)
+    engine.dispose()
+    rows = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
+    out.print(f"restored from {source}: {rows or 'an empty store'}")
 
 
 # -- spec -------------------------------------------------------------------------------------
