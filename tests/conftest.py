@@ -9,6 +9,9 @@ makes two plain users, alice and bob. The ``client`` and the CLI (``use_server``
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -169,3 +172,40 @@ def evil_tarball(path: Path, kind: str) -> Path:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
+
+
+def start_server(home: Path, ray_address: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``dlapp server`` as its own process on ``ray_address``; returns it and its URL."""
+    embedded.state_path(home).unlink(missing_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "server.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dlapp.cli",
+                "server",
+                "--home",
+                str(home),
+                "--port",
+                "0",
+                "--ray-address",
+                ray_address,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    info = wait_for(lambda: embedded.running(home), 90, "the server to answer")
+    return proc, str(info.url)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.spec import AppSpec
 
-from conftest import AppFactory, pack, wait_for, wait_running
+from conftest import AppFactory, pack, start_server, stop_server, wait_running
 
 pytestmark = pytest.mark.cluster
 
@@ -35,31 +32,6 @@ def ray_cluster() -> Iterator[str]:
         cluster.shutdown()
 
 
-def _server(home: Path, address: str) -> tuple[subprocess.Popen[bytes], str]:
-    embedded.state_path(home).unlink(missing_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / "server.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dlapp.cli",
-                "server",
-                "--home",
-                str(home),
-                "--port",
-                "0",
-                "--ray-address",
-                address,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    info = wait_for(lambda: embedded.running(home), 90, "the server to answer")
-    return proc, info.url
-
-
 def _submit(client: DlappClient, spec: Path, tmp: Path) -> str:
     s = AppSpec.from_file(spec)
     app_id: str = client.submit(s, pack(Path(s.workspace.path), tmp))["id"]
@@ -70,7 +42,7 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
     ray_cluster: str, tmp_path: Path, make_app: AppFactory
 ) -> None:
     home = tmp_path / "home"
-    proc, url = _server(home, ray_cluster)
+    proc, url = start_server(home, ray_cluster)
     try:
         with DlappClient(url, (home / "admin.token").read_text().strip()) as admin:
             token = admin.admin_add_user("olga")["token"]
@@ -93,7 +65,7 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
         # the server dies hard; its Ray cluster and the app's supervisor do not
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        proc, url = _server(home, ray_cluster)
+        proc, url = start_server(home, ray_cluster)
         with DlappClient(url, token) as client:
             done = client.wait(running, timeout_s=120)
             assert done["final_status"] == "SUCCEEDED", done
@@ -105,10 +77,4 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
             assert client.wait(queued, timeout_s=120)["final_status"] == "SUCCEEDED"
             assert client.logs(queued) == "queued-ran\n"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_server(proc)

@@ -9,16 +9,25 @@ See docs/configuration.md for the full list.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from dlapp.credentials import check_private
 from dlapp.errors import DlappError
+from dlapp.runtime.policy import ContainerPolicy
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +38,20 @@ def default_home(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["DLAPP_HOME"]).expanduser()
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dlapp"
+
+
+class StorageProfile(BaseModel):
+    """A store's endpoint and credentials, chosen by URL (docs/data.md); never shown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: str = Field(description="fsspec protocol: s3, gs, sftp, hdfs, webhdfs, file")
+    urls: tuple[str, ...] = Field(
+        (), description="URL prefixes served; empty: the default profile of its protocol"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, repr=False, description="keyword arguments of the filesystem"
+    )
 
 
 class ServerSettings(BaseModel):
@@ -63,6 +86,9 @@ class ServerSettings(BaseModel):
         None, description="queue tree YAML, reloaded when it changes (default: home/queues.yaml)"
     )
     schedule_interval_s: float = Field(0.5, gt=0, description="scheduler cycle period")
+    lease_ttl_s: float = Field(
+        10.0, gt=0, description="scheduler lease: a stalled leader is replaced after this long"
+    )
     max_upload_mb: int = Field(2048, ge=1, description="largest workspace tarball accepted")
     workspace_max_files: int = Field(100_000, ge=1, description="files per workspace")
     workspace_max_mb: int = Field(4096, ge=1, description="uncompressed workspace size")
@@ -75,6 +101,37 @@ class ServerSettings(BaseModel):
     max_pending_per_user: int = Field(
         1000, ge=0, description="ACCEPTED apps one user may have waiting; 0: no limit"
     )
+    storage_profiles: dict[str, StorageProfile] = Field(
+        default_factory=dict,
+        description="named storage profiles (endpoints, credentials); see docs/data.md",
+    )
+    file_roots: tuple[Path, ...] | None = Field(
+        None,
+        description="local paths data URLs may use (unset: all on a loopback-only embedded "
+        "cluster, none otherwise); see docs/data.md",
+    )
+    cache_dir: Path | None = Field(None, description="node-local input cache (default: home/cache)")
+    cache_max_mb: int = Field(10240, ge=0, description="input cache size; 0: no cache")
+    container: ContainerPolicy = Field(
+        default_factory=lambda: ContainerPolicy(),
+        description="container runtime policy (images, user, caps, mounts, network, GPUs); "
+        "see docs/configuration.md#containers",
+    )
+
+    @field_validator("storage_profiles", mode="before")
+    @classmethod
+    def _profiles_from_json(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("container", mode="before")
+    @classmethod
+    def _container_from_json(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("file_roots", mode="before")
+    @classmethod
+    def _roots_from_env(cls, v: object) -> object:
+        return tuple(p for p in v.split(os.pathsep) if p) if isinstance(v, str) else v
 
     @property
     def database_url(self) -> str:
@@ -91,6 +148,15 @@ class ServerSettings(BaseModel):
     @property
     def work(self) -> Path:
         return self.work_dir or self.home / "work"
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
+    @property
+    def container_policy(self) -> ContainerPolicy:
+        """``container`` with its cluster label set (derived from ``home`` unless given)."""
+        return self.container.for_home(self.home)
 
     @property
     def url(self) -> str:

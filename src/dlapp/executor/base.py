@@ -82,6 +82,13 @@ class Executor(ABC):
     def holds(self, app_id: str) -> bool:
         return self._holds(app_id)
 
+    def forget(self) -> None:
+        """Drop track of every app without stopping any (another server now leads)."""
+        self._forget()
+
+    def _forget(self) -> None:
+        return None
+
     def adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
         """Take over an app started by an earlier server process, if its containers still
         run; False when they are gone (the app is then requeued)."""

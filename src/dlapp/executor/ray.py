@@ -261,6 +261,9 @@ class RayExecutor(Executor):
         logger.info("took over %s (%d containers)", app_id, len(actors))
         return True
 
+    def _forget(self) -> None:
+        self._apps.clear()
+
     def _dead_node(self, node_id: str) -> str | None:
         """``<ip> (<id>)`` when Ray reports that node dead, else None."""
         for n in ray.nodes():

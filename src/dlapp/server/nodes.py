@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from dlapp.errors import BadRequest, NotFoundError
 from dlapp.server.context import Context
-from dlapp.status import AppState
 from dlapp.store import audit, repo
 from dlapp.store.models import Meta
 
@@ -51,7 +50,7 @@ def set_state(ctx: Context, session: Session, node: str, state: str, by: str) ->
     if state == "cordon":
         for app, c in repo.allocations(session):
             if c.node_id == target.node_id and app.kill_requested is None and app.id not in evicted:
-                app.kill_requested = "preempt"  # requeued once its containers end
+                app.kill_requested = "evict"  # the scheduler stops it; then it is requeued
                 repo.add_event(
                     session,
                     app.id,
@@ -59,24 +58,8 @@ def set_state(ctx: Context, session: Session, node: str, state: str, by: str) ->
                     f"evicted: node {target.name} was cordoned by {by}",
                     now,
                 )
-                grace = ctx.settings.softkill_grace_s
-                notice = {
-                    "reason": "evicted",
-                    "detail": f"node {target.name} cordoned",
-                    "deadline": now + grace,
-                }
-                ctx.executor.stop(app.id, grace, notice)
                 evicted.append(app.id)
     audit.record(session, by, f"node.{state}", target.node_id, now, target.name)
     session.commit()
     return {"node_id": target.node_id, "name": target.name, "state": state, "evicted": evicted}
 
-
-def running_on(session: Session, node_id: str) -> list[str]:
-    return sorted(
-        {
-            a.id
-            for a, c in repo.allocations(session)
-            if c.node_id == node_id and a.state == AppState.RUNNING.value
-        }
-    )

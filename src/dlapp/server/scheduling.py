@@ -12,15 +12,20 @@ One cycle, as a recipe:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from dlapp.errors import DlappError
 from dlapp.executor import NODE_LOST, Report
+from dlapp.runtime.docker import remove_orphans
 from dlapp.scheduler import (
     Admit,
     AppHead,
@@ -37,17 +42,27 @@ from dlapp.server.context import Context
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
+from dlapp.store import lease as lease_store
 from dlapp.store import repo
 from dlapp.store.models import App, Container
 from dlapp.stores import data_config
 from dlapp.supervisor import KILLED_BY_REQUEST, ContainerPlan
 
 logger = logging.getLogger(__name__)
+ORPHAN_SWEEP_CYCLES = 20  # remove orphan containers every this many cycles
+
+
+class Fenced(Exception):
+    """This server lost the scheduler lease: what it was about to write was rolled back."""
 
 
 class Scheduler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease: lease_store.Lease | None = None
+        self._after_commit: list[Callable[[], None]] = []  # executor calls, once committed
+        self._stopping: set[tuple[str, int]] = set()  # (app, attempt) told to stop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -59,7 +74,6 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.recover()
         self._thread = threading.Thread(target=self._run, name="dlapp-scheduler", daemon=True)
         self._thread.start()
 
@@ -76,12 +90,72 @@ class Scheduler:
         while not self._stop.is_set():
             started = time.perf_counter()
             try:
-                self.cycle()
+                self.step()
+            except Fenced:
+                logger.warning("lost the scheduler lease; standing by")
             except Exception:
                 logger.exception("scheduling cycle failed")
             self.observe_cycle(time.perf_counter() - started)
             self._wake.wait(self.ctx.settings.schedule_interval_s)
             self._wake.clear()
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.lease is not None
+
+    def step(self) -> None:
+        """Lead (taking the lease when it is free or expired, then taking over the running
+        apps), or stand by while another server leads."""
+        if self.lease is None:
+            with self.ctx.sessions() as session:
+                ttl = self.ctx.settings.lease_ttl_s
+                self.lease = lease_store.acquire(session, self.holder, self.ctx.clock(), ttl)
+            if self.lease is None:
+                return
+            logger.info("scheduling as %s (lease epoch %d)", self.holder, self.lease.epoch)
+            self.recover()
+        self.cycle()
+
+    def _commit(self, session: Session) -> None:
+        """Commit, renewing the lease in the same transaction; then run the executor calls
+        that wait on this commit. A lost lease rolls everything back (fencing)."""
+        assert self.lease is not None, "only the lease holder writes scheduling decisions"
+        renewed = lease_store.renew(
+            session, self.lease, self.ctx.clock(), self.ctx.settings.lease_ttl_s
+        )
+        if renewed is None:
+            session.rollback()
+            self._after_commit.clear()
+            self.lease = None
+            self.ctx.executor.forget()
+            raise Fenced()
+        self.lease = renewed
+        session.commit()
+        calls, self._after_commit = self._after_commit, []
+        for call in calls:
+            call()
+
+    def _stop_app(
+        self, app_id: str, attempt: int, grace: float, notice: dict[str, Any] | None
+    ) -> None:
+        """Stop an app's containers once the decision is committed (once per attempt)."""
+        if (app_id, attempt) in self._stopping:
+            return
+        self._stopping.add((app_id, attempt))
+        self._after_commit.append(lambda: self.ctx.executor.stop(app_id, grace, notice))
+
+    def _apply_kills(self, session: Session) -> None:
+        """Kills and softkills asked through any server, carried out by the leader."""
+        for app in repo.running_apps(session):
+            if app.kill_requested in ("kill", "softkill", "evict"):
+                soft = app.kill_requested != "kill"
+                grace = self.ctx.settings.softkill_grace_s if soft else 0.0
+                now = self.ctx.clock()
+                reason = "evicted" if app.kill_requested == "evict" else app.kill_requested
+                notice = {"reason": reason, "deadline": now + grace} if soft else None
+                self._stop_app(app.id, app.attempt, grace, notice)
 
     def cycle(self) -> None:
         self.ctx.queues.reload()  # a changed queue file takes effect now; a bad one is refused
@@ -89,9 +163,12 @@ class Scheduler:
             # 1-2. reconcile
             for report in self.ctx.executor.poll():
                 self._record(session, report)
-            session.commit()
+            self._apply_kills(session)
+            self._commit(session)
             self._finish_ended(session)
-            session.commit()
+            self._commit(session)
+            if self.cycles % ORPHAN_SWEEP_CYCLES == 0:  # on start, then every few cycles
+                self.remove_orphans(session)
             # 3. heads and snapshot
             pending = repo.pending_apps(session)
             if pending:
@@ -113,10 +190,15 @@ class Scheduler:
                             app.pending_reason = reason
                     elif isinstance(d, Preempt):
                         self._preempt(session, d)
-                session.commit()
+                self._commit(session)
         self.cycles += 1
 
     # -- recovery -------------------------------------------------------------------------------
+
+    def remove_orphans(self, session: Session) -> list[str]:
+        """Remove this cluster's containers (on this machine) whose app is not RUNNING."""
+        running = {a.id for a in repo.running_apps(session)}
+        return remove_orphans(self.ctx.settings.container_policy, running)
 
     def recover(self) -> None:
         """RUNNING apps this executor does not hold (a restart) go back to their queue."""
@@ -128,8 +210,8 @@ class Scheduler:
                 nodes = [c.node_id for c in repo.current_containers(session, app)]
                 if nodes and self.ctx.executor.adopt(app.id, app.attempt, nodes):
                     repo.add_event(session, app.id, "info", "taken over by a restarted server", now)
-                    if app.kill_requested in ("kill", "softkill", "gang", "preempt"):
-                        self.ctx.executor.stop(app.id, 0.0)  # a stop asked before the restart
+                    if app.kill_requested in ("gang", "preempt"):
+                        self._stop_app(app.id, app.attempt, 0.0, None)  # asked before
                     continue
                 for c in repo.current_containers(session, app):
                     if not ContainerState(c.state).is_terminal():
@@ -153,7 +235,7 @@ class Scheduler:
                         "requeued: its containers were lost when the server restarted",
                         now,
                     )
-            session.commit()
+            self._commit(session)
 
     # -- reconcile ------------------------------------------------------------------------------
 
@@ -215,7 +297,7 @@ class Scheduler:
             failed = [c for c in containers if _failed(c)]
             ended = all(ContainerState(c.state).is_terminal() for c in containers)
             lost_node = next((c for c in containers if _lost_with_node(c)), None)
-            if ended and app.kill_requested == "preempt":
+            if ended and app.kill_requested in ("preempt", "evict"):
                 # back to its queue, keeping its place (seq); a preemption is no failure
                 app.kill_requested = None
                 self._claims.pop(app.id, None)
@@ -256,7 +338,7 @@ class Scheduler:
                     f"container {failed[0].index} failed ({why}); stopping the others",
                     now,
                 )
-                self.ctx.executor.stop(app.id, 0.0)
+                self._stop_app(app.id, app.attempt, 0.0, None)
 
     def _retry(self, session: Session, app: App, containers: Sequence[Container]) -> bool:
         """An app that failed by itself runs again while it has attempts left."""
@@ -327,7 +409,7 @@ class Scheduler:
         repo.add_event(session, app.id, "preemption", d.reason, now)
         repo.add_event(session, d.for_app, "preemption", f"{d.app_id} preempted for this app", now)
         notice = {"reason": "preempted", "detail": d.reason, "deadline": now + grace}
-        self.ctx.executor.stop(app.id, grace, notice)
+        self._stop_app(app.id, app.attempt, grace, notice)
 
     def _snapshot(self, session: Session) -> Snapshot:
         used: dict[str, Resources] = {}
@@ -364,7 +446,7 @@ class Scheduler:
             f"admitted on {', '.join(names.get(n, n) for n in admit.nodes)}",
             now,
         )
-        session.commit()
+        self._commit(session)  # fenced: a server that lost the lease never starts anything
         plans = _plans(self.ctx, app, spec, [names.get(n, n) for n in admit.nodes])
         try:
             self.ctx.executor.start(
@@ -421,6 +503,7 @@ def _plans(ctx: Context, app: App, spec: AppSpec, node_names: list[str]) -> list
             max_bytes=s.workspace_max_mb * 1024 * 1024,
             rendezvous=env[i],
             data=data_config(s).to_dict(),
+            container=s.container_policy.model_dump(mode="json"),
         )
         for i in range(app.num_containers)
     ]

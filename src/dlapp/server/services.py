@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from dlapp import staging, workspace
 from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
 from dlapp.runtime import get_runtime
+from dlapp.runtime.policy import check_container
 from dlapp.scheduler import NodeView, QueueTree, Resources, check_feasible
 from dlapp.server import limits
 from dlapp.server import nodes as node_states
@@ -61,7 +62,9 @@ def submit(
         spec.nodes.exclude,
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
-    get_runtime(spec.runtime)  # a runtime this cluster cannot run is refused now, not at start
+    policy = ctx.settings.container_policy
+    check_container(spec, policy)  # privileged, host mounts, disallowed images: refused now
+    get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run: refused now too
     data = data_config(ctx.settings)
     staging.check_urls(spec, config=data)
     staging.check_outputs_writable(spec, config=data)
@@ -134,8 +137,7 @@ def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller
         grace = ctx.settings.softkill_grace_s if soft else 0.0
         app.kill_requested = word
         repo.add_event(session, app.id, "info", f"{word} requested (grace {grace:g}s)", now)
-        notice = {"reason": word, "by": caller.name, "deadline": now + grace}
-        ctx.executor.stop(app.id, grace, notice if soft else None)
+        # the scheduler (on whichever server holds the lease) stops it: see Scheduler._apply_kills
     audit.record(session, caller.name, word, app.id, now, f"app of {app.user}, was {state.value}")
     session.commit()
     return app

@@ -1,0 +1,118 @@
+"""Two servers share one store and one Ray cluster; exactly one schedules at a time.
+
+A leader stalled with SIGSTOP is replaced once its lease runs out; when it wakes, its writes
+are fenced off (rolled back). Then the new leader is killed with SIGKILL and the first takes
+over again. No app is admitted twice, and every acknowledged app completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlapp.client import DlappClient
+from dlapp.spec import AppSpec
+
+from conftest import AppFactory, pack, start_server, stop_server, wait_for, wait_running
+
+pytestmark = pytest.mark.cluster
+LEASE_S = 3.0
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[str]:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 4, "num_gpus": 2, "include_dashboard": False},
+    )
+    try:
+        yield str(cluster.address)
+    finally:
+        cluster.shutdown()
+
+
+def _home(root: Path, name: str, shared: Path) -> Path:
+    home = root / name
+    home.mkdir()
+    config = {
+        "db_url": f"sqlite:///{shared / 'store.db'}",
+        "artifact_dir": str(shared / "artifacts"),
+        "lease_ttl_s": LEASE_S,
+        "schedule_interval_s": 0.3,
+    }
+    (home / "server.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+def _submit(client: DlappClient, spec: Path, tmp: Path) -> str:
+    s = AppSpec.from_file(spec)
+    app_id: str = client.submit(s, pack(Path(s.workspace.path), tmp))["id"]
+    return app_id
+
+
+def test_one_scheduler_at_a_time_with_fencing_and_takeover(
+    ray_cluster: str, tmp_path: Path, make_app: AppFactory
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    a_home, b_home = _home(tmp_path, "a", shared), _home(tmp_path, "b", shared)
+    a, a_url = start_server(a_home, ray_cluster)  # first: it leads, and makes the first admin
+    b, b_url = start_server(b_home, ray_cluster)
+    try:
+        with DlappClient(a_url, (a_home / "admin.token").read_text().strip()) as admin:
+            token = admin.admin_add_user("quinn")["token"]
+        gpu = {"cpus": 1, "memory": "128M", "gpus": 1}
+        work = 'for i in $(seq 1 24); do echo "tick $i"; sleep 0.25; done\n'
+        with DlappClient(a_url, token) as via_a:
+            first = [
+                _submit(via_a, make_app(work, name=f"first{i}", resources=gpu), tmp_path)
+                for i in range(2)
+            ]
+            for app_id in first:
+                wait_running(via_a, app_id)
+        # the leader stalls; the standby takes over once the lease has run out
+        os.kill(a.pid, signal.SIGSTOP)
+        with DlappClient(b_url, token) as via_b:
+            later = [
+                _submit(via_b, make_app("echo later\n", name=f"later{i}", resources=gpu), tmp_path)
+                for i in range(2)
+            ]
+            wait_for(
+                lambda: all(via_b.get(x)["state"] == "FINISHED" for x in first + later),
+                120,
+                "the standby to finish every app",
+            )
+            # the stalled leader wakes up: whatever it writes now is fenced off
+            os.kill(a.pid, signal.SIGCONT)
+            wait_for(
+                lambda: "lost the scheduler lease" in (a_home / "server.log").read_text(),
+                30,
+                "the old leader to find itself fenced",
+            )
+            last = _submit(via_b, make_app(work, name="last", resources=gpu), tmp_path)
+            wait_running(via_b, last)
+        # the new leader dies hard; the first server leads again and finishes the last app
+        os.kill(b.pid, signal.SIGKILL)
+        b.wait()
+        with DlappClient(a_url, token) as via_a:
+            done = via_a.wait(last, timeout_s=120)
+            assert done["final_status"] == "SUCCEEDED", done
+            for app_id in first + later + [last]:
+                app = via_a.get(app_id)
+                assert app["final_status"] == "SUCCEEDED", app
+                starts = [e for e in via_a.events(app_id) if e["to_state"] == "RUNNING"]
+                assert len(starts) == 1 and app["attempt"] == 1, (app_id, starts)  # never twice
+            assert "tick 24" in via_a.logs(last)
+            reasons = [e["reason"] for e in via_a.events(last)]
+            assert "taken over by a restarted server" in reasons
+    finally:
+        stop_server(a)
+        stop_server(b)
+        time.sleep(0.1)
