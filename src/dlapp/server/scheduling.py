@@ -346,6 +346,8 @@ class Scheduler:
             return False
         if _outcome(app, containers)[0] is not FinalStatus.FAILED:
             return False
+        if not any(_own_failure(c) for c in containers):
+            return False  # e.g. its supervisor died: that ends the app, as FAILED
         return _own_failures(session, app) < self._spec(app).max_attempts
 
     # -- admit ----------------------------------------------------------------------------------
@@ -520,14 +522,15 @@ def _lost_with_node(c: Container) -> bool:
 def _own_failures(session: Session, app: App) -> int:
     """Attempts that failed by the app's own doing: a container exited non-zero (or could
     not start) and was not killed; a lost node or a preemption is never the app's failure."""
-    failed = {
-        c.attempt
-        for c in repo.all_containers(session, app)
-        if c.state == ContainerState.EXITED.value
+    return len({c.attempt for c in repo.all_containers(session, app) if _own_failure(c)})
+
+
+def _own_failure(c: Container) -> bool:
+    return (
+        c.state == ContainerState.EXITED.value
         and c.exit_code != 0
         and c.diagnostics != KILLED_BY_REQUEST
-    }
-    return len(failed)
+    )
 
 
 def _failed(c: Container) -> bool:
