@@ -34,7 +34,8 @@ CLUSTER_CPUS = 4
 @pytest.fixture(scope="session")
 def server_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("dlapp-home")
-    (home / "server.yaml").write_text(yaml.safe_dump({"softkill_grace_s": 4.0}))
+    settings = {"softkill_grace_s": 4.0, "container": {"gpus": "none"}}  # declared GPUs: no devices
+    (home / "server.yaml").write_text(yaml.safe_dump(settings))
     _, started = embedded.up(home, gpus=CLUSTER_GPUS, cpus=CLUSTER_CPUS)
     assert started
     yield home

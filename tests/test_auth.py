@@ -25,7 +25,7 @@ from dlapp.credentials import ADMIN_TOKEN_FILE
 from inprocess import add_user, admin_token, bearer, serve, submit
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-OPEN = {"/healthz"}
+OPEN = {"/healthz", "/dashboard"}  # the dashboard's static files: test_dashboard.py
 PARAMS = {"app_id": "application_1700000000000_0001", "name": "alice", "path": "x"}
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from dlapp.errors import SpecError, WorkspaceError
 from dlapp.runtime import FakeRuntime, LaunchRequest, ProcessRuntime, Running, get_runtime
+from dlapp.runtime.policy import ContainerPolicy
 
 # --- builders and probes ------------------------------------------------------------------
 
@@ -423,12 +424,14 @@ def test_a_missing_workspace_is_refused(tmp_path: Path) -> None:
 # --- get_runtime and the fake --------------------------------------------------------------
 
 
-def test_get_runtime_knows_process_only_for_now() -> None:
+def test_get_runtime_knows_process_and_docker() -> None:
     assert isinstance(get_runtime("process"), ProcessRuntime)
     with pytest.raises(
-        SpecError, match=r"runtime 'docker' is not available yet; available: process"
+        SpecError, match=r"runtime 'podman' is not available yet; available: process, docker"
     ):
-        get_runtime("docker")
+        get_runtime("podman")
+    with pytest.raises(SpecError, match=r"runtime 'docker' is not available here: no '/no/docker'"):
+        get_runtime("docker", ContainerPolicy(docker="/no/docker"))
     with pytest.raises(SpecError, match="unknown runtime 'lxc'"):
         get_runtime("lxc")
 

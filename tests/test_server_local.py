@@ -129,7 +129,7 @@ def test_state_filter_and_events(api: TestClient, tmp_path: Path) -> None:
 
 
 def test_a_runtime_the_cluster_lacks_is_refused_at_submit(api: TestClient, tmp_path: Path) -> None:
-    spec = {"name": "d", "runtime": "docker", "image": "x", "entry": {"script": "run.sh"}}
+    spec = {"name": "d", "runtime": "podman", "image": "x", "entry": {"script": "run.sh"}}
     resp = api.post(
         "/api/v1/apps",
         headers=HEADERS,
@@ -137,5 +137,5 @@ def test_a_runtime_the_cluster_lacks_is_refused_at_submit(api: TestClient, tmp_p
         files={"workspace": ("w.tar.gz", b"", "application/gzip")},
     )
     assert resp.status_code == 400
-    assert "runtime 'docker' is not available" in resp.json()["error"]["message"]
+    assert "runtime 'podman' is not available" in resp.json()["error"]["message"]
     assert api.get("/api/v1/apps").json()["apps"] == []

@@ -208,7 +208,7 @@ def test_unknown_entry_key_lists_entry_keys() -> None:
 def test_unknown_binding_key_lists_binding_keys() -> None:
     (problem,) = problems_of(spec_dict(inputs=[{"url": "s3://b/x", "path": "d", "cache": 1}]))
     assert "unknown key 'cache' in inputs" in problem
-    assert "overwrite, path, url" in problem
+    assert "overwrite, path, save_on_failure, url" in problem
 
 
 def test_unknown_properties_key_lists_the_valid_keys() -> None:

@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from dlapp import __version__, cli_admin, cli_sim, cli_usage, embedded
+from dlapp import __version__, cli_admin, cli_containers, cli_sim, cli_usage, embedded
 from dlapp.client import DlappClient
 from dlapp.config import default_home, load_client_settings
 from dlapp.credentials import ADMIN_TOKEN_FILE, read_private
@@ -478,6 +478,7 @@ def spec_check(spec_file: str, as_json: bool) -> None:
 cli_admin.register(cli)  # dlapp admin ..., dlapp login
 cli_sim.register(cli)  # dlapp simulate
 cli_usage.register(cli)  # dlapp usage
+cli_containers.register(cli)  # dlapp images, dlapp shell, dlapp run
 
 # -- entry points -----------------------------------------------------------------------------
 

@@ -162,6 +162,39 @@ class Entry(_Strict):
         return v
 
 
+class Mount(_Strict):
+    """A host path bind-mounted into a container; only under the admin's ``allowed_mounts``."""
+
+    host: str = Field(min_length=1)
+    path: str = Field(min_length=1)  # inside the container
+    read_only: bool = True
+
+    @field_validator("host", "path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not PurePosixPath(v).is_absolute():
+            raise ValueError(f"mount path {v!r} must be absolute")
+        return v
+
+
+class ContainerOptions(_Strict):
+    """What an app asks of its container (runtime docker / podman). Every field is checked
+    against the server's container policy at submit; a request it refuses is an error."""
+
+    privileged: bool = False  # never granted: here so that asking gets a clear refusal
+    network: Literal["default", "none", "host"] = "default"
+    cap_add: tuple[str, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    user: str | None = None  # "UID:GID"; default: the policy's user
+
+    @field_validator("cap_add", mode="before")
+    @classmethod
+    def _caps(cls, v: object) -> object:
+        if isinstance(v, list | tuple):
+            return tuple(str(c).upper().removeprefix("CAP_") for c in v)
+        return v
+
+
 class AppSpec(_Strict):
     name: str
     queue: str = "default"
@@ -178,6 +211,7 @@ class AppSpec(_Strict):
     priority: int = Field(default=0, ge=-1000, le=1000)
     max_attempts: int = Field(default=1, ge=1, le=100)  # runs on its own failures, in all
     nodes: NodeSelector = NodeSelector()
+    container: ContainerOptions = ContainerOptions()
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True
@@ -315,6 +349,7 @@ class AppSpec(_Strict):
                 "exclude": list(self.nodes.exclude),
                 "strategy": self.nodes.strategy,
             },
+            "container": self.container.model_dump(mode="json"),
         }
 
     def to_yaml(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from dlapp import staging, workspace
 from dlapp.errors import DlappError
 from dlapp.runtime import LaunchRequest, Running, get_runtime
+from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, DataBinding
 from dlapp.stores import DataConfig
 
@@ -47,6 +48,7 @@ class ContainerPlan:
     rendezvous: dict[str, str] = field(default_factory=dict)  # MASTER_ADDR, RANK, ... (gangs)
     # stores.DataConfig.to_dict(): profiles, file roots, cache. Holds credentials: never shown
     data: dict[str, Any] = field(default_factory=dict, repr=False)
+    container: dict[str, Any] = field(default_factory=dict)  # runtime.policy.ContainerPolicy
 
     @property
     def actor_name(self) -> str:
@@ -127,11 +129,16 @@ class Supervisor:
             stdout=self.logs / "stdout",
             stderr=self.logs / "stderr",
             image=spec.image,
+            cpus=spec.resources.cpus,
+            memory_mb=spec.resources.memory_mb,
+            gpu_ids=tuple(gpu_ids),
+            container=spec.container,
         )
+        policy = ContainerPolicy.model_validate(plan.container) if plan.container else None
         with self._lock:
             if self._stop_grace is not None:
                 raise DlappError("stopped before the container started")
-            self._running = get_runtime(spec.runtime).launch(request)
+            self._running = get_runtime(spec.runtime, policy).launch(request)
         return {
             "node_name": node_name,
             "gpu_ids": gpu_ids,
@@ -209,7 +216,10 @@ class Supervisor:
             return code, f"exceeded its max runtime of {limit}s"
         if self._killed:
             return code, KILLED_BY_REQUEST
-        return code, "" if code == 0 else f"exited with code {code}"
+        if code == 0:
+            return code, ""
+        note = running.exit_note()  # e.g. out of memory
+        return code, f"exited with code {code}" + (f": {note}" if note else "")
 
     @property
     def _killed(self) -> bool:

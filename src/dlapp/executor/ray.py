@@ -113,6 +113,7 @@ class RayExecutor(Executor):
         else:
             gpus = settings.gpus if settings.gpus is not None else count_gpus()
             ray.init(
+                address="local",  # a cluster of its own, never one `ray start` left running
                 num_cpus=int(settings.cpus) if settings.cpus else os.cpu_count(),
                 num_gpus=gpus,
                 namespace=NAMESPACE,

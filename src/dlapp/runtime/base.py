@@ -16,13 +16,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dlapp.errors import SpecError, WorkspaceError
 
+if TYPE_CHECKING:
+    from dlapp.runtime.policy import ContainerPolicy
+    from dlapp.spec import ContainerOptions
+
 logger = logging.getLogger(__name__)
 
-AVAILABLE_RUNTIMES = ("process",)
-PLANNED_RUNTIMES = ("docker", "podman")
+AVAILABLE_RUNTIMES = ("process", "docker")  # docker: where a docker CLI and daemon answer
+PLANNED_RUNTIMES = ("podman",)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,11 @@ class LaunchRequest:
     stdout: Path  # log files, opened for append by the runtime
     stderr: Path
     image: str | None = None
+    # what a container runtime also needs (the process runtime ignores them)
+    cpus: float | None = None
+    memory_mb: int | None = None
+    gpu_ids: tuple[str, ...] = ()  # the node's device IDs assigned to this container
+    container: ContainerOptions | None = None  # the spec's ``container`` section
 
     @property
     def name(self) -> str:
@@ -62,6 +72,10 @@ class Running(ABC):
     @abstractmethod
     def wait(self, timeout: float | None = None) -> int | None:
         """The container's exit code (``128 + N`` if killed by signal N); None on timeout."""
+
+    def exit_note(self) -> str | None:
+        """After the exit: what the runtime knows of its cause (e.g. "out of memory"), if any."""
+        return None
 
     def stop(self, grace: float, on_term: Callable[[], None] | None = None) -> int:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the exit code.
@@ -129,12 +143,22 @@ def check_entry_script(workdir: Path, script: str) -> Path:
     return path
 
 
-def get_runtime(name: str) -> Runtime:
-    """The runtime called ``name`` (the app spec's ``runtime`` field)."""
+def get_runtime(name: str, policy: ContainerPolicy | None = None) -> Runtime:
+    """The runtime called ``name`` (the app spec's ``runtime`` field); a SpecError if this
+    machine cannot run it (docker: no docker CLI, or its daemon does not answer)."""
     if name == "process":
         from dlapp.runtime.process import ProcessRuntime  # imported here: process imports base
 
         return ProcessRuntime()
+    if name == "docker":
+        from dlapp.runtime.docker import DockerRuntime, docker_problem
+        from dlapp.runtime.policy import ContainerPolicy
+
+        policy = policy or ContainerPolicy()
+        problem = docker_problem(policy.docker)
+        if problem:
+            raise SpecError(f"runtime 'docker' is not available here: {problem}")
+        return DockerRuntime(policy)
     available = ", ".join(AVAILABLE_RUNTIMES)
     if name in PLANNED_RUNTIMES:
         raise SpecError(f"runtime {name!r} is not available yet; available: {available}")

@@ -1,13 +1,15 @@
 """The guard: first process of a container started by the ``process`` runtime.
 
-Run as ``python -I .../dlapp/runtime/guard.py --parent PID -- CMD...`` (``python -m
-dlapp.runtime.guard`` works too). It leads the container's process group and:
+Run as ``python -I .../dlapp/runtime/guard.py --parent PID [--cleanup JSON] -- CMD...``
+(``python -m dlapp.runtime.guard`` works too). It leads the container's process group and:
 
 1. starts CMD in that same group, inheriting stdio, and waits for it;
 2. keeps waiting through SIGTERM and SIGINT: a no-op handler (not SIG_IGN, which an exec'd
    program would inherit) lets a signal sent to the group reach the app while the guard stays;
 3. fate-shares with the supervisor: once its parent is no longer PID (the supervisor died and
-   the guard was re-parented), it SIGKILLs the whole group, itself included;
+   the guard was re-parented), it SIGKILLs the whole group, itself included; first it runs
+   the ``--cleanup`` command (a JSON argv, e.g. ``["docker", "rm", "-f", NAME]``: a container
+   outlives the ``docker run`` client that the group holds);
 4. when CMD exits, SIGKILLs whatever is left in the group (background children), then exits
    with CMD's exit code, ``128 + N`` if CMD was killed by signal N, as a shell reports it.
 
@@ -18,6 +20,7 @@ never imports a module from the app's workspace or ``PYTHONPATH``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -29,17 +32,43 @@ POLL_S = 0.2  # how often the guard checks that its supervisor is alive
 STRAGGLER_ROUNDS = 50  # kill-and-rescan rounds for processes left behind by the app
 STRAGGLER_PAUSE_S = 0.02
 
-USAGE = "usage: guard.py --parent PID -- CMD [ARG...]"
+CLEANUP_TIMEOUT_S = 30.0
+
+USAGE = "usage: guard.py --parent PID [--cleanup JSON-ARGV] -- CMD [ARG...]"
 
 
-def _parse(argv: list[str]) -> tuple[int, list[str]]:
-    if len(argv) < 4 or argv[0] != "--parent" or argv[2] != "--" or not argv[1].isdigit():
+def _parse(argv: list[str]) -> tuple[int, list[str], list[str]]:
+    """(parent PID, cleanup argv or [], CMD)."""
+    if len(argv) < 4 or argv[0] != "--parent" or not argv[1].isdigit():
         raise ValueError(USAGE)
-    return int(argv[1]), argv[3:]
+    parent, rest = int(argv[1]), argv[2:]
+    cleanup: list[str] = []
+    if rest[:1] == ["--cleanup"] and len(rest) >= 2:
+        try:
+            cleanup = json.loads(rest[1])
+        except ValueError:
+            raise ValueError(USAGE) from None
+        if not isinstance(cleanup, list) or not all(isinstance(a, str) for a in cleanup):
+            raise ValueError(USAGE)
+        rest = rest[2:]
+    if len(rest) < 2 or rest[0] != "--":
+        raise ValueError(USAGE)
+    return parent, cleanup, rest[1:]
 
 
-def _kill_group() -> None:
-    """SIGKILL the container's whole process group, the guard included."""
+def _kill_group(cleanup: list[str] | None = None) -> None:
+    """Run ``cleanup`` (best effort), then SIGKILL the container's whole process group, the
+    guard included."""
+    if cleanup:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                cleanup,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=CLEANUP_TIMEOUT_S,
+                start_new_session=True,  # out of the group it is about to kill
+            )
     os.killpg(os.getpgrp(), signal.SIGKILL)
     os._exit(128 + signal.SIGKILL)  # not reached: the guard is in the group
 
@@ -82,7 +111,7 @@ def _kill_stragglers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parent, cmd = _parse(sys.argv[1:] if argv is None else argv)
+        parent, cleanup, cmd = _parse(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
         print(f"dlapp guard: {exc}", file=sys.stderr)
         return 2
@@ -99,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. Start the app, unless the supervisor is already gone or the stop came first.
     if os.getppid() != parent:
-        _kill_group()
+        _kill_group(cleanup)
     if received:
         return 128 + received[0]
     try:
@@ -115,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         except subprocess.TimeoutExpired:
             if os.getppid() != parent:
-                _kill_group()
+                _kill_group(cleanup)
 
     # 3. Nothing of the container outlives its main process.
     _kill_stragglers()

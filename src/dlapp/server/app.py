@@ -13,7 +13,7 @@ from dlapp import __version__
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import Executor
-from dlapp.server import admin_routes
+from dlapp.server import admin_routes, dashboard, insight_routes, metrics
 from dlapp.server.auth import AuthMiddleware, bootstrap_admin
 from dlapp.server.context import Context
 from dlapp.server.limits import BodyLimitMiddleware, BodyTooLarge
@@ -50,6 +50,8 @@ def create_app(
         )
         bootstrap_admin(ctx)  # a fresh store gets its one admin
         scheduler = Scheduler(ctx)
+        app.state.metrics = metrics.ServerMetrics(ctx)
+        scheduler.observe_cycle = app.state.metrics.observe_cycle
         scheduler.start()
         app.state.ctx = ctx
         app.state.scheduler = scheduler
@@ -85,6 +87,9 @@ def create_app(
     app.include_router(router, prefix="/api/v1")
     app.include_router(admin_routes.me_router, prefix="/api/v1")
     app.include_router(admin_routes.router, prefix="/api/v1/admin")
+    app.include_router(insight_routes.router, prefix="/api/v1")  # usage, an app's spec
+    app.include_router(metrics.router)  # /metrics, for Prometheus
+    dashboard.install(app)  # /dashboard/: static files only; the page calls /api/v1
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AuthMiddleware)  # added last, so it runs first: 401 before anything else
     return app

@@ -1,6 +1,7 @@
 """Who is calling, and what they may touch. Deny by default.
 
-Every request but ``GET /healthz`` must carry ``Authorization: Bearer <token>``: the
+Every request but ``GET /healthz`` and the dashboard's static files (``/dashboard/``: HTML, JS
+and CSS, no data) must carry ``Authorization: Bearer <token>``: the
 ``AuthMiddleware`` checks it before routing, so every route and method (``/docs`` and
 ``/openapi.json`` included, and paths that do not exist) answers 401 without a live token of an
 enabled user. The routes read the resolved ``Caller`` through ``get_caller``.
@@ -30,7 +31,18 @@ from dlapp.store import audit, users
 from dlapp.store.models import App
 
 logger = logging.getLogger(__name__)
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/dashboard"})
+# The dashboard's static files (HTML, JS, CSS: no data); nothing else may be served below it.
+OPEN_PREFIXES = ("/dashboard/",)
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is served without a token: ``/healthz`` and the dashboard's files."""
+    if path in OPEN_PATHS:
+        return True
+    return path.startswith(OPEN_PREFIXES) and ".." not in path.split("/")
+
+
 CALLER_KEY = "dlapp.caller"  # where the middleware leaves the Caller in the ASGI scope
 
 
@@ -78,7 +90,7 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         try:

@@ -62,4 +62,3 @@ def set_state(ctx: Context, session: Session, node: str, state: str, by: str) ->
     audit.record(session, by, f"node.{state}", target.node_id, now, target.name)
     session.commit()
     return {"node_id": target.node_id, "name": target.name, "state": state, "evicted": evicted}
-

@@ -1,0 +1,82 @@
+"""Accounting: GPU-hours allocated (and, where sampled, used) per user or queue.
+
+Pure: callers hand in each container's hold on GPUs (``Allocation``) and, optionally, the
+GPU-seconds each app was measured to use (``dlapp.gpu_usage.UtilisationMeter``); no store,
+no clock. A container holds its app's ``gpus`` (per container) from its start to its end (or
+``until`` while it runs); the part inside ``[since, until)`` counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+GroupBy = Literal["user", "queue"]
+GROUPS: tuple[GroupBy, ...] = ("user", "queue")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One container of one attempt, holding ``gpus`` GPUs from ``start`` to ``end``."""
+
+    app_id: str
+    user: str
+    queue: str
+    gpus: int
+    start: float
+    end: float | None  # None: still running
+
+
+@dataclass
+class UsageRow:
+    key: str  # the user or queue
+    gpu_hours: float = 0.0
+    gpu_hours_used: float | None = None  # None: no utilisation samples for these apps
+    apps: set[str] = field(default_factory=set)
+    containers: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "gpu_hours": round(self.gpu_hours, 4),
+            "gpu_hours_used": None
+            if self.gpu_hours_used is None
+            else round(self.gpu_hours_used, 4),
+            "apps": len(self.apps),
+            "containers": self.containers,
+        }
+
+
+def held_seconds(a: Allocation, since: float, until: float) -> float:
+    """Seconds of ``a`` inside ``[since, until)``."""
+    end = until if a.end is None else min(a.end, until)
+    return max(0.0, end - max(a.start, since))
+
+
+def usage(
+    allocations: Iterable[Allocation],
+    since: float,
+    until: float,
+    by: GroupBy = "user",
+    used_gpu_seconds: Mapping[str, float] | None = None,
+) -> list[UsageRow]:
+    """GPU-hours allocated per ``by`` inside ``[since, until)``, most first; apps that held no
+    GPU in the period are left out. ``used_gpu_seconds`` (per app) adds GPU-hours used."""
+    rows: dict[str, UsageRow] = {}
+    for a in allocations:
+        seconds = held_seconds(a, since, until)
+        if a.gpus <= 0 or seconds <= 0:
+            continue
+        key = a.user if by == "user" else a.queue
+        row = rows.setdefault(key, UsageRow(key))
+        row.gpu_hours += a.gpus * seconds / 3600
+        row.containers += 1
+        row.apps.add(a.app_id)
+    for row in rows.values():
+        measured = [
+            used_gpu_seconds[i] for i in row.apps if used_gpu_seconds and i in used_gpu_seconds
+        ]
+        if measured:
+            row.gpu_hours_used = sum(measured) / 3600
+    return sorted(rows.values(), key=lambda r: (-r.gpu_hours, r.key))

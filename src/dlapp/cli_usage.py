@@ -1,0 +1,53 @@
+"""``dlapp usage``: GPU-hours allocated per user or queue (``GET /api/v1/usage``).
+
+Admins see everyone; other users their own apps. Registered on the main group by ``dlapp.cli``;
+tested through ``dlapp.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+@click.command()
+@click.option("--since", help="from this ISO date or date-time (UTC), e.g. 2026-11-01")
+@click.option("--until", help="up to this ISO date or date-time (default: now)")
+@click.option(
+    "--by", type=click.Choice(["user", "queue"]), default="user", show_default=True, help="group"
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def usage(since: str | None, until: str | None, by: str, as_json: bool) -> None:
+    """GPU-hours allocated (and used, where GPUs were sampled) per user or queue."""
+    from dlapp.cli import _client  # dlapp.cli imports this module: import late
+
+    with _client() as client:
+        report = client.usage(since=since, until=until, by=by)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    out.print(
+        f"GPU-hours allocated from {report['since']} to {report['until']}"
+        + ("" if report["scope"] == "all" else f" (apps of {report['scope']})")
+    )
+    table = Table(by, "GPU-hours", "used", "apps", "containers")
+    for row in report["rows"]:
+        used = row["gpu_hours_used"]
+        table.add_row(
+            row["key"],
+            f"{row['gpu_hours']:.2f}",
+            "-" if used is None else f"{used:.2f}",
+            str(row["apps"]),
+            str(row["containers"]),
+        )
+    out.print(table)
+    out.print(f"total: {report['total_gpu_hours']:.2f} GPU-hours")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(usage)

@@ -1,0 +1,621 @@
+// dlapp dashboard: vanilla JS over the /api/v1 JSON API, with the token from sessionStorage.
+// Every value from the server goes into the page as text (textContent), never as HTML.
+"use strict";
+
+const TOKEN_KEY = "dlapp.token";
+const BASE = location.pathname.replace(/\/dashboard\/.*$/, "");
+const main = document.getElementById("main");
+const errorBox = document.getElementById("error");
+const gpuHistory = []; // [time, allocated, total], sampled by the Cluster page
+let generation = 0; // bumped on every navigation: a stale page's timers stop
+let me = null;
+
+// -- API --------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(BASE + "/api/v1" + path, {
+    ...options,
+    headers: { Authorization: "Bearer " + token(), ...(options.headers || {}) },
+  });
+  if (resp.status === 401) {
+    signOut("The server refused the token: sign in again.");
+    throw new ApiError(401, "unauthorized");
+  }
+  if (!resp.ok) {
+    let message = resp.status + " " + resp.statusText;
+    try {
+      message = (await resp.json()).error.message;
+    } catch (_) {
+      /* not our error shape */
+    }
+    throw new ApiError(resp.status, message);
+  }
+  return resp;
+}
+
+async function getJson(path) {
+  return (await api(path)).json();
+}
+
+// -- DOM helpers ------------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") e.className = value;
+    else if (key.startsWith("on")) e.addEventListener(key.slice(2), value);
+    else if (key.startsWith("--")) e.style.setProperty(key, value);
+    else e.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    e.append(child instanceof Node ? child : String(child));
+  }
+  return e;
+}
+
+function showError(message) {
+  errorBox.textContent = message || "";
+  errorBox.hidden = !message;
+}
+
+function time(iso) {
+  return iso ? new Date(iso).toLocaleString() : "-";
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  const s = Math.round(seconds);
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+  return Math.floor(s / 3600) + "h " + Math.floor((s % 3600) / 60) + "m";
+}
+
+function amount(resource, value) {
+  if (resource === "memory_mb") return value >= 1024 ? (value / 1024).toFixed(1) + "G" : value + "M";
+  return Number.isInteger(value) ? String(value) : value.toFixed(2);
+}
+
+function hue(name) {
+  let h = 0;
+  for (const ch of name || "") h = (h * 31 + ch.charCodeAt(0)) % 360;
+  return String(h);
+}
+
+function stateBadge(app) {
+  const word = app.state === "FINISHED" ? app.final_status : app.state;
+  return el("span", { class: "badge state-" + word.toLowerCase(), "data-state": word }, word);
+}
+
+function appLink(id) {
+  return el("a", { href: "#/apps/" + encodeURIComponent(id), class: "app-link" }, id);
+}
+
+// Run fn now and every ms while this page is shown.
+function live(gen, fn, ms) {
+  const run = async () => {
+    if (gen !== generation) return;
+    try {
+      await fn();
+      if (gen === generation) showError("");
+    } catch (e) {
+      if (gen === generation && e.status !== 401) showError(e.message);
+    }
+    if (gen === generation) setTimeout(run, ms);
+  };
+  run();
+}
+
+// -- sign in ----------------------------------------------------------------------------------
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
+  generation += 1;
+  showSignIn(message);
+}
+
+function showSignIn(message) {
+  document.getElementById("nav").hidden = true;
+  document.getElementById("signout").hidden = true;
+  document.getElementById("who").textContent = "";
+  showError("");
+  const input = el("input", {
+    id: "token",
+    type: "password",
+    autocomplete: "off",
+    placeholder: "dlapp token",
+    required: true,
+  });
+  const note = el("p", { id: "signin-message", class: "message" }, message || "");
+  const form = el(
+    "form",
+    { id: "signin", onsubmit: (ev) => signIn(ev, input, note) },
+    el("label", { for: "token" }, "Token"),
+    input,
+    el("button", { type: "submit" }, "Sign in"),
+  );
+  main.replaceChildren(
+    el(
+      "section",
+      { class: "signin" },
+      el("h1", {}, "Sign in to dlapp"),
+      el("p", {}, "Paste your token (from `dlapp admin user add` or your admin). It is kept in this tab only."),
+      form,
+      note,
+    ),
+  );
+  input.focus();
+}
+
+async function signIn(ev, input, note) {
+  ev.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+  try {
+    me = await getJson("/me");
+  } catch (e) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    note.textContent = e.status === 401 ? "That token was refused." : e.message;
+    return;
+  }
+  if (!location.hash || location.hash === "#/" || location.hash === "#") location.hash = "#/cluster";
+  else route();
+}
+
+// -- routing ----------------------------------------------------------------------------------
+
+async function route() {
+  generation += 1;
+  const gen = generation;
+  showError("");
+  if (!token()) return showSignIn();
+  if (!me) {
+    try {
+      me = await getJson("/me");
+    } catch (e) {
+      return;
+    }
+  }
+  if (gen !== generation) return;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("signout").hidden = false;
+  document.getElementById("who").textContent = me.name + (me.is_admin ? " (admin)" : "");
+  const parts = location.hash.replace(/^#\/?/, "").split("/");
+  const name = parts[0] || "cluster";
+  for (const a of document.querySelectorAll("#nav a")) {
+    a.classList.toggle("active", a.dataset.page === name);
+  }
+  if (name === "apps" && parts[1]) return appPage(gen, decodeURIComponent(parts[1]));
+  const pages = { cluster: clusterPage, queues: queuesPage, apps: appsPage };
+  (pages[name] || clusterPage)(gen);
+}
+
+// -- Cluster ----------------------------------------------------------------------------------
+
+function clusterPage(gen) {
+  const summary = el("p", { id: "cluster-summary", class: "summary" });
+  const plot = el("div", { id: "gpu-plot", class: "plot" });
+  const nodes = el("div", { id: "nodes", class: "nodes" });
+  main.replaceChildren(el("h1", {}, "Cluster"), summary, nodes, plot);
+  live(
+    gen,
+    async () => {
+      const c = await getJson("/cluster");
+      if (gen !== generation) return;
+      let total = 0;
+      let used = 0;
+      for (const n of c.nodes) {
+        total += n.total.gpus;
+        used += n.used.gpus;
+      }
+      summary.textContent =
+        `${c.nodes.length} node(s) · GPUs ${used} of ${total} allocated · ` +
+        `${c.apps.RUNNING || 0} running, ${c.apps.ACCEPTED || 0} waiting`;
+      nodes.replaceChildren(...c.nodes.map(nodeCard));
+      gpuHistory.push([Date.now(), used, total]);
+      if (gpuHistory.length > 600) gpuHistory.shift();
+      plot.replaceChildren(el("h2", {}, "GPUs allocated (while this tab watched)"), sparkline(gpuHistory));
+    },
+    3000,
+  );
+}
+
+function nodeCard(n) {
+  const res = ["cpus", "memory_mb", "gpus"]
+    .map((r) => `${{ cpus: "CPUs", memory_mb: "memory", gpus: "GPUs" }[r]} ${amount(r, n.used[r])}/${amount(r, n.total[r])}`)
+    .join(" · ");
+  const state = n.state || (n.alive ? "ready" : "lost"); // ready, draining, drained, cordoned, lost
+  return el(
+    "section",
+    { class: `node node-${state}`, "data-node": n.name, "data-node-state": state },
+    el("h2", {}, n.name, state === "ready" ? null : el("span", { class: "badge node-state" }, state)),
+    el("p", { class: "res" }, res),
+    el("div", { class: "gpus" }, n.gpus.length ? n.gpus.map(gpuTile) : el("span", { class: "muted" }, "no GPUs")),
+  );
+}
+
+function gpuTile(g) {
+  if (!g.app_id) {
+    return el(
+      "div",
+      { class: "gpu free", "data-gpu": g.id },
+      el("span", { class: "gpu-id" }, "GPU " + g.id),
+      el("span", { class: "gpu-app" }, "free"),
+    );
+  }
+  return el(
+    "a",
+    {
+      class: "gpu busy",
+      href: "#/apps/" + encodeURIComponent(g.app_id),
+      "data-gpu": g.id,
+      "data-app": g.app_id,
+      title: `${g.app_id} (${g.user}), container ${g.container}`,
+      "--hue": hue(g.user),
+    },
+    el("span", { class: "gpu-id" }, "GPU " + g.id),
+    el("span", { class: "gpu-app" }, g.app_id.replace(/^application_\d+_/, "app ")),
+    el("span", { class: "gpu-user" }, g.user),
+  );
+}
+
+function sparkline(points) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 300 60");
+  svg.setAttribute("class", "sparkline");
+  const max = Math.max(1, ...points.map((p) => p[2]));
+  const xs = points.length > 1 ? 300 / (points.length - 1) : 0;
+  const coords = points.map((p, i) => `${(i * xs).toFixed(1)},${(58 - (p[1] / max) * 56).toFixed(1)}`);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", coords.join(" "));
+  svg.append(line);
+  const last = points[points.length - 1];
+  return el("div", {}, svg, el("span", { class: "muted" }, last ? ` now ${last[1]} of ${last[2]}` : ""));
+}
+
+// -- Queues -----------------------------------------------------------------------------------
+
+function queuesPage(gen) {
+  const info = el("p", { class: "summary" });
+  const tree = el("div", { id: "queues", class: "queues" });
+  main.replaceChildren(el("h1", {}, "Queues"), info, tree);
+  live(
+    gen,
+    async () => {
+      const q = await getJson("/queues");
+      if (gen !== generation) return;
+      info.textContent =
+        `cluster: ${amount("gpus", q.cluster.gpus)} GPUs, ${amount("cpus", q.cluster.cpus)} CPUs, ` +
+        `${amount("memory_mb", q.cluster.memory_mb)} memory · preemption ${q.preemption.enabled ? "on" : "off"}` +
+        (q.error ? ` · queue file refused: ${q.error}` : "");
+      tree.replaceChildren(...q.queues.map((row) => queueRow(row, q.cluster)));
+    },
+    5000,
+  );
+}
+
+function queueRow(q, cluster) {
+  const depth = q.path.split(".").length - 1;
+  const bars = ["gpus", "cpus", "memory_mb"].map((r) => queueBar(q, r, cluster[r]));
+  return el(
+    "section",
+    { class: "queue" + (q.leaf ? " leaf" : ""), "data-queue": q.path, "--depth": String(depth) },
+    el(
+      "h2",
+      {},
+      q.path.split(".").pop(),
+      el("span", { class: "muted" }, ` ${q.path} · ${q.running_apps} running, ${q.pending_apps} waiting`),
+      q.configured === false ? el("span", { class: "badge state-failed" }, "removed") : null,
+    ),
+    el("div", { class: "bars" }, bars),
+  );
+}
+
+function pct(value, of) {
+  return of > 0 ? Math.min(100, (100 * value) / of).toFixed(2) + "%" : "0%";
+}
+
+function queueBar(q, r, total) {
+  const g = q.guaranteed ? q.guaranteed[r] : 0;
+  const m = q.maximum ? q.maximum[r] : total;
+  const used = q.used[r];
+  const pending = q.pending[r];
+  const label = r === "memory_mb" ? "memory" : r;
+  return el(
+    "div",
+    { class: "bar-row", "data-resource": r },
+    el("span", { class: "bar-label" }, label),
+    el(
+      "div",
+      {
+        class: "bar",
+        "--max": pct(m, total),
+        "--used": pct(used, total),
+        "--pending": pct(Math.min(pending, Math.max(total - used, 0)), total),
+        "--guaranteed": pct(g, total),
+        title: `guaranteed ${amount(r, g)}, maximum ${amount(r, m)}, used ${amount(r, used)}, pending ${amount(r, pending)}`,
+      },
+      el("div", { class: "bar-max" }),
+      el("div", { class: "bar-used" }),
+      el("div", { class: "bar-pending" }),
+      el("div", { class: "bar-guaranteed" }),
+    ),
+    el(
+      "span",
+      { class: "bar-text" },
+      `used ${amount(r, used)} · guaranteed ${amount(r, g)} · max ${amount(r, m)} · pending ${amount(r, pending)}`,
+    ),
+  );
+}
+
+// -- Apps -------------------------------------------------------------------------------------
+
+const appsView = { user: "", queue: "", state: "", sort: "submit_time", desc: true };
+const COLUMNS = [
+  ["id", "ID"],
+  ["name", "Name"],
+  ["user", "User"],
+  ["queue", "Queue"],
+  ["state", "State"],
+  ["gpus", "GPUs"],
+  ["submit_time", "Submitted"],
+  ["elapsed_s", "Elapsed"],
+];
+
+function sortValue(app, key) {
+  if (key === "gpus") return app.resources.gpus * app.num_containers;
+  if (key === "state") return app.state === "FINISHED" ? app.final_status : app.state;
+  return app[key] ?? "";
+}
+
+function appsPage(gen) {
+  const input = (key, placeholder) =>
+    el("input", {
+      id: "filter-" + key,
+      placeholder,
+      value: appsView[key],
+      oninput: (ev) => {
+        appsView[key] = ev.target.value.trim();
+        refresh();
+      },
+    });
+  const states = el(
+    "select",
+    {
+      id: "filter-state",
+      onchange: (ev) => {
+        appsView.state = ev.target.value;
+        refresh();
+      },
+    },
+    ["", "ACCEPTED", "RUNNING", "FINISHED"].map((s) =>
+      el("option", { value: s, selected: s === appsView.state }, s || "any state"),
+    ),
+  );
+  const body = el("tbody");
+  const head = el("tr");
+  const count = el("p", { class: "summary", id: "apps-count" });
+  main.replaceChildren(
+    el("h1", {}, "Apps"),
+    el("div", { class: "filters" }, input("user", "user"), input("queue", "queue (full path)"), states),
+    count,
+    el("table", { id: "apps", class: "table" }, el("thead", {}, head), body),
+  );
+  let apps = [];
+  const render = () => {
+    head.replaceChildren(
+      ...COLUMNS.map(([key, title]) =>
+        el(
+          "th",
+          {
+            "data-sort": key,
+            class: appsView.sort === key ? (appsView.desc ? "sorted desc" : "sorted asc") : "",
+            onclick: () => {
+              appsView.desc = appsView.sort === key ? !appsView.desc : false;
+              appsView.sort = key;
+              render();
+            },
+          },
+          title,
+        ),
+      ),
+    );
+    const sorted = [...apps].sort((a, b) => {
+      const x = sortValue(a, appsView.sort);
+      const y = sortValue(b, appsView.sort);
+      return (x < y ? -1 : x > y ? 1 : 0) * (appsView.desc ? -1 : 1);
+    });
+    count.textContent = `${apps.length} app(s)`;
+    body.replaceChildren(
+      ...sorted.map((a) =>
+        el(
+          "tr",
+          { "data-app": a.id },
+          el("td", {}, appLink(a.id)),
+          el("td", {}, a.name),
+          el("td", {}, a.user),
+          el("td", {}, a.queue),
+          el("td", {}, stateBadge(a)),
+          el("td", {}, String(a.resources.gpus * a.num_containers)),
+          el("td", {}, time(a.submit_time)),
+          el("td", {}, duration(a.elapsed_s)),
+        ),
+      ),
+    );
+  };
+  const load = async () => {
+    const params = new URLSearchParams({ limit: "500" });
+    for (const key of ["user", "queue", "state"]) if (appsView[key]) params.set(key, appsView[key]);
+    const data = await getJson("/apps?" + params);
+    if (gen !== generation) return;
+    apps = data.apps;
+    render();
+  };
+  const refresh = () => load().catch((e) => showError(e.message));
+  live(gen, load, 5000);
+}
+
+// -- one App ----------------------------------------------------------------------------------
+
+function appPage(gen, id) {
+  const title = el("h1", {}, id);
+  const actions = el("div", { class: "actions" });
+  const facts = el("dl", { id: "facts", class: "facts" });
+  const pending = el("p", { id: "pending", class: "pending", hidden: true });
+  const containers = el("tbody");
+  const timeline = el("ol", { id: "timeline", class: "timeline" });
+  const spec = el("pre", { id: "spec", class: "spec" });
+  const log = el("pre", { id: "log", class: "log" });
+  const logState = { container: 0, stream: "stdout", offset: 0, complete: false };
+  const pick = el(
+    "select",
+    {
+      id: "log-stream",
+      onchange: (ev) => {
+        const [c, s] = ev.target.value.split(":");
+        Object.assign(logState, { container: Number(c), stream: s, offset: 0, complete: false });
+        log.textContent = "";
+      },
+    },
+  );
+  main.replaceChildren(
+    el("p", {}, el("a", { href: "#/apps" }, "← Apps")),
+    title,
+    actions,
+    pending,
+    facts,
+    el("h2", {}, "Containers"),
+    el(
+      "table",
+      { id: "containers", class: "table" },
+      el("thead", {}, el("tr", {}, ["#", "Node", "GPU ids", "State", "Exit code", "Started", "Finished", "Diagnostics"].map((h) => el("th", {}, h)))),
+      containers,
+    ),
+    el("h2", {}, "Log ", pick),
+    log,
+    el("div", { class: "columns" }, el("div", {}, el("h2", {}, "Timeline"), timeline), el("div", {}, el("h2", {}, "Spec"), spec)),
+  );
+  let finished = false;
+  getJson(`/apps/${encodeURIComponent(id)}/spec`)
+    .then((s) => {
+      spec.textContent = JSON.stringify(s.spec, null, 2);
+    })
+    .catch(() => {});
+  const kill = (soft) => async () => {
+    const word = soft ? "softkill" : "kill";
+    if (!confirm(`${word} ${id}?`)) return;
+    try {
+      await api(`/apps/${encodeURIComponent(id)}/${word}`, { method: "POST" });
+    } catch (e) {
+      showError(e.message);
+    }
+  };
+  live(
+    gen,
+    async () => {
+      const app = await getJson(`/apps/${encodeURIComponent(id)}`);
+      if (gen !== generation) return;
+      finished = app.state === "FINISHED";
+      title.replaceChildren(app.name + " ", stateBadge(app));
+      const actionsKey = `${app.state}/${app.kill_requested}/${app.diagnostics}`;
+      if (actions.dataset.key !== actionsKey) {
+        actions.dataset.key = actionsKey; // redraw only on change: a click never hits a stale button
+        const buttons = [
+          el("button", { id: "softkill", type: "button", onclick: kill(true), disabled: !!app.kill_requested }, "Softkill"),
+          el("button", { id: "kill", type: "button", class: "danger", onclick: kill(false), disabled: app.kill_requested === "kill" }, "Kill"),
+        ];
+        if (app.kill_requested) buttons.push(el("span", { class: "muted" }, `${app.kill_requested} requested`));
+        actions.replaceChildren(...(finished ? [el("span", { class: "muted" }, app.diagnostics)] : buttons));
+      }
+      pending.hidden = !app.pending_reason;
+      pending.textContent = app.pending_reason ? "Waiting: " + app.pending_reason : "";
+      const fact = (k, v) => [el("dt", {}, k), el("dd", {}, v)];
+      facts.replaceChildren(
+        ...fact("ID", app.id),
+        ...fact("User", app.user),
+        ...fact("Queue", app.queue),
+        ...fact("Resources", `${app.num_containers} × (${app.resources.cpus} CPUs, ${amount("memory_mb", app.resources.memory_mb)}, ${app.resources.gpus} GPUs)`),
+        ...fact("Submitted", time(app.submit_time)),
+        ...fact("Started", time(app.start_time)),
+        ...fact("Finished", time(app.finish_time)),
+        ...fact("Elapsed", duration(app.elapsed_s)),
+        ...fact("Attempt", String(app.attempt)),
+      );
+      containers.replaceChildren(
+        ...app.containers.map((c) =>
+          el(
+            "tr",
+            { "data-container": String(c.index) },
+            el("td", {}, String(c.index)),
+            el("td", {}, c.node),
+            el("td", { class: "gpu-ids" }, c.gpu_ids.join(",") || "-"),
+            el("td", {}, c.state),
+            el("td", {}, c.exit_code === null ? "-" : String(c.exit_code)),
+            el("td", {}, time(c.start_time)),
+            el("td", {}, time(c.finish_time)),
+            el("td", {}, c.diagnostics),
+          ),
+        ),
+      );
+      const want = [];
+      for (let i = 0; i < app.num_containers; i++) for (const s of ["stdout", "stderr"]) want.push(`${i}:${s}`);
+      if (pick.options.length !== want.length) {
+        pick.replaceChildren(...want.map((v) => el("option", { value: v }, "container " + v.replace(":", " "))));
+      }
+      const events = await getJson(`/apps/${encodeURIComponent(id)}/events`);
+      if (gen !== generation) return;
+      timeline.replaceChildren(
+        ...events.events.map((e) =>
+          el("li", { class: "event kind-" + e.kind }, el("time", {}, time(e.time)), " ", el("span", { class: "badge" }, e.kind), " ", e.reason),
+        ),
+      );
+      await tailLog(gen, id, logState, log);
+    },
+    2000,
+  );
+}
+
+async function tailLog(gen, id, state, pre) {
+  if (state.complete) return;
+  const params = new URLSearchParams({
+    container: String(state.container),
+    stream: state.stream,
+    offset: String(state.offset),
+    length: String(256 * 1024),
+  });
+  let resp;
+  try {
+    resp = await api(`/apps/${encodeURIComponent(id)}/logs?${params}`);
+  } catch (e) {
+    if (e.status === 404) return; // the container has not started yet
+    throw e;
+  }
+  const text = await resp.text();
+  if (gen !== generation) return;
+  state.offset = Number(resp.headers.get("X-Dlapp-Next-Offset") || state.offset);
+  state.complete = resp.headers.get("X-Dlapp-Complete") === "true";
+  if (text) {
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.textContent = (pre.textContent + text).slice(-200000);
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+}
+
+// -- start ------------------------------------------------------------------------------------
+
+document.getElementById("signout").addEventListener("click", () => signOut("Signed out."));
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,383 @@
+"""The replay: a trace's jobs through the server's own ``decide`` on a simulated clock.
+
+No Ray, no processes, no database: the cluster is a set of ``NodeView``s whose free resources
+the simulator keeps, and time jumps from event to event. One step, as a recipe:
+
+  1. take the next event time and round it up to the scheduling cycle (``cycle_s``; 0 = decide
+     at each event's own time): events in between are batched, as a server that runs its
+     cycle every ``cycle_s`` would see them;
+  2. apply every event up to then, in time order: a job arrives (or is dropped when it could
+     never run, as the server refuses it at submit), a job completes and frees its nodes, a
+     preempted job's grace period ends and it goes back to its queue;
+  3. if anything arrived or freed resources and some job is waiting, take the waiting heads
+     and an immutable snapshot (nodes, running apps, queue tree, now) and ``decide``;
+  4. apply: start admitted jobs on the nodes chosen (they complete after their remaining
+     duration), mark preempted ones stopping (they release their nodes after the tree's grace
+     period and re-enter their queue with their original submission number, so they keep
+     their place in line, and with the work left at the notice: they resume from a checkpoint
+     written on SIGTERM; the grace period itself is lost work). A victim that would finish
+     within its grace period just finishes.
+
+Nothing else changes the state, so calling ``decide`` only after such events gives the same
+decisions as a server that calls it every cycle.
+
+Exact shortcut: a ``fifo`` queue's line stops at its first app that cannot start, and every
+admitted app holds at least one GPU; so when all of a queue's waiting apps ask for GPUs, only
+the first (free GPUs + 1) apps of each of its users (in line order) can be reached, and only
+those are handed to ``decide``. The others would be told to wait all the same.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from dlapp.errors import DlappError
+from dlapp.scheduler import (
+    Admit,
+    AppHead,
+    NodeView,
+    Preempt,
+    QueueTree,
+    RunningApp,
+    Snapshot,
+    decide,
+)
+from dlapp.sim.cluster import Admission, ClusterSpec, split_gang
+from dlapp.sim.timeline import Timeline
+from dlapp.sim.trace import Trace, TraceJob
+
+_COMPLETE, _STOP = 0, 1
+
+
+class SimulationError(DlappError):
+    """The replay reached a state the policy should never produce (a bug, not bad input)."""
+
+    code = "simulation_error"
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    cycle_s: float = 60.0  # decide at most once per this many simulated seconds; 0 = per event
+    bucket_s: float = 3600.0  # width of the timeline's buckets (plots, JSON series)
+    cap_fifo_heads: bool = True  # the exact fifo shortcut above
+
+    def __post_init__(self) -> None:
+        if self.cycle_s < 0 or not math.isfinite(self.cycle_s):
+            raise ValueError("cycle_s must be a non-negative number of seconds")
+        if self.bucket_s <= 0:
+            raise ValueError("bucket_s must be positive")
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One job's life in the replay."""
+
+    job: TraceJob
+    head: AppHead  # queue: the leaf's full path; request: per container
+    remaining: float  # seconds of work left
+    waiting_since: float
+    attempt: int = 0
+    first_start: float | None = None
+    end: float | None = None
+    started: float = 0.0  # start of the current run
+    queued_s: float = 0.0  # time spent waiting, over all its waits
+    preemptions: int = 0
+    gpu_s: float = 0.0  # GPU-seconds held, lost work included
+    left_at_notice: float = 0.0
+
+    @property
+    def gpus(self) -> int:
+        return self.head.total.gpus
+
+    @property
+    def containers(self) -> int:
+        return self.head.num_containers
+
+
+@dataclass(frozen=True)
+class Dropped:
+    job: TraceJob
+    reason: str
+
+
+@dataclass
+class DecideStats:
+    calls: int = 0
+    seconds: float = 0.0
+    max_s: float = 0.0
+    heads: int = 0  # heads handed over, summed over calls
+    most_heads: int = 0
+    running: int = 0  # running apps in the snapshots, summed
+
+    def add(self, seconds: float, heads: int, running: int) -> None:
+        self.calls += 1
+        self.seconds += seconds
+        self.max_s = max(self.max_s, seconds)
+        self.heads += heads
+        self.most_heads = max(self.most_heads, heads)
+        self.running += running
+
+
+@dataclass
+class SimResult:
+    trace: Trace
+    cluster: ClusterSpec
+    tree: QueueTree
+    options: SimOptions
+    records: list[JobRecord]  # every job that was admitted to a queue, in submit order
+    dropped: list[Dropped]
+    timeline: Timeline
+    end: float  # when the last job ended
+    preemptions: int
+    decide: DecideStats = field(default_factory=DecideStats)
+    wall_s: float = 0.0
+
+
+class Simulator:
+    def __init__(
+        self,
+        trace: Trace,
+        cluster: ClusterSpec,
+        tree: QueueTree,
+        options: SimOptions | None = None,
+    ) -> None:
+        self.trace, self.cluster, self.tree = trace, cluster, tree
+        self.options = options or SimOptions()
+        self.nodes: dict[str, NodeView] = {n.node_id: n for n in cluster.nodes()}
+        self.free_gpus = sum(n.free.gpus for n in self.nodes.values() if n.schedulable)
+        self.admission = Admission(cluster, tree)
+        limits = tree.resolve(cluster.total)
+        leaves = [q.path for q in tree.leaves]
+        self.timeline = Timeline(
+            leaves, [limits[q].guaranteed.gpus for q in leaves], self.options.bucket_s
+        )
+        self.fifo = {q.path for q in tree.leaves if q.ordering == "fifo"}
+        self.records: dict[str, JobRecord] = {}
+        self.dropped: list[Dropped] = []
+        self.waiting: dict[str, dict[str, AppHead]] = defaultdict(dict)  # queue -> id -> head
+        self.n_waiting = 0
+        self.running: dict[str, RunningApp] = {}
+        self.events: list[tuple[float, int, int, str, int]] = []  # time, n, kind, app, attempt
+        self._n = 0
+        self.preemptions = 0
+        self.stats = DecideStats()
+        self.last_end = 0.0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        jobs, i = self.trace.jobs, 0
+        while i < len(jobs) or self.events:
+            # 1. the next cycle that has something to do
+            upcoming = min(
+                jobs[i].submit if i < len(jobs) else math.inf,
+                self.events[0][0] if self.events else math.inf,
+            )
+            now = self._cycle_time(upcoming)
+            # 2. every event up to then, in time order
+            changed = False
+            while True:
+                arrival = jobs[i].submit if i < len(jobs) else math.inf
+                event = self.events[0][0] if self.events else math.inf
+                if min(arrival, event) > now:
+                    break
+                if arrival <= event:
+                    self.timeline.advance(arrival)
+                    changed |= self._arrive(jobs[i], i + 1)
+                    i += 1
+                else:
+                    when, _, kind, app_id, attempt = heapq.heappop(self.events)
+                    self.timeline.advance(when)
+                    changed |= self._complete(app_id, attempt, when, kind == _STOP)
+            # 3-4. decide and apply
+            if changed and self.n_waiting:
+                self.timeline.advance(now)
+                self._decide(now)
+        self.timeline.advance(self.last_end)
+        return SimResult(
+            trace=self.trace,
+            cluster=self.cluster,
+            tree=self.tree,
+            options=self.options,
+            records=sorted(self.records.values(), key=lambda r: r.head.seq),
+            dropped=self.dropped,
+            timeline=self.timeline,
+            end=self.last_end,
+            preemptions=self.preemptions,
+            decide=self.stats,
+            wall_s=time.perf_counter() - started,
+        )
+
+    def _cycle_time(self, t: float) -> float:
+        cycle = self.options.cycle_s
+        if cycle <= 0:
+            return t
+        k = math.ceil(t / cycle)
+        return k * cycle if k * cycle >= t else (k + 1) * cycle
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _arrive(self, job: TraceJob, seq: int) -> bool:
+        request, n = split_gang(job, self.cluster.max_gpus_per_node)
+        why = self.admission.refuse(request, n, job.queue)
+        if why is not None:
+            self.dropped.append(Dropped(job, why))
+            return False
+        head = AppHead(
+            app_id=job.job_id,
+            user=job.user,
+            queue=self.admission.leaf(job.queue),
+            seq=seq,
+            request=request,
+            num_containers=n,
+        )
+        self.records[head.app_id] = JobRecord(
+            job=job, head=head, remaining=job.duration, waiting_since=job.submit
+        )
+        self._wait(head)
+        return True
+
+    def _wait(self, head: AppHead) -> None:
+        self.waiting[head.queue][head.app_id] = head
+        self.n_waiting += 1
+        self.timeline.waits(head.queue, 1)
+
+    def _complete(self, app_id: str, attempt: int, now: float, preempted: bool) -> bool:
+        """A run ended: the job finished, or (``preempted``) its grace period is over and it
+        goes back to its queue. Stale events (a run that already ended) change nothing."""
+        rec = self.records[app_id]
+        app = self.running.get(app_id)
+        if app is None or rec.attempt != attempt:
+            return False
+        del self.running[app_id]
+        for node_id in app.nodes:
+            view = self.nodes[node_id]
+            self.nodes[node_id] = NodeView(
+                view.node_id, view.name, view.total, view.free + app.request, view.schedulable
+            )
+        self.free_gpus += app.total.gpus
+        self.timeline.held_by(app.queue, -app.total.gpus)
+        rec.gpu_s += (now - rec.started) * app.total.gpus
+        if preempted:
+            rec.attempt += 1
+            rec.remaining = rec.left_at_notice
+            rec.waiting_since = now
+            self._wait(rec.head)
+        else:
+            rec.end = now
+            rec.remaining = 0.0
+            self.last_end = max(self.last_end, now)
+        return True
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def _heads(self) -> list[AppHead]:
+        """The waiting heads to hand to ``decide`` (see the fifo shortcut above)."""
+        reach = self.free_gpus + 1
+        heads: list[AppHead] = []
+        for queue, apps in self.waiting.items():
+            if (
+                self.options.cap_fifo_heads
+                and queue in self.fifo
+                and len(apps) > reach
+                and all(h.request.gpus >= 1 for h in apps.values())
+            ):
+                by_user: dict[str, list[AppHead]] = defaultdict(list)
+                for h in apps.values():
+                    by_user[h.user].append(h)
+                for line in by_user.values():
+                    heads.extend(heapq.nsmallest(reach, line, key=lambda h: (-h.priority, h.seq)))
+            else:
+                heads.extend(apps.values())
+        return heads
+
+    def _decide(self, now: float) -> None:
+        heads = self._heads()
+        snapshot = Snapshot(
+            tuple(self.nodes.values()),
+            running=tuple(self.running.values()),
+            queues=self.tree,
+            now=now,
+        )
+        t0 = time.perf_counter()
+        decisions = decide(heads, snapshot)
+        self.stats.add(time.perf_counter() - t0, len(heads), len(self.running))
+        for d in decisions:
+            if isinstance(d, Admit):
+                self._start(d, now)
+            elif isinstance(d, Preempt):
+                self._preempt(d, now)
+        self.timeline.cycle_done()
+
+    def _start(self, d: Admit, now: float) -> None:
+        rec = self.records[d.app_id]
+        head = rec.head
+        if len(d.nodes) != head.num_containers:
+            raise SimulationError(f"{head.app_id}: admitted on {len(d.nodes)} nodes")
+        for node_id in d.nodes:
+            view = self.nodes[node_id]
+            free = view.free - head.request
+            if free.is_negative() or not view.schedulable:
+                raise SimulationError(f"{head.app_id}: admitted on {node_id}, which has no room")
+            self.nodes[node_id] = NodeView(
+                view.node_id, view.name, view.total, free, view.schedulable
+            )
+        del self.waiting[head.queue][head.app_id]
+        self.n_waiting -= 1
+        self.timeline.waits(head.queue, -1)
+        self.timeline.held_by(head.queue, head.total.gpus)
+        self.free_gpus -= head.total.gpus
+        rec.queued_s += now - rec.waiting_since
+        if rec.first_start is None:
+            rec.first_start = now
+        rec.started = now
+        self.running[head.app_id] = RunningApp(
+            app_id=head.app_id,
+            user=head.user,
+            queue=head.queue,
+            seq=head.seq,
+            request=head.request,
+            nodes=d.nodes,
+            priority=head.priority,
+            started_at=now,
+        )
+        self._push(now + rec.remaining, _COMPLETE, head.app_id, rec.attempt)
+
+    def _preempt(self, d: Preempt, now: float) -> None:
+        app = self.running.get(d.app_id)
+        if app is None or app.stopping:
+            return
+        rec = self.records[d.app_id]
+        self.running[d.app_id] = RunningApp(
+            app_id=app.app_id,
+            user=app.user,
+            queue=app.queue,
+            seq=app.seq,
+            request=app.request,
+            nodes=app.nodes,
+            priority=app.priority,
+            started_at=app.started_at,
+            stopping=True,
+            claimed_by=d.for_queue,
+        )
+        rec.preemptions += 1
+        self.preemptions += 1
+        rec.left_at_notice = rec.remaining - (now - rec.started)
+        # the completion already queued wins if it comes first (the job just finishes)
+        self._push(now + self.tree.preemption_grace_s, _STOP, d.app_id, rec.attempt)
+
+    def _push(self, when: float, kind: int, app_id: str, attempt: int) -> None:
+        self._n += 1
+        heapq.heappush(self.events, (when, self._n, kind, app_id, attempt))
+
+
+def simulate(
+    trace: Trace, cluster: ClusterSpec, tree: QueueTree, options: SimOptions | None = None
+) -> SimResult:
+    """Replay ``trace`` on ``cluster`` with the queue tree ``tree`` (see ``policy_tree``)."""
+    return Simulator(trace, cluster, tree, options).run()

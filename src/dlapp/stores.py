@@ -1,0 +1,293 @@
+"""Where data lives: storage URLs, the server's named profiles, and the URL policy.
+
+A data URL names its store by scheme (``file`` for plain paths). The server's
+``storage_profiles`` give each store its endpoint and credentials: the profile whose ``urls``
+prefix matches the URL longest wins, else the profile of that protocol with no ``urls`` (its
+default). Credentials come only from profiles, never from the spec; a URL holding a password is
+refused, and profiles' options are never logged or answered.
+
+The policy, checked at submit and again on the node: ``file`` URLs only under ``file_roots``,
+and no URL whose host is a link-local or cloud-metadata address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+
+import fsspec
+
+from dlapp.errors import DataError
+from dlapp.spec import url_scheme
+
+if TYPE_CHECKING:
+    from dlapp.config import ServerSettings
+
+T = TypeVar("T")
+# scheme -> the Python package its fsspec filesystem needs
+PACKAGES = {
+    "file": "fsspec",
+    "sftp": "paramiko",
+    "ssh": "paramiko",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "hdfs": "pyarrow",
+    "webhdfs": "requests",
+}
+# stores where a rename is atomic: outputs are renamed into place; the others get a marker
+RENAME_STORES = frozenset({"file", "sftp", "ssh", "hdfs", "webhdfs"})
+# stores whose URL host is a network host (for s3 and gs it is a bucket name)
+_NETWORK_HOSTS = frozenset({"sftp", "ssh", "hdfs", "webhdfs"})
+_BLOCKED_NAMES = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+_BLOCKED_NETS = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    protocol: str
+    urls: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What staging needs from the server settings; travels to the node in the plan."""
+
+    profiles: tuple[Profile, ...] = ()
+    file_roots: tuple[str, ...] | None = None  # None: any local path
+    cache_dir: str | None = None
+    cache_max_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profiles": [
+                {"name": p.name, "protocol": p.protocol, "urls": list(p.urls), "options": p.options}
+                for p in self.profiles
+            ],
+            "file_roots": None if self.file_roots is None else list(self.file_roots),
+            "cache_dir": self.cache_dir,
+            "cache_max_bytes": self.cache_max_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
+        roots = data.get("file_roots")
+        return cls(
+            profiles=tuple(
+                Profile(p["name"], p["protocol"], tuple(p["urls"]), dict(p["options"]))
+                for p in data.get("profiles", ())
+            ),
+            file_roots=None if roots is None else tuple(roots),
+            cache_dir=data.get("cache_dir"),
+            cache_max_bytes=int(data.get("cache_max_bytes", 0)),
+        )
+
+
+def data_config(settings: ServerSettings) -> DataConfig:
+    """The server's data settings. Unset ``file_roots`` allows every local path only on an
+    embedded cluster that listens on loopback alone; any other server allows none."""
+    if settings.file_roots is not None:
+        roots: tuple[str, ...] | None = tuple(
+            os.path.realpath(os.path.expanduser(r)) for r in settings.file_roots
+        )
+    elif settings.ray_address is None and _is_loopback(settings.host):
+        roots = None
+    else:
+        roots = ()
+    return DataConfig(
+        profiles=tuple(
+            Profile(name, p.protocol, p.urls, dict(p.options))
+            for name, p in sorted(settings.storage_profiles.items())
+        ),
+        file_roots=roots,
+        cache_dir=str(settings.cache),
+        cache_max_bytes=settings.cache_max_mb * 1024 * 1024,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def problem(url: str, config: DataConfig) -> str | None:
+    """Why ``url`` may not be used here, or None."""
+    scheme = url_scheme(url)
+    if scheme not in PACKAGES:
+        return f"scheme {scheme!r} is not supported (supported: {', '.join(sorted(PACKAGES))})"
+    parsed = urlparse(url)
+    if parsed.password:
+        return "credentials do not belong in a URL: the server's storage profiles hold them"
+    if scheme == "file":
+        return _file_problem(local_path(url), config.file_roots)
+    host = parsed.hostname
+    if host and _blocked_host(host, resolve=scheme in _NETWORK_HOSTS):
+        return f"host {host!r} is a link-local or metadata address"
+    return None
+
+
+def local_path(url: str) -> str:
+    return urlparse(url).path if url.startswith("file:") else url
+
+
+def _file_problem(path: str, roots: Sequence[str] | None) -> str | None:
+    if roots is None:
+        return None
+    real = os.path.realpath(path)
+    if any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
+        return None
+    if not roots:
+        return "local paths are not allowed on this server (no file_roots configured)"
+    return f"local paths must be under {', '.join(roots)}"
+
+
+def inside_roots(path: str, roots: Sequence[str] | None) -> bool:
+    return _file_problem(path, roots) is None
+
+
+def _blocked_host(host: str, resolve: bool) -> bool:
+    if host.lower().rstrip(".") in _BLOCKED_NAMES:
+        return True
+    addresses = [host]
+    if resolve:
+        # unresolvable here: the node checks again before it connects
+        with contextlib.suppress(OSError, UnicodeError):
+            addresses += [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+    for a in addresses:
+        try:
+            ip = ipaddress.ip_address(a.split("%")[0])
+        except ValueError:
+            continue
+        if any(ip in net for net in _BLOCKED_NETS):
+            return True
+    return False
+
+
+# -- opening a store --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    """One URL opened on its store: ``fs`` (an fsspec filesystem) and the path on it."""
+
+    url: str
+    protocol: str
+    path: str
+    fs: Any = field(repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    @property
+    def renames_atomically(self) -> bool:
+        return self.protocol in RENAME_STORES
+
+    def close(self) -> None:
+        """Let go of the store's connection (sftp holds an SSH session per filesystem)."""
+        client = getattr(self.fs, "client", None)
+        if client is not None and hasattr(client, "close"):
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def pick_profile(url: str, protocol: str, profiles: Sequence[Profile]) -> Profile | None:
+    """The longest ``urls`` prefix matching ``url``, else the protocol's default profile."""
+    best: tuple[int, Profile] | None = None
+    for p in profiles:
+        for prefix in p.urls:
+            if url.startswith(prefix) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), p)
+    if best is not None:
+        return best[1]
+    defaults = [p for p in profiles if not p.urls and p.protocol == protocol]
+    return defaults[0] if defaults else None
+
+
+def check_installed(protocol: str) -> str | None:
+    package = PACKAGES.get(protocol, protocol)
+    try:
+        fsspec.get_filesystem_class(protocol)
+        missing = importlib.util.find_spec(package) is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
+        return (
+            f"scheme {protocol!r} is not supported on this server: it needs the Python "
+            f"package {package!r}, which is not installed"
+        )
+    return None
+
+
+def open_location(url: str, config: DataConfig) -> Location:
+    """Check ``url`` against the policy and open its store with its profile's options."""
+    why = problem(url, config)
+    protocol = url_scheme(url)
+    why = why or check_installed(protocol)
+    if why:
+        raise DataError(f"{url}: {why}")
+    if protocol == "file":
+        return Location(url, protocol, local_path(url), fsspec.filesystem("file"))
+    cls = fsspec.get_filesystem_class(protocol)
+    kwargs: dict[str, Any] = dict(cls._get_kwargs_from_urls(url))
+    profile = pick_profile(url, protocol, config.profiles)
+    if profile is not None:
+        kwargs.update(profile.options)
+    try:
+        fs = cls(skip_instance_cache=True, **kwargs)
+    except Exception as exc:  # any store's connection error: say which URL, not the options
+        raise DataError(f"{url}: cannot connect: {type(exc).__name__}: {exc}") from None
+    return Location(url, protocol, cls._strip_protocol(url), fs)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+RETRIES = 3
+# errors that say the data is not there or not ours: another try cannot help
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, DataError)
+_TRANSIENT_MODULES = ("paramiko", "botocore", "aiobotocore", "aiohttp", "requests", "urllib3")
+
+
+def transient(exc: BaseException) -> bool:
+    """A network hiccup worth another try (not a missing file, a refusal, a bug)."""
+    if isinstance(exc, _PERMANENT):
+        return False
+    if isinstance(exc, OSError | EOFError | TimeoutError | ConnectionError):
+        return True
+    return type(exc).__module__.split(".")[0] in _TRANSIENT_MODULES
+
+
+def retrying(
+    action: Callable[[], T], sleep: Callable[[float], None] = time.sleep, tries: int = RETRIES
+) -> T:
+    """``action()``, tried again (1 s, then 2 s later) while it fails transiently."""
+    for attempt in range(1, tries + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == tries or not transient(exc):
+                raise
+            sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")

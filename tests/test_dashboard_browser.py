@@ -1,0 +1,201 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright)
+against a live server: sign in, see an app's GPU tile, its log, kill it; another user's app
+stays hidden. A screenshot of each page goes to ``test-artifacts/dashboard/``.
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` installs it). Without it
+these tests are skipped, unless ``DLAPP_REQUIRE_BROWSER=1`` (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dlapp.config import ServerSettings
+from dlapp.spec import AppSpec
+from dlapp.workspace import pack_workspace
+
+from inprocess import admin_token, bearer, live
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("DLAPP_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"no chromium at {CHROMIUM}: apt-get install chromium")
+    pytest.skip("no chromium: apt-get install chromium", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+pytestmark = pytest.mark.browser
+WAIT_MS = 20_000
+
+
+@dataclass
+class Site:
+    url: str
+    tokens: dict[str, str]
+    tmp: Path
+
+    def submit(self, user: str, script: str, **spec: Any) -> str:
+        ws = self.tmp / f"ws{time.monotonic_ns()}"
+        ws.mkdir()
+        (ws / "run.sh").write_text(script)
+        data = {"name": "web", "entry": {"script": "run.sh"}, "resources": {"memory": "128M"}}
+        tarball = pack_workspace(ws, self.tmp / f"{ws.name}.tar.gz").path
+        resp = httpx.post(
+            f"{self.url}/api/v1/apps",
+            headers=bearer(self.tokens[user]),
+            data={"spec": json.dumps(AppSpec.from_dict({**data, **spec}).to_dict())},
+            files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
+        )
+        assert resp.status_code == 201, resp.text
+        app_id: str = resp.json()["id"]
+        return app_id
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    home = tmp / "home"
+    settings = ServerSettings(home=home, schedule_interval_s=0.05, softkill_grace_s=2)
+    with live(settings) as url:
+        tokens = {"admin": admin_token(home)}
+        with httpx.Client(base_url=url, headers=bearer(tokens["admin"])) as admin:
+            for name in ("alice", "bob"):
+                resp = admin.post("/api/v1/admin/users", json={"name": name})
+                tokens[name] = resp.json()["token"]
+        yield Site(url, tokens, tmp)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def sign_in(page: Page, site: Site, user: str) -> None:
+    page.goto(f"{site.url}/dashboard/")
+    page.fill("#token", site.tokens[user])
+    page.click("#signin button")
+    who = page.locator("#who")
+    expect(who).to_contain_text("(admin)") if user == "admin" else expect(who).to_have_text(user)
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_sign_in_launch_see_the_gpu_and_the_log_then_kill(page: Page, site: Site) -> None:
+    page.goto(f"{site.url}/dashboard/")
+    expect(page.locator("#signin")).to_be_visible()
+    shot(page, "0-sign-in")
+    sign_in(page, site, "alice")
+    script = 'for i in 1 2 3; do echo "hello from the dashboard $i"; done\nsleep 60\n'
+    app_id = site.submit("alice", script, resources={"gpus": 1, "memory": "128M"})
+
+    # Cluster: the app's GPU tile, with its user
+    tile = page.locator(f'.gpu.busy[data-app="{app_id}"]')
+    expect(tile).to_have_count(1, timeout=WAIT_MS)
+    expect(tile).to_contain_text("alice")
+    expect(page.locator(".gpu.free")).to_have_count(1)
+    shot(page, "1-cluster")
+
+    # Queues: the default queue uses one GPU
+    page.click('#nav a[data-page="queues"]')
+    gpus = page.locator('[data-queue="root.default"] [data-resource="gpus"] .bar-text')
+    expect(gpus).to_contain_text("used 1", timeout=WAIT_MS)
+    shot(page, "2-queues")
+
+    # Apps: the table, filtered by state
+    page.click('#nav a[data-page="apps"]')
+    expect(page.locator(f'tr[data-app="{app_id}"]')).to_have_count(1, timeout=WAIT_MS)
+    page.select_option("#filter-state", "FINISHED")
+    expect(page.locator(f'tr[data-app="{app_id}"]')).to_have_count(0, timeout=WAIT_MS)
+    page.select_option("#filter-state", "RUNNING")
+    expect(page.locator(f'tr[data-app="{app_id}"]')).to_have_count(1, timeout=WAIT_MS)
+    page.click('th[data-sort="name"]')
+    expect(page.locator('th[data-sort="name"]')).to_have_class("sorted asc")
+    shot(page, "3-apps")
+
+    # the App: containers with GPU ids, the log, the timeline; then kill
+    page.click(f'tr[data-app="{app_id}"] a')
+    expect(page.locator("#log")).to_contain_text("hello from the dashboard 3", timeout=WAIT_MS)
+    expect(page.locator('#containers tr[data-container="0"] .gpu-ids')).not_to_have_text("-")
+    expect(page.locator("#timeline")).to_contain_text("submitted by alice")
+    expect(page.locator("#spec")).to_contain_text('"script": "run.sh"')
+    shot(page, "4-app-running")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("#kill")
+    expect(page.locator('h1 [data-state="KILLED"]')).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#kill")).to_have_count(0)
+    shot(page, "5-app-killed")
+
+    page.click('#nav a[data-page="cluster"]')
+    expect(page.locator(".gpu.busy")).to_have_count(0, timeout=WAIT_MS)
+
+
+def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:
+    app_id = site.submit("alice", "sleep 60\n")
+    try:
+        sign_in(page, site, "bob")
+        page.goto(f"{site.url}/dashboard/#/apps")
+        expect(page.locator("#apps-count")).to_have_text("0 app(s)", timeout=WAIT_MS)
+        page.goto(f"{site.url}/dashboard/#/apps/{app_id}")
+        expect(page.locator("#error")).to_contain_text(f"no app {app_id}", timeout=WAIT_MS)
+        expect(page.locator("#facts")).to_be_empty()
+        shot(page, "6-other-users-app")
+    finally:
+        httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=bearer(site.tokens["alice"]))
+
+
+def test_a_wrong_token_is_refused_and_signing_out_forgets_the_token(page: Page, site: Site) -> None:
+    page.goto(f"{site.url}/dashboard/")
+    page.fill("#token", "not-a-token")
+    page.click("#signin button")
+    expect(page.locator(".signin .message")).to_contain_text("refused")
+    assert page.evaluate("sessionStorage.getItem('dlapp.token')") is None
+    sign_in(page, site, "admin")
+    page.click("#signout")
+    expect(page.locator("#signin")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('dlapp.token')") is None
+
+
+def test_a_drained_node_is_marked(page: Page, site: Site) -> None:
+    admin = bearer(site.tokens["admin"])
+    resp = httpx.post(f"{site.url}/api/v1/admin/nodes/local/drain", headers=admin)
+    assert resp.status_code == 200, resp.text
+    try:
+        sign_in(page, site, "admin")
+        node = page.locator('[data-node="local"]')
+        expect(node).to_have_attribute("data-node-state", "drained", timeout=WAIT_MS)
+        expect(node.locator(".node-state")).to_have_text("drained")
+        shot(page, "7-cluster-drained")
+    finally:
+        httpx.post(f"{site.url}/api/v1/admin/nodes/local/ready", headers=admin)

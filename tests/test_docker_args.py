@@ -1,0 +1,181 @@
+"""``docker_run_args`` (pure) against golden files in tests/golden/docker/: one argument a line.
+
+Regenerate after a deliberate change with ``DLAPP_UPDATE_GOLDEN=1 pytest tests/test_docker_args.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from dlapp.devshell import shell_args
+from dlapp.runtime.base import LaunchRequest
+from dlapp.runtime.docker import RunOptions, container_env, docker_run_args
+from dlapp.runtime.policy import ContainerPolicy
+from dlapp.spec import AppSpec, ContainerOptions, Mount
+
+GOLDEN = Path(__file__).parent / "golden" / "docker"
+WORK = Path("/srv/dlapp/work/application_1764201600000_0007/1/0")
+
+
+@dataclass
+class RequestBuilder:
+    """A launch request as the supervisor makes it, with fixed node paths."""
+
+    gpus: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    options: ContainerOptions | None = None
+    index: int = 0
+
+    def gpu_ids(self, *ids: str) -> RequestBuilder:
+        return replace(self, gpus=ids)
+
+    def with_env(self, **env: str) -> RequestBuilder:
+        return replace(self, env={**self.env, **env})
+
+    def container(self, **options: object) -> RequestBuilder:
+        return replace(self, options=ContainerOptions.model_validate(options))
+
+    def build(self) -> LaunchRequest:
+        app_id = "application_1764201600000_0007"
+        env = {
+            "OMP_NUM_THREADS": "1",
+            "DLAPP_APP_ID": app_id,
+            "CONTAINER_INDEX": str(self.index),
+            "NUM_CONTAINERS": "1",
+            "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
+            "DLAPP_WORKSPACE": str(WORK / "workspace"),
+            "DLAPP_NOTICE_FILE": str(WORK / "notice.json"),
+            "DLAPP_CHECKPOINT_DIR": f"/srv/dlapp/artifacts/checkpoints/{app_id}/0",
+            **self.env,
+        }
+        return LaunchRequest(
+            app_id=app_id,
+            index=self.index,
+            workdir=WORK / "workspace",
+            script="train.py",
+            args=("--epochs", "15", "--name", "two words"),
+            env=env,
+            stdout=WORK / "logs" / "stdout",
+            stderr=WORK / "logs" / "stderr",
+            image="dlapp/pytorch-cpu:latest",
+            cpus=2.5,
+            memory_mb=4096,
+            gpu_ids=self.gpus,
+            container=self.options,
+        )
+
+
+def make_request() -> RequestBuilder:
+    return RequestBuilder()
+
+
+POLICY = ContainerPolicy(cluster_id="c0ffee")
+USER = RunOptions(user="1000:1000")
+
+
+def check_golden(name: str, argv: list[str]) -> None:
+    path = GOLDEN / f"{name}.txt"
+    text = "\n".join(argv) + "\n"
+    if os.environ.get("DLAPP_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"docker argv differs from {path}"
+
+
+def test_plain_cpu_app() -> None:
+    check_golden("cpu", docker_run_args(make_request().build(), POLICY, USER))
+
+
+def test_two_gpus_with_the_nvidia_runtime_are_numbered_from_zero_inside() -> None:
+    req = make_request().gpu_ids("2", "3").build()
+    argv = docker_run_args(req, POLICY, USER)
+    check_golden("nvidia-2-gpus", argv)
+    assert argv[argv.index("--gpus") + 1] == '"device=2,3"'  # one CSV field for docker
+    env = container_env(req, POLICY)
+    assert (env["CUDA_VISIBLE_DEVICES"], env["DLAPP_GPU_IDS"]) == ("0,1", "2,3")
+
+
+def test_one_gpu_by_cdi_name() -> None:
+    policy = POLICY.model_copy(update={"gpus": "cdi"})
+    check_golden("cdi-1-gpu", docker_run_args(make_request().gpu_ids("1").build(), policy, USER))
+
+
+def test_declared_gpus_without_devices_keep_the_node_ids() -> None:
+    policy = POLICY.model_copy(update={"gpus": "none"})
+    req = make_request().gpu_ids("1").build()
+    argv = docker_run_args(req, policy, USER)
+    assert "--gpus" not in argv and "--device" not in argv
+    assert "CUDA_VISIBLE_DEVICES=1" in argv
+
+
+def test_admin_allowed_mount_caps_and_host_network() -> None:
+    policy = POLICY.model_copy(
+        update={
+            "allowed_mounts": ("/datasets",),
+            "allowed_caps": ("SYS_PTRACE",),
+            "allow_host_network": True,
+        }
+    )
+    req = (
+        make_request()
+        .container(
+            mounts=[Mount(host="/datasets/imagenet", path="/data")],
+            cap_add=["SYS_PTRACE"],
+            network="host",
+            user="1234:1234",
+        )
+        .build()
+    )
+    check_golden("mount-cap-host-network", docker_run_args(req, policy, RunOptions("1234:1234")))
+
+
+def test_the_flags_fence_even_a_request_the_policy_would_refuse() -> None:
+    # check_container refuses these at submit; the argv never grants them anyway
+    req = make_request().container(privileged=True, network="host", cap_add=["SYS_ADMIN"]).build()
+    argv = docker_run_args(req, POLICY, USER)
+    check_golden("refused-privileged-host-network", argv)
+    assert "--privileged" not in argv and "SYS_ADMIN" not in argv
+    assert argv[argv.index("--network") + 1] == "bridge"
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+
+
+def test_container_zero_of_a_gang_publishes_the_rendezvous_port() -> None:
+    gang = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29731", "WORLD_SIZE": "2"}
+    rank0 = docker_run_args(make_request().with_env(RANK="0", **gang).build(), POLICY, USER)
+    check_golden("gang-rank-0", rank0)
+    rank1 = docker_run_args(make_request().with_env(RANK="1", **gang).build(), POLICY, USER)
+    assert "--publish" not in rank1
+
+
+def test_dlapp_secrets_never_reach_a_container() -> None:
+    argv = docker_run_args(make_request().with_env(DLAPP_TOKEN="s3cret").build(), POLICY, USER)
+    assert not any("s3cret" in a or "DLAPP_TOKEN" in a for a in argv)
+
+
+def test_the_dev_shell_is_the_same_container_interactive(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    spec = AppSpec.from_dict(
+        {
+            "name": "dev",
+            "runtime": "docker",
+            "image": "dlapp/minimal",
+            "workspace": {"path": "/home/alice/project"},
+            "entry": {"script": "run.sh"},
+            "resources": {"cpus": 2, "memory": "1G", "gpus": 1},
+            "env": {"OMP_NUM_THREADS": "2"},
+        }
+    )
+    policy = POLICY.model_copy(update={"user": "1000:1000"})
+    argv = shell_args(spec, policy, Path("/tmp/dlapp-shell-x/spec.yaml"), ("1",), ("bash",), "s1")
+    check_golden("dev-shell", argv)
+    assert "dlapp.cluster=c0ffee" not in " ".join(argv)  # an orphan sweep never takes a shell
+
+
+@pytest.mark.parametrize("script,expected", [("run.sh", "bash"), ("t.py", "python3")])
+def test_the_entry_script_runs_as_in_the_process_runtime(script: str, expected: str) -> None:
+    req = replace(make_request().build(), script=script, args=())
+    assert docker_run_args(req, POLICY, USER)[-2:] == [expected, script]
