@@ -63,8 +63,8 @@ def submit(
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
     policy = ctx.settings.container_policy
-    check_container(spec, policy)  # privileged, host mounts, disallowed images: refused now
-    get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run: refused now too
+    get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run is refused now
+    check_container(spec, policy)  # and so are privileged, host mounts, disallowed images
     data = data_config(ctx.settings)
     staging.check_urls(spec, config=data)
     staging.check_outputs_writable(spec, config=data)
