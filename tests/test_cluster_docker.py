@@ -39,7 +39,7 @@ def _start(client: DlappClient, make_app: AppFactory, tmp: Path, name: str) -> s
 def test_a_docker_app_runs_with_its_gpus_as_non_root(
     use_server: str, client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:
-    script = 'echo "user=$(id -u) gpus=$CUDA_VISIBLE_DEVICES"; test -e /work && echo host\n'
+    script = 'echo "user=$(id -u) gpus=$CUDA_VISIBLE_DEVICES"; test -e /work && echo host; exit 0\n'
     spec = make_app(
         script, name="dock", resources={"cpus": 1, "memory": "128M", "gpus": 2}, **DOCKER
     )

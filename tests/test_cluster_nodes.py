@@ -50,7 +50,12 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[Any, TestClient, str]]:
     cluster.add_node(num_cpus=2, num_gpus=1)
     cluster.wait_for_nodes()
     home = tmp_path / "home"
-    settings = ServerSettings(home=home, ray_address=cluster.address, schedule_interval_s=0.2)
+    settings = ServerSettings(
+        home=home,
+        ray_address=cluster.address,
+        schedule_interval_s=0.2,
+        file_roots=(tmp_path,),  # a cluster of its own: local data only under allowed roots
+    )
     try:
         with TestClient(create_app(settings)) as api:
             yield cluster, api, add_user(api, home, "nora")
@@ -70,7 +75,7 @@ def _until(what: str, timeout: float, fn: Any) -> Any:
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}: {fn()}")
 
 
 def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
@@ -142,3 +147,59 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
 def home_of(api: TestClient) -> Path:
     home: Path = api.app.state.ctx.settings.home  # type: ignore[attr-defined]
     return home
+
+
+def test_ddp_across_two_nodes_and_the_exclude_list(
+    two_nodes: tuple[Any, TestClient, str], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from dlapp.spec import AppSpec
+    from dlapp.workspace import pack_workspace
+
+    from conftest import ROOT
+
+    _, api, token = two_nodes
+    nodes = api.get("/api/v1/cluster", headers=bearer(token)).json()["nodes"]
+    # the exclude list: an app kept off one node runs on the other
+    banned = nodes[1]["node_id"]
+    kept_off = submit(
+        api,
+        tmp_path,
+        token,
+        script="echo ok\n",
+        nodes={"exclude": [banned]},
+        resources={"cpus": 1, "memory": "128M", "gpus": 1},
+    ).json()["id"]
+    done = _until(
+        "the excluded app",
+        60,
+        lambda: (a := _app(api, token, kept_off))["state"] == "FINISHED" and a,
+    )
+    assert done["final_status"] == "SUCCEEDED"
+    assert done["containers"][0]["node_id"] == nodes[0]["node_id"]
+    # DDP with one container on each node: both ranks end with the same weights and loss
+    example = tmp_path / "ddp"
+    shutil.copytree(ROOT / "examples" / "ddp", example, ignore=shutil.ignore_patterns("out"))
+    spec = AppSpec.from_file(example / "app.yaml")
+    spec = spec.model_copy(update={"nodes": spec.nodes.model_copy(update={"strategy": "spread"})})
+    tarball = pack_workspace(Path(spec.workspace.path), tmp_path / "ddp.tar.gz").path
+    resp = api.post(
+        "/api/v1/apps",
+        headers=bearer(token),
+        data={"spec": json.dumps(spec.to_dict())},
+        files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
+    )
+    app_id = resp.json()["id"]
+    done = _until(
+        "the DDP app", 240, lambda: (a := _app(api, token, app_id))["state"] == "FINISHED" and a
+    )
+    assert done["final_status"] == "SUCCEEDED", done
+    assert len({c["node_id"] for c in done["containers"]}) == 2  # one rank per node
+    results = [
+        json.loads((example / "out" / "ddp-digits" / f"container-{i}" / "metrics.json").read_text())
+        for i in (0, 1)
+    ]
+    assert all(r["weights_in_sync"] and r["world_size"] == 2 for r in results)
+    assert results[0]["accuracy"] == results[1]["accuracy"]

@@ -179,3 +179,14 @@ def test_the_dev_shell_is_the_same_container_interactive(tmp_path: Path) -> None
 def test_the_entry_script_runs_as_in_the_process_runtime(script: str, expected: str) -> None:
     req = replace(make_request().build(), script=script, args=())
     assert docker_run_args(req, POLICY, USER)[-2:] == [expected, script]
+
+
+def test_the_guard_takes_a_cleanup_command() -> None:
+    from dlapp.runtime import guard
+
+    argv = ["--parent", "7", "--cleanup", '["docker", "rm", "-f", "n"]', "--", "docker", "run"]
+    assert guard._parse(argv) == (7, ["docker", "rm", "-f", "n"], ["docker", "run"])
+    assert guard._parse(["--parent", "7", "--", "x"]) == (7, [], ["x"])
+    for bad in (["--parent", "7", "--cleanup", "{}", "--", "x"], ["--parent", "7", "x", "y"]):
+        with pytest.raises(ValueError, match="usage"):
+            guard._parse(bad)

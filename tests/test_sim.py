@@ -254,7 +254,7 @@ def test_trace_reads_timestamps_and_philly_clusters(tmp_path: Path) -> None:
 def test_trace_without_required_columns_is_refused_naming_them(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("submit,gpus\n0,1\n")
-    with pytest.raises(SimInputError, match="missing column.*duration"):
+    with pytest.raises(SimInputError, match=r"missing column.*duration"):
         load_trace(path)
 
 
@@ -273,7 +273,7 @@ def test_cluster_file_is_validated_and_round_trips(tmp_path: Path) -> None:
     spec = ClusterSpec.from_dict([{"count": 2, "gpus": 8}, {"count": 1, "gpus": 0, "name": "c"}])
     assert ClusterSpec.from_dict(spec.to_dict()) == spec
     assert spec.total == Resources(cpus=2 * 64 + 8, memory_mb=2 * 512 * 1024 + 64 * 1024, gpus=16)
-    with pytest.raises(SimInputError, match="unknown key.*'gpu'.*valid: count, gpus"):
+    with pytest.raises(SimInputError, match=r"unknown key.*'gpu'.*valid: count, gpus"):
         ClusterSpec.from_dict([{"count": 1, "gpu": 8}])
 
 

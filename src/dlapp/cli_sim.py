@@ -60,7 +60,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
         title=f"{report.get('label', report.get('policy', ''))}: {overall['finished']} jobs "
         f"finished, {report['dropped']['jobs']} dropped, on {report['cluster']['nodes']} nodes / "
         f"{report['cluster']['gpus']} GPUs, {report['span_h'] / 24:.1f} days simulated "
-        f"in {report['wall_s']:.1f} s",
+        f"in {report['wall_s']:.1f} s ({report['cpu_s']:.1f} s CPU)",
         title_justify="left",
     )
     for col in ("", "mean", "p50", "p95", "p99"):
@@ -79,7 +79,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
         ("worst queue's normalised delay", f"{fair['worst_normalised_delay']}"),
         ("queue-hours starved", f"{fair['starved_h']:g} h"),
         (
-            "decide() calls, mean / max",
+            "decide() calls, mean / max CPU",
             f"{dec['calls']}, {dec['mean_ms']:g} / {dec['max_ms']:g} ms "
             f"({dec['mean_heads']:g} heads, {dec['mean_running']:g} running on average)",
         ),

@@ -1,15 +1,18 @@
 """Container images: ``dlapp images build NAME`` (see images/README.md).
 
-Two images build offline on a Debian machine, with no registry:
+Three images build on a Debian machine with no registry:
 
 - ``minimal`` (``dlapp/minimal``): a static busybox (apt ``busybox-static``) with its applets
-  as links, ``bash`` being busybox's ``ash``. Seconds to build; the docker runtime's tests use it.
+  as links, ``bash`` a wrapper of busybox's ``ash``. Under a second; the docker tests use it.
 - ``python`` (``dlapp/python``): a Debian bookworm rootfs made by ``debootstrap`` (minbase,
   with python3), imported with ``docker import``. Minutes: it downloads Debian packages.
+- ``pytorch-cpu`` (``dlapp/pytorch-cpu``, FROM ``python``): the wheels of
+  ``images/pytorch-cpu/requirements.txt`` fetched on the host by ``pip download`` (through the
+  host's pip configuration), then installed by ``docker build`` with no network.
 
-The others are Dockerfiles under ``images/`` (``docker build``), FROM images that need a
-registry: ``cuda``, ``pytorch``, ``tensorflow``, ``jax``, and ``pytorch-cpu`` (FROM
-``dlapp/python``, pip needs PyPI). A build is skipped when the image exists (``force`` rebuilds).
+The others are Dockerfiles under ``images/`` FROM images that need a registry: ``cuda``,
+``pytorch``, ``tensorflow``, ``jax``. A build is skipped when the image exists (``force``
+rebuilds).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -45,7 +49,7 @@ RECIPES = {
     for r in (
         ImageRecipe("minimal", "dlapp/minimal:latest", "busybox"),
         ImageRecipe("python", "dlapp/python:latest", "debootstrap"),
-        ImageRecipe("pytorch-cpu", "dlapp/pytorch-cpu:latest", "dockerfile", "python"),
+        ImageRecipe("pytorch-cpu", "dlapp/pytorch-cpu:latest", "wheels", "python"),
         ImageRecipe("cuda", "dlapp/cuda:latest", "dockerfile"),
         ImageRecipe("pytorch", "dlapp/pytorch:latest", "dockerfile", "cuda"),
         ImageRecipe("tensorflow", "dlapp/tensorflow:latest", "dockerfile", "cuda"),
@@ -86,13 +90,38 @@ def build(
         _import(minimal_rootfs(), recipe.tag, docker, ['CMD ["/bin/sh"]', "ENV PATH=/bin"])
     elif recipe.how == "debootstrap":
         _build_debian(recipe.tag, docker)
+    elif recipe.how == "wheels":
+        _build_with_wheels(recipe, docker)
     else:
-        context = IMAGES_DIR / recipe.name
-        if not (context / "Dockerfile").is_file():
-            raise DlappError(f"no Dockerfile in {context} (dlapp images build needs a checkout)")
-        _check([docker, "build", "--tag", recipe.tag, str(context)], f"docker build {name}")
+        context = _context(recipe.name)
+        _check(
+            [docker, "build", "--force-rm", "--tag", recipe.tag, str(context)],
+            f"docker build {name}",
+        )
     say(f"built {recipe.tag} in {time.monotonic() - started:.1f}s")
     return recipe.tag, True
+
+
+def _context(name: str) -> Path:
+    context = IMAGES_DIR / name
+    if not (context / "Dockerfile").is_file():
+        raise DlappError(f"no Dockerfile in {context} (dlapp images build needs a checkout)")
+    return context
+
+
+def _build_with_wheels(recipe: ImageRecipe, docker: str) -> None:
+    """``docker build`` of a context holding the wheels of its requirements.txt, downloaded on
+    the host first (through the host's pip configuration), for the image's Python (3.11)."""
+    source = _context(recipe.name)
+    with tempfile.TemporaryDirectory(prefix="dlapp-image-") as tmp:
+        context = Path(tmp) / recipe.name
+        shutil.copytree(source, context)
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
+        pip += ["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64"]
+        pip += ["--dest", str(context / "wheels"), "-r", str(context / "requirements.txt")]
+        _check(pip, "pip download")
+        argv = [docker, "build", "--force-rm", "--tag", recipe.tag, str(context)]
+        _check(argv, f"docker build {recipe.name}")
 
 
 def _check(argv: list[str], what: str, stdin: bytes | None = None) -> None:

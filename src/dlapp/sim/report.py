@@ -140,7 +140,7 @@ def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[
                 "starved_h": round(sum(tl.starved_s) / 3600, 2),
             },
             "queues": queues,
-            "decide": {
+            "decide": {  # CPU time
                 "calls": stats.calls,
                 "total_s": round(stats.seconds, 2),
                 "mean_ms": round(stats.seconds / stats.calls * 1000, 3) if stats.calls else 0.0,
@@ -150,6 +150,7 @@ def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[
                 "mean_running": round(stats.running / stats.calls, 1) if stats.calls else 0.0,
             },
             "wall_s": round(result.wall_s, 2),
+            "cpu_s": round(result.cpu_s, 2),
         }
     )
     return report
