@@ -143,6 +143,7 @@ class QueueTree:
     _resolved: dict[Resources, dict[str, Limits]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _chains: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def by_path(self) -> dict[str, Queue]:
@@ -154,8 +155,11 @@ class QueueTree:
 
     def ancestors(self, path: str) -> list[str]:
         """``root.a.b`` -> ``[root.a.b, root.a, root]`` (the queue itself first)."""
-        parts = path.split(".")
-        return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        chain = self._chains.get(path)
+        if chain is None:
+            parts = path.split(".")
+            chain = self._chains[path] = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        return chain
 
     def leaf(self, name: str) -> Queue:
         """The leaf queue ``name`` refers to: a full path, a path without ``root.``, or a
