@@ -129,7 +129,9 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
     ]
     assert all(g["app_id"] is None for g in gpus)
     assert "GPU" in _until(
-        "a pending reason", 10, lambda: _app(api, token, app_id)["pending_reason"]
+        "the scheduler's reason",
+        10,
+        lambda: "position" in (r := _app(api, token, app_id)["pending_reason"]) and r,
     )
     # a new node joins: the app runs again (attempt 2) and completes
     ckpt = home_of(api) / "artifacts" / "checkpoints" / app_id

@@ -176,7 +176,11 @@ def test_a_waiting_app_says_which_queue_limit_holds_it(
             ),
             tmp_path,
         )
-        reason = wait_for(lambda: client.get(second)["pending_reason"], 10, "a reason")
+        reason = wait_for(
+            lambda: "position" in (r := client.get(second)["pending_reason"]) and r,
+            10,
+            "the scheduler's reason",
+        )
         assert "position 1 in queue root.research" in reason
         assert "GPU" in reason
         listed = {a["id"]: a for a in client.list_apps()}

@@ -56,7 +56,10 @@ def test_drain_lets_running_apps_finish_and_starts_nothing_new(
     assert _node(tc, token)["state"] == "draining"
     waiting = submit(tc, tmp_path, token, script="echo later\n").json()["id"]
     assert _until(lambda: _app(tc, token, running)["final_status"] == "SUCCEEDED", "finish")
-    reason = _until(lambda: _app(tc, token, waiting)["pending_reason"], "a reason")
+    reason = _until(
+        lambda: "position" in (r := _app(tc, token, waiting)["pending_reason"]) and r,
+        "the scheduler's reason",
+    )
     assert "no schedulable node" in reason
     assert _node(tc, token)["state"] == "drained"
     tc.post("/api/v1/admin/nodes/local/ready", headers=bearer(admin))
