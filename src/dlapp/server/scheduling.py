@@ -421,7 +421,7 @@ class Scheduler:
             )
         views = []
         held_back = nodes.states(session)  # drained or cordoned: no new apps
-        for n in self.ctx.nodes():
+        for n in self.ctx.nodes(max_age_s=0.0):  # fresh: never place on a node just lost
             if not n.alive:
                 continue
             free = n.total - used.get(n.node_id, Resources())
