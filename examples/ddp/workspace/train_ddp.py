@@ -87,7 +87,9 @@ def main() -> None:
         pred = model(x[test_idx].to(device)).argmax(1).cpu()
     accuracy = float((pred == y[test_idx]).float().mean())
     # every rank holds the same weights: check it by comparing a checksum across ranks
-    checksum = torch.tensor([sum(float(p.sum()) for p in model.parameters())], device=device)
+    checksum = torch.tensor(
+        [sum(float(p.detach().sum()) for p in model.parameters())], device=device
+    )
     gathered = [torch.zeros_like(checksum) for _ in range(world)]
     dist.all_gather(gathered, checksum)
     in_sync = all(abs(float(g) - float(checksum)) < 1e-3 for g in gathered)
@@ -103,6 +105,9 @@ def main() -> None:
     }
     (out / "metrics.json").write_text(json.dumps(result))
     print(f"rank {rank} accuracy={accuracy:.4f} weights_in_sync={in_sync}", flush=True)
+    # every rank reaches here before any leaves: a rank that exits while another is still in
+    # a collective makes gloo abort that other one ("terminate called ...")
+    dist.barrier()
     dist.destroy_process_group()
 
 
