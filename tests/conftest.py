@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from databases import database_url, postgres  # noqa: F401  (fixtures)
+from databases import database_url, engine, postgres, session  # noqa: F401  (fixtures)
 from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE

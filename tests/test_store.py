@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,21 +29,6 @@ T0 = 1_700_000_000.0  # a fixed clock: 13-digit millisecond timestamps
 
 def make_spec(name: str = "t", queue: str = "default") -> AppSpec:
     return AppSpec.from_dict({"name": name, "queue": queue, "entry": {"script": "run.sh"}})
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated store, on SQLite and on PostgreSQL."""
-    eng = make_engine(database_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    with session_factory(engine)() as s:
-        yield s
 
 
 def submit(session: Session, user: str = "alice", queue: str = "default", now: float = T0) -> App:

@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from dlapp.errors import BadRequest, ConflictError, NotFoundError
 from dlapp.store import audit, users
-from dlapp.store.db import make_engine, migrate, session_factory
+from dlapp.store.db import make_engine, migrate
 from dlapp.store.models import Token
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated store, on SQLite and on PostgreSQL."""
-    eng = make_engine(database_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def session(engine: Engine) -> Iterator[Session]:
-    with session_factory(engine)() as s:
-        yield s
 
 
 def test_0002_adds_users_tokens_and_audit_to_a_0001_store(tmp_path: Path) -> None:
