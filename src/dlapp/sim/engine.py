@@ -33,7 +33,7 @@ import heapq
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dlapp.errors import DlappError
 from dlapp.scheduler import (
@@ -261,9 +261,7 @@ class Simulator:
         del self.running[app_id]
         for node_id in app.nodes:
             view = self.nodes[node_id]
-            self.nodes[node_id] = NodeView(
-                view.node_id, view.name, view.total, view.free + app.request, view.schedulable
-            )
+            self.nodes[node_id] = replace(view, free=view.free + app.request)
         self.free_gpus += app.total.gpus
         self.timeline.held_by(app.queue, -app.total.gpus)
         rec.gpu_s += (now - rec.started) * app.total.gpus
@@ -328,9 +326,7 @@ class Simulator:
             free = view.free - head.request
             if free.is_negative() or not view.schedulable:
                 raise SimulationError(f"{head.app_id}: admitted on {node_id}, which has no room")
-            self.nodes[node_id] = NodeView(
-                view.node_id, view.name, view.total, free, view.schedulable
-            )
+            self.nodes[node_id] = replace(view, free=free)
         del self.waiting[head.queue][head.app_id]
         self.n_waiting -= 1
         self.timeline.waits(head.queue, -1)
@@ -357,18 +353,7 @@ class Simulator:
         if app is None or app.stopping:
             return
         rec = self.records[d.app_id]
-        self.running[d.app_id] = RunningApp(
-            app_id=app.app_id,
-            user=app.user,
-            queue=app.queue,
-            seq=app.seq,
-            request=app.request,
-            nodes=app.nodes,
-            priority=app.priority,
-            started_at=app.started_at,
-            stopping=True,
-            claimed_by=d.for_queue,
-        )
+        self.running[d.app_id] = replace(app, stopping=True, claimed_by=d.for_queue)
         rec.preemptions += 1
         self.preemptions += 1
         rec.left_at_notice = rec.remaining - (now - rec.started)
