@@ -35,4 +35,4 @@ def test_failed_app_output_is_kept_and_staging_is_logged(
     assert not out.exists()
     assert (tmp_path / f"out.failed-{app['id']}" / "partial.txt").read_text() == "x"
     log = client.logs(app["id"], stream="stderr")
-    assert "[dlapp] input file://" in log and "MB/s" in log
+    assert "[dlapp] staging in: file://" in log and "[dlapp] staging in done: 1 files" in log

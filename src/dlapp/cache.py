@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from dlapp.progress import size
+
 STATS_KEYS = ("hits", "misses", "bypassed", "bytes_saved", "bytes_downloaded", "evictions")
 
 
@@ -57,7 +59,7 @@ class Tally:
     def __str__(self) -> str:
         return (
             f"cache: {self.hits} hits, {self.misses} misses, {self.bypassed} bypassed, "
-            f"{self.bytes_saved} bytes saved"
+            f"{size(self.bytes_saved)} saved"
         )
 
 

@@ -25,7 +25,7 @@ import os
 import stat
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +89,15 @@ def _unsafe(p: Path, root: Path, counts: Counter[tuple[int, int]]) -> str | None
     return None
 
 
-def commit(loc: Location, files: Sequence[File], single: bool, overwrite: bool) -> int:
-    """Upload ``files`` to ``loc`` and make them visible at once; returns bytes written."""
+def commit(
+    loc: Location,
+    files: Sequence[File],
+    single: bool,
+    overwrite: bool,
+    uploaded: Callable[[int], None] | None = None,
+) -> int:
+    """Upload ``files`` to ``loc`` and make them visible at once; returns bytes written.
+    ``uploaded(size)`` hears of each file once it is uploaded (not yet visible)."""
     fs = loc.fs
     target = loc.path.rstrip("/") or loc.path
     parent, _, name = target.rpartition("/")
@@ -101,7 +108,7 @@ def commit(loc: Location, files: Sequence[File], single: bool, overwrite: bool) 
     if parent and loc.renames_atomically:
         fs.makedirs(parent, exist_ok=True)
     try:
-        written = _upload(fs, files, tmp, single)
+        written = _upload(fs, files, tmp, single, uploaded)
         if loc.renames_atomically:
             _swap_in(fs, tmp, target, f"{parent}/.{name}.dlapp-old-{tag}", overwrite, loc.url)
         else:
@@ -111,7 +118,13 @@ def commit(loc: Location, files: Sequence[File], single: bool, overwrite: bool) 
         _remove(fs, tmp)
 
 
-def _upload(fs: Any, files: Sequence[File], dest: str, single: bool) -> int:
+def _upload(
+    fs: Any,
+    files: Sequence[File],
+    dest: str,
+    single: bool,
+    uploaded: Callable[[int], None] | None = None,
+) -> int:
     written = 0
     if not single:
         fs.makedirs(dest, exist_ok=True)
@@ -120,7 +133,10 @@ def _upload(fs: Any, files: Sequence[File], dest: str, single: bool) -> int:
         if not single and "/" in rel:
             fs.makedirs(remote.rpartition("/")[0], exist_ok=True)
         put_file(fs, path, remote)
-        written += path.stat().st_size
+        n = path.stat().st_size
+        written += n
+        if uploaded is not None:
+            uploaded(n)
     return written
 
 

@@ -112,6 +112,9 @@ class ServerSettings(BaseModel):
     )
     cache_dir: Path | None = Field(None, description="node-local input cache (default: home/cache)")
     cache_max_mb: int = Field(10240, ge=0, description="input cache size; 0: no cache")
+    verify_checksums: bool = Field(
+        True, description="check downloaded inputs against the store's checksum; docs/data.md"
+    )
     container: ContainerPolicy = Field(
         default_factory=lambda: ContainerPolicy(),
         description="container runtime policy (images, user, caps, mounts, network, GPUs); "

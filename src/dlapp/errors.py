@@ -4,6 +4,7 @@
     ├── SpecError                   400 invalid_spec        (bad app spec, with every problem)
     ├── WorkspaceError              400 bad_workspace       (unsafe or oversized tarball)
     ├── DataError                   400 bad_data_url        (unsupported / refused storage URL)
+    │   └── ChecksumMismatch        400 checksum_mismatch   (a download differs from the store's)
     ├── OutputExistsError           409 output_exists       (overwrite=false and output exists)
     ├── InfeasibleError             422 infeasible          (no node could ever hold the request)
     ├── NotFoundError               404 not_found
@@ -59,6 +60,12 @@ class WorkspaceError(DlappError):
 class DataError(DlappError):
     code = "bad_data_url"
     http_status = 400
+
+
+class ChecksumMismatch(DataError):
+    """Downloaded bytes differ from the store's checksum (retried: it may be the network)."""
+
+    code = "checksum_mismatch"
 
 
 class OutputExistsError(DlappError):
@@ -140,6 +147,7 @@ ERRORS_BY_CODE: dict[str, type[DlappError]] = {
         SpecError,
         WorkspaceError,
         DataError,
+        ChecksumMismatch,
         OutputExistsError,
         InfeasibleError,
         NotFoundError,

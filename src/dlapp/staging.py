@@ -1,10 +1,12 @@
 """Stage data in and out of an app's workspace, through fsspec stores (see ``stores``).
 
 Inputs (files, directories, globs) are streamed into ``workspace/<path>`` in chunks before the
-app starts, each file retried a few times on transient errors; remote files go through the
-node-local cache (``cache``). Progress and throughput go to the container's stderr log as
-``[dlapp] ...`` lines. Outputs are committed by ``commit`` after the app exits: a reader never
-sees half an output (see docs/data.md for what that means on each store).
+app starts, checked against the store's checksum where it gives one (``checksums``), each file
+retried a few times on transient errors and checksum mismatches; remote files go through the
+node-local cache (``cache``). Progress and throughput (``progress``) go to the ``progress``
+callback: the supervisor writes them to the container's log and the app's events. Outputs are
+committed by ``commit`` after the app exits: a reader never sees half an output (see
+docs/data.md for what that means on each store).
 
 Submit calls ``check_urls`` and ``check_outputs_writable``; the supervisor calls ``stage_in``
 and ``stage_out`` on the node. Both check the URL policy.
@@ -15,24 +17,22 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import time
-from collections.abc import Callable, Sequence
-from contextlib import closing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from dlapp import commit
+from dlapp import checksums, commit
 from dlapp.cache import InputCache, Outcome, Tally, version_of
-from dlapp.errors import DataError, OutputExistsError
+from dlapp.errors import ChecksumMismatch, DataError, OutputExistsError
+from dlapp.progress import Progress, TransferMeter, size
 from dlapp.spec import AppSpec, DataBinding
-from dlapp.stores import DataConfig, Location, inside_roots, open_location, retrying
+from dlapp.stores import RETRIES, DataConfig, Location, inside_roots, open_location, retrying
 
-Progress = Callable[[str], None]
 CHUNK = 4 * 1024 * 1024
-REPORT_EVERY_S = 5.0
 
 
 def check_urls(spec: AppSpec, *, config: DataConfig | None = None) -> None:
@@ -148,35 +148,17 @@ def _local_tree(root: str, prefix: str) -> list[_Source]:
     return sorted(out, key=lambda s: s.rel)
 
 
-@dataclass
-class Meter:
-    """Bytes moved for one binding; a progress line every ``REPORT_EVERY_S``."""
-
-    label: str
-    total: int
-    progress: Progress | None
-    clock: Callable[[], float] = time.monotonic
-    done: int = 0
-    started: float = field(init=False)
-    _last: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.started = self._last = self.clock()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = self.clock()
-        if self.progress and now - self._last >= REPORT_EVERY_S:
-            self._last = now
-            self.progress(f"{self.label}: {_mb(self.done)}/{_mb(self.total)} ({self.rate()})")
-
-    def rate(self) -> str:
-        elapsed = max(self.clock() - self.started, 1e-6)
-        return f"{self.done / elapsed / 1e6:.1f} MB/s"
+def _say(progress: Progress | None, line: str | None) -> None:
+    if progress is not None and line is not None:
+        progress(line)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+@dataclass(frozen=True)
+class _Input:
+    binding: DataBinding
+    loc: Location
+    dest: Path
+    sources: list[_Source]
 
 
 def stage_in(
@@ -186,59 +168,77 @@ def stage_in(
     *,
     config: DataConfig | None = None,
 ) -> int:
-    """Copy every input into ``workspace/<path>``; returns bytes copied."""
+    """Copy every input into ``workspace/<path>``; returns bytes copied.
+
+    ``progress`` gets the lines for the app's events: the totals first, then progress at a
+    bounded rate, then a summary with throughput, cache use and retries (see ``progress``)."""
     config = config or DataConfig()
     cache = (
         InputCache(Path(config.cache_dir), config.cache_max_bytes)
         if config.cache_dir and config.cache_max_bytes > 0
         else None
     )
-    total = 0
-    for b in bindings:
-        dest = workspace / b.path
-        if not _inside(workspace, dest):
-            raise DataError(f"input path {b.path!r} leaves the workspace")
-        with closing(open_location(b.url, config)) as loc:
-            total += _stage_in_one(b, loc, dest, progress, config, cache)
-    return total
+    with ExitStack() as stack:
+        inputs = [_listed(b, workspace, config, progress, stack) for b in bindings]
+        if not inputs:
+            return 0
+        meter = TransferMeter(
+            "in",
+            files=sum(len(i.sources) for i in inputs),
+            total=sum(s.size for i in inputs for s in i.sources),
+        )
+        _say(progress, meter.begin())
+        tally = Tally()
+        for i in inputs:
+            _say(
+                progress,
+                f"{meter.label}: {i.binding.url} -> {i.binding.path}: "
+                f"{len(i.sources)} files, {size(sum(s.size for s in i.sources))}",
+            )
+            _stage_in_one(i, meter, tally, progress, config, cache)
+        remote = any(not i.loc.is_local for i in inputs)
+        _say(progress, meter.summary(str(tally) if remote and cache else ""))
+        return meter.done
 
 
-def _stage_in_one(
-    b: DataBinding,
-    loc: Location,
-    dest: Path,
-    progress: Progress | None,
-    config: DataConfig,
-    cache: InputCache | None,
-) -> int:
+def _listed(
+    b: DataBinding, workspace: Path, config: DataConfig, progress: Progress | None, stack: ExitStack
+) -> _Input:
+    """Open an input's store and list the files it names (the store stays open in ``stack``)."""
+    dest = workspace / b.path
+    if not _inside(workspace, dest):
+        raise DataError(f"input path {b.path!r} leaves the workspace")
+    loc = stack.enter_context(closing(open_location(b.url, config)))
     sources = _matches(loc)
     if not sources:
         raise DataError(f"input {b.url}: nothing exists there")
     if loc.is_local:
         sources = _within_roots(sources, config, progress, b.url)
-    meter = Meter(f"input {b.url} -> {b.path}", sum(s.size for s in sources), progress)
-    if progress:
-        progress(f"{meter.label}: {len(sources)} files, {_mb(meter.total)}")
-    tally = Tally()
-    dest.mkdir(parents=True, exist_ok=True)
-    made = {dest}
-    for s in sources:
+    return _Input(b, loc, dest, sources)
+
+
+def _stage_in_one(
+    i: _Input,
+    meter: TransferMeter,
+    tally: Tally,
+    progress: Progress | None,
+    config: DataConfig,
+    cache: InputCache | None,
+) -> None:
+    i.dest.mkdir(parents=True, exist_ok=True)
+    made = {i.dest}
+    for s in i.sources:
         rel = PurePosixPath(s.rel)
         if rel.is_absolute() or ".." in rel.parts:  # dest itself was checked above
-            raise DataError(f"input {b.url}: {s.rel!r} would land outside the workspace")
-        target = dest / rel
+            raise DataError(f"input {i.binding.url}: {s.rel!r} would land outside the workspace")
+        target = i.dest / rel
         if target.parent not in made:
             target.parent.mkdir(parents=True, exist_ok=True)
             made.add(target.parent)
-        outcome = _fetch_one(loc, s, target, meter, cache)
+        want = checksums.expected(i.loc.protocol, s.info) if config.verify_checksums else None
+        outcome = _fetch_one(i.loc, s, target, _Copy(meter, progress, want), cache)
         tally.add(outcome, s.size)
-        if outcome is Outcome.HIT:
-            meter.add(s.size)
-    if progress:
-        took = meter.clock() - meter.started
-        summary = f"{_mb(meter.done)} in {took:.1f}s ({meter.rate()})"
-        progress(f"{meter.label}: {summary}" + ("" if loc.is_local else f"; {tally}"))
-    return meter.done
+        _say(progress, meter.add(s.size if outcome is Outcome.HIT else 0, files=1))
 
 
 def _within_roots(
@@ -253,11 +253,33 @@ def _within_roots(
     return kept
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """How one file is copied: counted by ``meter``, checked against ``want``."""
+
+    meter: TransferMeter
+    progress: Progress | None
+    want: checksums.Checksum | None
+
+
 def _fetch_one(
-    loc: Location, s: _Source, target: Path, meter: Meter, cache: InputCache | None
+    loc: Location, s: _Source, target: Path, copy: _Copy, cache: InputCache | None
 ) -> Outcome:
+    name = s.path if loc.is_local else f"{loc.protocol}://{s.path}"
+
+    def retried(exc: BaseException, attempt: int) -> None:
+        copy.meter.retries += 1
+        _say(
+            copy.progress,
+            f"{copy.meter.label}: {name}: try {attempt} of {RETRIES} failed "
+            f"({type(exc).__name__}: {exc}); trying again",
+        )
+
     def download(path: Path) -> None:
-        retrying(lambda: _stream(loc, s.path, path, meter))
+        try:
+            retrying(lambda: _stream(loc, s.path, path, copy, name), on_retry=retried)
+        except ChecksumMismatch as exc:
+            raise ChecksumMismatch(f"input {loc.url}: {exc} ({RETRIES} tries)") from None
 
     if loc.is_local or cache is None:
         download(target)
@@ -265,24 +287,30 @@ def _fetch_one(
     return cache.fetch(f"{loc.protocol}://{s.path}", version_of(s.info), s.size, download, target)
 
 
-def _stream(loc: Location, src: str, dest: Path, meter: Meter) -> None:
-    """Copy one file in chunks; a failed try takes its bytes back from the meter."""
-    moved = 0
+def _stream(loc: Location, src: str, dest: Path, copy: _Copy, name: str) -> None:
+    """Copy one file in chunks, hashing them when the store gave a checksum; a failed try
+    takes its bytes back from the meter."""
+    meter, moved = copy.meter, 0
     try:
         if loc.is_local:
             shutil.copyfile(src, dest)  # sendfile: streamed by the kernel
             moved = os.path.getsize(dest)
-            meter.add(moved)
+            _say(copy.progress, meter.add(moved))
             return
+        verifier = checksums.Verifier(copy.want) if copy.want else None
         with loc.fs.open(src, "rb", block_size=CHUNK) as f, dest.open("wb") as out:
             if hasattr(f, "prefetch"):  # paramiko: pipeline the reads
                 f.prefetch()
             while chunk := f.read(CHUNK):
                 out.write(chunk)
+                if verifier:
+                    verifier.update(chunk)
                 moved += len(chunk)
-                meter.add(len(chunk))
+                _say(copy.progress, meter.add(len(chunk)))
+        if verifier:
+            verifier.check(name)
     except BaseException:
-        meter.done -= moved
+        meter.take_back(moved)
         raise
 
 
@@ -305,13 +333,13 @@ def stage_out(
     config: DataConfig | None = None,
     failed_app_id: str | None = None,
 ) -> int:
-    """Commit each output; returns bytes written.
+    """Commit each output; returns bytes written. ``progress`` gets lines as ``stage_in``'s.
 
     With ``failed_app_id``, the app failed: each output with ``save_on_failure`` goes to
     ``<url>.failed-<app_id>`` (replacing an earlier one), and a missing output is skipped.
     """
     config = config or DataConfig()
-    total = 0
+    outputs: list[tuple[str, bool, Path, list[commit.File]]] = []
     for b in bindings:
         url, overwrite = b.url, b.overwrite
         if failed_app_id is not None:
@@ -325,19 +353,28 @@ def stage_out(
             raise DataError(f"output path {b.path!r} was not produced by the app")
         files, skipped = commit.output_files(src, workspace)
         for why in skipped:
-            if progress:
-                progress(f"output {b.path}: skipped {why}")
-        started = time.monotonic()
+            _say(progress, f"output {b.path}: skipped {why}")
+        outputs.append((url, overwrite, src, files))
+    if not outputs:
+        return 0
+    meter = TransferMeter(
+        "out",
+        files=sum(len(files) for *_, files in outputs),
+        total=sum(p.stat().st_size for *_, files in outputs for p, _ in files),
+    )
+    _say(progress, meter.begin())
+    for url, overwrite, src, files in outputs:
+        _say(progress, f"{meter.label}: {src.relative_to(workspace)} -> {url}: {len(files)} files")
         with closing(open_location(url, config)) as loc:
-            written = commit.commit(loc, files, single=src.is_file(), overwrite=overwrite)
-        total += written
-        if progress:
-            took = max(time.monotonic() - started, 1e-6)
-            progress(
-                f"output {b.path} -> {url}: {_mb(written)} in {took:.1f}s "
-                f"({written / took / 1e6:.1f} MB/s)"
+            commit.commit(
+                loc,
+                files,
+                single=src.is_file(),
+                overwrite=overwrite,
+                uploaded=lambda n: _say(progress, meter.add(n, files=1)),
             )
-    return total
+    _say(progress, meter.summary())
+    return meter.done
 
 
 def failed_url(url: str, app_id: str) -> str:

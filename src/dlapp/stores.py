@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from dlapp.errors import DataError
+from dlapp.errors import ChecksumMismatch, DataError
 from dlapp.spec import url_scheme
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class DataConfig:
     file_roots: tuple[str, ...] | None = None  # None: any local path
     cache_dir: str | None = None
     cache_max_bytes: int = 0
+    verify_checksums: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class DataConfig:
             "file_roots": None if self.file_roots is None else list(self.file_roots),
             "cache_dir": self.cache_dir,
             "cache_max_bytes": self.cache_max_bytes,
+            "verify_checksums": self.verify_checksums,
         }
 
     @classmethod
@@ -95,6 +97,7 @@ class DataConfig:
             file_roots=None if roots is None else tuple(roots),
             cache_dir=data.get("cache_dir"),
             cache_max_bytes=int(data.get("cache_max_bytes", 0)),
+            verify_checksums=bool(data.get("verify_checksums", True)),
         )
 
 
@@ -117,6 +120,7 @@ def data_config(settings: ServerSettings) -> DataConfig:
         file_roots=roots,
         cache_dir=str(settings.cache),
         cache_max_bytes=settings.cache_max_mb * 1024 * 1024,
+        verify_checksums=settings.verify_checksums,
     )
 
 
@@ -271,7 +275,10 @@ _TRANSIENT_MODULES = ("paramiko", "botocore", "aiobotocore", "aiohttp", "request
 
 
 def transient(exc: BaseException) -> bool:
-    """A network hiccup worth another try (not a missing file, a refusal, a bug)."""
+    """A network hiccup worth another try (not a missing file, a refusal, a bug). Bytes that
+    differ from the store's checksum are one too: they were most likely damaged on the way."""
+    if isinstance(exc, ChecksumMismatch):
+        return True
     if isinstance(exc, _PERMANENT):
         return False
     if isinstance(exc, OSError | EOFError | TimeoutError | ConnectionError):
@@ -280,14 +287,20 @@ def transient(exc: BaseException) -> bool:
 
 
 def retrying(
-    action: Callable[[], T], sleep: Callable[[float], None] = time.sleep, tries: int = RETRIES
+    action: Callable[[], T],
+    sleep: Callable[[float], None] = time.sleep,
+    tries: int = RETRIES,
+    on_retry: Callable[[BaseException, int], None] | None = None,
 ) -> T:
-    """``action()``, tried again (1 s, then 2 s later) while it fails transiently."""
+    """``action()``, tried again (1 s, then 2 s later) while it fails transiently;
+    ``on_retry(error, attempt)`` hears of each failed try that gets another."""
     for attempt in range(1, tries + 1):
         try:
             return action()
         except Exception as exc:
             if attempt == tries or not transient(exc):
                 raise
+            if on_retry is not None:
+                on_retry(exc, attempt)
             sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
