@@ -1,21 +1,29 @@
-"""Helpers for the tests that drive a real dockerd: the minimal image, and label queries.
+"""Helpers for the tests that drive a real dockerd (or podman): the minimal image, and label
+queries.
 
 Without a docker CLI and a daemon that answers, those tests are skipped, unless
 ``DLAPP_REQUIRE_DOCKER=1`` (CI sets it: there they must run), which makes that a failure.
+The podman tests are skipped only where there is no ``podman`` command (unless
+``DLAPP_REQUIRE_PODMAN=1``); a podman that is there but cannot run a container fails them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import textwrap
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dlapp import images
+from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import docker_problem
 
 MINIMAL = "dlapp/minimal:latest"
@@ -31,10 +39,21 @@ def require_docker() -> None:
     images.build("minimal")
 
 
-def containers(label: str) -> list[str]:
+def require_podman() -> None:
+    """Skip without a podman command (fail under DLAPP_REQUIRE_PODMAN=1); else docker's minimal
+    image is built and copied into podman's store."""
+    if shutil.which("podman") is None:
+        if os.environ.get("DLAPP_REQUIRE_PODMAN") == "1":
+            pytest.fail("DLAPP_REQUIRE_PODMAN=1 but there is no podman command")
+        pytest.skip("no podman command here (Debian: apt-get install podman catatonit)")
+    require_docker()  # the image is built by docker, then copied
+    images.to_podman(MINIMAL)
+
+
+def containers(label: str, engine: str = "docker") -> list[str]:
     """Names of all containers, running or not, with ``label`` (``key`` or ``key=value``)."""
     done = subprocess.run(
-        ["docker", "ps", "--all", "--filter", f"label={label}", "--format", "{{.Names}}"],
+        [engine, "ps", "--all", "--filter", f"label={label}", "--format", "{{.Names}}"],
         capture_output=True,
         text=True,
         check=True,
@@ -42,8 +61,8 @@ def containers(label: str) -> list[str]:
     return done.stdout.split()
 
 
-def inspect(name: str) -> dict[str, Any]:
-    done = subprocess.run(["docker", "inspect", name], capture_output=True, text=True, check=True)
+def inspect(name: str, engine: str = "docker") -> dict[str, Any]:
+    done = subprocess.run([engine, "inspect", name], capture_output=True, text=True, check=True)
     found: list[dict[str, Any]] = json.loads(done.stdout)
     return found[0]
 
@@ -55,3 +74,37 @@ def eventually(check: Callable[[], bool], timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.1)
     return check()
+
+
+def launch_request(
+    tmp_path: Path, script: str, memory_mb: int = 256, node_id: str | None = None, **env: str
+) -> LaunchRequest:
+    """A request as the supervisor makes it: ``script`` as ``run.sh`` in a new workspace."""
+    app_id = f"application_test_{uuid.uuid4().hex[:12]}"
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "run.sh").write_text(textwrap.dedent(script))
+    (tmp_path / "checkpoint").mkdir()
+    return LaunchRequest(
+        app_id=app_id,
+        index=0,
+        workdir=ws,
+        script="run.sh",
+        args=("one", "two words"),
+        env={
+            "DLAPP_APP_ID": app_id,
+            "CONTAINER_INDEX": "0",
+            "CUDA_VISIBLE_DEVICES": "1",
+            "DLAPP_WORKSPACE": str(ws),
+            "DLAPP_CHECKPOINT_DIR": str(tmp_path / "checkpoint"),
+            "DLAPP_NOTICE_FILE": str(tmp_path / "notice.json"),
+            **env,
+        },
+        stdout=tmp_path / "logs" / "stdout",
+        stderr=tmp_path / "logs" / "stderr",
+        image=MINIMAL,
+        cpus=0.5,
+        memory_mb=memory_mb,
+        gpu_ids=("1",),
+        node_id=node_id,
+    )

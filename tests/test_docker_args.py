@@ -14,7 +14,7 @@ import pytest
 
 from dlapp.devshell import shell_args
 from dlapp.runtime.base import LaunchRequest
-from dlapp.runtime.docker import RunOptions, container_env, docker_run_args
+from dlapp.runtime.docker import RunOptions, container_env, docker_run_args, publish_arg
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, ContainerOptions, Mount
 
@@ -30,6 +30,7 @@ class RequestBuilder:
     env: dict[str, str] = field(default_factory=dict)
     options: ContainerOptions | None = None
     index: int = 0
+    node: str | None = None
 
     def gpu_ids(self, *ids: str) -> RequestBuilder:
         return replace(self, gpus=ids)
@@ -39,6 +40,9 @@ class RequestBuilder:
 
     def container(self, **options: object) -> RequestBuilder:
         return replace(self, options=ContainerOptions.model_validate(options))
+
+    def on_node(self, node_id: str) -> RequestBuilder:
+        return replace(self, node=node_id)
 
     def build(self) -> LaunchRequest:
         app_id = "application_1764201600000_0007"
@@ -67,6 +71,7 @@ class RequestBuilder:
             memory_mb=4096,
             gpu_ids=self.gpus,
             container=self.options,
+            node_id=self.node,
         )
 
 
@@ -143,12 +148,74 @@ def test_the_flags_fence_even_a_request_the_policy_would_refuse() -> None:
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
 
 
-def test_container_zero_of_a_gang_publishes_the_rendezvous_port() -> None:
+def test_container_zero_of_a_gang_publishes_the_rendezvous_port_on_its_node() -> None:
     gang = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29731", "WORLD_SIZE": "2"}
     rank0 = docker_run_args(make_request().with_env(RANK="0", **gang).build(), POLICY, USER)
     check_golden("gang-rank-0", rank0)
+    assert rank0[rank0.index("--publish") + 1] == "10.0.0.1:29731:29731"  # not every interface
     rank1 = docker_run_args(make_request().with_env(RANK="1", **gang).build(), POLICY, USER)
     assert "--publish" not in rank1
+    host = docker_run_args(
+        make_request().with_env(RANK="0", **gang).container(network="host").build(),
+        POLICY.model_copy(update={"allow_host_network": True}),
+        USER,
+    )
+    assert "--publish" not in host  # on the host network the port is the node's already
+
+
+@pytest.mark.parametrize(
+    "addr,published",
+    [("node-a.lab", "29731:29731"), ("fd00::1", "[fd00::1]:29731:29731")],
+)
+def test_a_master_named_by_host_name_publishes_on_every_interface(
+    addr: str, published: str
+) -> None:
+    assert publish_arg(addr, "29731") == published
+
+
+def test_containers_carry_the_node_they_run_on() -> None:
+    argv = docker_run_args(make_request().on_node("5e1f00d").build(), POLICY, USER)
+    assert argv[argv.index("dlapp.node=5e1f00d") - 1] == "--label"
+
+
+# -- podman: the same builder, engine="podman" ----------------------------------------------
+
+PODMAN = RunOptions(
+    user="1000:1000", engine="podman", ulimits=(("nofile", 1024, 4096), ("nproc", 512, 512))
+)
+
+
+def test_podman_gets_the_same_fence_with_its_userns_cdi_gpus_and_ulimits() -> None:
+    req = make_request().gpu_ids("2", "3").on_node("5e1f00d").build()
+    argv = docker_run_args(req, POLICY, PODMAN)
+    check_golden("podman-2-gpus", argv)
+    assert argv[:2] == ["podman", "run"]
+    assert argv[argv.index("--userns") + 1] == "host"
+    assert "--gpus" not in argv  # podman has none: the policy's nvidia becomes CDI names
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--device"] == [
+        "nvidia.com/gpu=2",
+        "nvidia.com/gpu=3",
+    ]
+    assert "nofile=1024:4096" in argv and "nproc=512:512" in argv
+    docker = docker_run_args(req, POLICY, USER)
+    only_podman = {"--userns", "host", "--ulimit", "nofile=1024:4096", "nproc=512:512"}
+    only_podman |= {"--device", "nvidia.com/gpu=2", "nvidia.com/gpu=3"}
+    only_docker = {"--gpus", '"device=2,3"'}
+    assert set(argv[2:]) - set(docker) == only_podman
+    assert set(docker[2:]) - set(argv) == only_docker
+
+
+def test_podman_rootless_keep_id_and_its_own_command() -> None:
+    policy = POLICY.model_copy(update={"userns": "keep-id", "podman": "/opt/bin/podman"})
+    argv = docker_run_args(make_request().build(), policy, PODMAN)
+    assert argv[0] == "/opt/bin/podman"
+    assert argv[argv.index("--userns") + 1] == "keep-id"
+
+
+@pytest.mark.parametrize("bad", ["root", "keep-id;rm", "", "private"])
+def test_a_bad_userns_is_refused_naming_the_choices(bad: str) -> None:
+    with pytest.raises(ValueError, match="userns must be host, keep-id, auto or nomap"):
+        ContainerPolicy(userns=bad)
 
 
 def test_dlapp_secrets_never_reach_a_container() -> None:

@@ -8,7 +8,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -17,7 +16,14 @@ import pytest
 from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import DockerRuntime, container_name, remove_orphans
 from dlapp.runtime.policy import ContainerPolicy
-from docker_support import MINIMAL, containers, eventually, inspect, require_docker
+from docker_support import (
+    MINIMAL,
+    containers,
+    eventually,
+    inspect,
+    launch_request,
+    require_docker,
+)
 
 POLICY = ContainerPolicy(gpus="none", cluster_id="test-runtime-docker")
 
@@ -27,39 +33,9 @@ def _docker() -> None:
     require_docker()
 
 
-def request(tmp_path: Path, script: str, memory_mb: int = 256, **env: str) -> LaunchRequest:
-    app_id = f"application_test_{uuid.uuid4().hex[:12]}"
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "run.sh").write_text(textwrap.dedent(script))
-    (tmp_path / "checkpoint").mkdir()
-    return LaunchRequest(
-        app_id=app_id,
-        index=0,
-        workdir=ws,
-        script="run.sh",
-        args=("one", "two words"),
-        env={
-            "DLAPP_APP_ID": app_id,
-            "CONTAINER_INDEX": "0",
-            "CUDA_VISIBLE_DEVICES": "1",
-            "DLAPP_WORKSPACE": str(ws),
-            "DLAPP_CHECKPOINT_DIR": str(tmp_path / "checkpoint"),
-            "DLAPP_NOTICE_FILE": str(tmp_path / "notice.json"),
-            **env,
-        },
-        stdout=tmp_path / "logs" / "stdout",
-        stderr=tmp_path / "logs" / "stderr",
-        image=MINIMAL,
-        cpus=0.5,
-        memory_mb=memory_mb,
-        gpu_ids=("1",),
-    )
-
-
 def test_an_app_runs_isolated_as_non_root_in_its_workspace(tmp_path: Path) -> None:
     (tmp_path / "host-secret").write_text("no")
-    req = request(
+    req = launch_request(
         tmp_path,
         f"""
         echo "args=$1|$2 user=$(id -u):$(id -g) cwd=$(pwd) gpus=$CUDA_VISIBLE_DEVICES"
@@ -83,7 +59,7 @@ def test_an_app_runs_isolated_as_non_root_in_its_workspace(tmp_path: Path) -> No
 
 
 def test_inspect_shows_the_fence_the_limits_and_the_labels(tmp_path: Path) -> None:
-    req = request(tmp_path, "echo up; sleep 60\n", memory_mb=128)
+    req = launch_request(tmp_path, "echo up; sleep 60\n", memory_mb=128)
     running = DockerRuntime(POLICY).launch(req)
     name = container_name(req.app_id, 0)
     try:
@@ -106,7 +82,9 @@ def test_inspect_shows_the_fence_the_limits_and_the_labels(tmp_path: Path) -> No
 
 
 def test_a_memory_hog_is_recorded_as_out_of_memory(tmp_path: Path) -> None:
-    req = request(tmp_path, 'x=$(head -c 200000000 /dev/zero | tr "\\0" x)\necho "${#x}"\n', 32)
+    req = launch_request(
+        tmp_path, 'x=$(head -c 200000000 /dev/zero | tr "\\0" x)\necho "${#x}"\n', 32
+    )
     running = DockerRuntime(POLICY).launch(req)
     assert running.wait(60) == 137
     note = running.exit_note()
@@ -114,7 +92,7 @@ def test_a_memory_hog_is_recorded_as_out_of_memory(tmp_path: Path) -> None:
 
 
 def test_softkill_reaches_the_app_and_leaves_no_container(tmp_path: Path) -> None:
-    req = request(
+    req = launch_request(
         tmp_path, "trap 'echo got TERM; exit 143' TERM\necho up\nwhile :; do sleep 1; done\n"
     )
     running = DockerRuntime(POLICY).launch(req)
@@ -125,7 +103,7 @@ def test_softkill_reaches_the_app_and_leaves_no_container(tmp_path: Path) -> Non
 
 
 def test_a_missing_image_says_so(tmp_path: Path) -> None:
-    req = request(tmp_path, "exit 0\n")
+    req = launch_request(tmp_path, "exit 0\n")
     req = LaunchRequest(**{**req.__dict__, "image": "dlapp/no-such-image:latest"})
     running = DockerRuntime(POLICY).launch(req)
     assert running.wait(60) == 125
@@ -144,7 +122,7 @@ time.sleep(600)
 
 
 def test_killing_the_supervisor_leaves_no_container(tmp_path: Path) -> None:
-    req = request(tmp_path, "echo up; sleep 300\n")
+    req = launch_request(tmp_path, "echo up; sleep 300\n")
     (tmp_path / "req.pickle").write_bytes(pickle.dumps((req, POLICY)))
     supervisor = subprocess.Popen(
         [sys.executable, "-c", SUPERVISOR, str(tmp_path / "req.pickle")], stdout=subprocess.PIPE

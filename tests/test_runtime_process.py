@@ -424,15 +424,13 @@ def test_a_missing_workspace_is_refused(tmp_path: Path) -> None:
 # --- get_runtime and the fake --------------------------------------------------------------
 
 
-def test_get_runtime_knows_process_and_docker() -> None:
+def test_get_runtime_knows_process_docker_and_podman() -> None:
     assert isinstance(get_runtime("process"), ProcessRuntime)
-    with pytest.raises(
-        SpecError, match=r"runtime 'podman' is not available yet; available: process, docker"
-    ):
-        get_runtime("podman")
+    with pytest.raises(SpecError, match=r"runtime 'podman' is not available here: no '/no/pod'"):
+        get_runtime("podman", ContainerPolicy(podman="/no/pod"))
     with pytest.raises(SpecError, match=r"runtime 'docker' is not available here: no '/no/docker'"):
         get_runtime("docker", ContainerPolicy(docker="/no/docker"))
-    with pytest.raises(SpecError, match="unknown runtime 'lxc'"):
+    with pytest.raises(SpecError, match="unknown runtime 'lxc'; available: process, docker, pod"):
         get_runtime("lxc")
 
 

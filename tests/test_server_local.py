@@ -128,7 +128,12 @@ def test_state_filter_and_events(api: TestClient, tmp_path: Path) -> None:
     assert "submitted by bob" in reasons and "FAILED" in reasons
 
 
-def test_a_runtime_the_cluster_lacks_is_refused_at_submit(api: TestClient, tmp_path: Path) -> None:
+def test_a_runtime_the_cluster_lacks_is_refused_at_submit(
+    api: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlapp.runtime import docker
+
+    monkeypatch.setattr(docker, "engine_problem", lambda engine, command: f"no {command!r}")
     spec = {"name": "d", "runtime": "podman", "image": "x", "entry": {"script": "run.sh"}}
     resp = api.post(
         "/api/v1/apps",

@@ -53,11 +53,21 @@ def test_gpu_hours_group_by_user_and_by_queue() -> None:
 
 
 def test_used_gpu_hours_come_from_the_samples_where_there_are_some() -> None:
-    rows = usage(
-        [alloc("a1", gpus=1), alloc("b1", user="bob")], 0, H, used_gpu_seconds={"a1": 1800}
-    )
-    got = {r.key: r.to_dict()["gpu_hours_used"] for r in rows}
-    assert got == {"alice": 0.5, "bob": None}
+    sampled = Allocation("a1", "alice", "root.a", 1, 0, H, used_gpu_seconds=1800)
+    rows = usage([sampled, alloc("b1", user="bob")], 0, H)
+    got = {r.key: (r.to_dict()["gpu_hours_used"], r.to_dict()["utilisation"]) for r in rows}
+    assert got == {"alice": (0.5, 50.0), "bob": (None, None)}
+
+
+def test_used_gpu_hours_are_cut_with_the_period() -> None:
+    """A container's measured use spreads evenly over its life: half of it in half the time."""
+    two_gpus = Allocation("a1", "alice", "root.a", 2, 0, 2 * H, used_gpu_seconds=2 * H)
+    [row] = usage([two_gpus], H, 10 * H)
+    assert row.gpu_hours == 2.0 and row.gpu_hours_used == 1.0  # 2 GPUs, 1 h of 2 h in it
+    assert row.to_dict()["utilisation"] == 50.0
+    running = Allocation("a2", "alice", "root.a", 1, 0, None, used_gpu_seconds=0.9 * H)
+    [row] = usage([running], 0, H)  # still running at ``until``: all of it so far counts
+    assert row.gpu_hours_used == 0.9
 
 
 def _finish(api: object, token: str, app_id: str) -> None:

@@ -1,14 +1,15 @@
 """Accounting: GPU-hours allocated (and, where sampled, used) per user or queue.
 
-Pure: callers hand in each container's hold on GPUs (``Allocation``) and, optionally, the
-GPU-seconds each app was measured to use (``dlapp.gpu_usage.UtilisationMeter``); no store,
+Pure: callers hand in each container's hold on GPUs (``Allocation``) with, where its GPUs were
+sampled (``dlapp.gpu_usage.ContainerMeter``), the GPU-seconds it was measured to use; no store,
 no clock. A container holds its app's ``gpus`` (per container) from its start to its end (or
-``until`` while it runs); the part inside ``[since, until)`` counts.
+``until`` while it runs); the part inside ``[since, until)`` counts, and so does the same part
+of its measured use (spread evenly over its life: samples carry no finer times).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +27,7 @@ class Allocation:
     gpus: int
     start: float
     end: float | None  # None: still running
+    used_gpu_seconds: float | None = None  # measured over its whole life; None: not sampled
 
 
 @dataclass
@@ -33,6 +35,7 @@ class UsageRow:
     key: str  # the user or queue
     gpu_hours: float = 0.0
     gpu_hours_used: float | None = None  # None: no utilisation samples for these apps
+    gpu_hours_sampled: float = 0.0  # allocated GPU-hours of the containers that were sampled
     apps: set[str] = field(default_factory=set)
     containers: int = 0
 
@@ -43,6 +46,9 @@ class UsageRow:
             "gpu_hours_used": None
             if self.gpu_hours_used is None
             else round(self.gpu_hours_used, 4),
+            "utilisation": None
+            if self.gpu_hours_used is None or self.gpu_hours_sampled <= 0
+            else round(100 * self.gpu_hours_used / self.gpu_hours_sampled, 1),
             "apps": len(self.apps),
             "containers": self.containers,
         }
@@ -59,10 +65,10 @@ def usage(
     since: float,
     until: float,
     by: GroupBy = "user",
-    used_gpu_seconds: Mapping[str, float] | None = None,
 ) -> list[UsageRow]:
-    """GPU-hours allocated per ``by`` inside ``[since, until)``, most first; apps that held no
-    GPU in the period are left out. ``used_gpu_seconds`` (per app) adds GPU-hours used."""
+    """GPU-hours allocated (and used, where sampled) per ``by`` inside ``[since, until)``, most
+    first; apps that held no GPU in the period are left out. ``utilisation`` is used over
+    allocated, counting only the sampled containers."""
     rows: dict[str, UsageRow] = {}
     for a in allocations:
         seconds = held_seconds(a, since, until)
@@ -73,10 +79,9 @@ def usage(
         row.gpu_hours += a.gpus * seconds / 3600
         row.containers += 1
         row.apps.add(a.app_id)
-    for row in rows.values():
-        measured = [
-            used_gpu_seconds[i] for i in row.apps if used_gpu_seconds and i in used_gpu_seconds
-        ]
-        if measured:
-            row.gpu_hours_used = sum(measured) / 3600
+        if a.used_gpu_seconds is not None:
+            life = held_seconds(a, a.start, until if a.end is None else a.end)
+            part = 1.0 if life <= 0 else seconds / life
+            row.gpu_hours_used = (row.gpu_hours_used or 0.0) + a.used_gpu_seconds * part / 3600
+            row.gpu_hours_sampled += a.gpus * seconds / 3600
     return sorted(rows.values(), key=lambda r: (-r.gpu_hours, r.key))

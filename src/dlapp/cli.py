@@ -178,6 +178,14 @@ def _status(app_id: str, as_json: bool) -> int:
     out.print(f"Finished       : {app['finish_time'] or '-'}")
     if app["elapsed_s"] is not None:
         out.print(f"Elapsed        : {app['elapsed_s']:.1f}s")
+    gpu = app.get("gpu_usage")
+    if gpu:
+        mean = gpu["utilisation_mean"]
+        out.print(
+            f"GPU use        : {'-' if mean is None else f'{mean:.0f}%'} on average, "
+            f"{gpu['gpu_hours_used']:.2f} GPU-hours used"
+            + (f"; IDLE since {gpu['idle_since']}" if gpu["idle"] else "")
+        )
     out.print(f"URL            : {app['url']}")
     out.print(f"Dashboard      : {_dashboard_url(app)}")
     if app["containers"]:
@@ -225,7 +233,8 @@ def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = N
             a["queue"],
             a["state"],
             a["final_status"],
-            str(a["resources"]["gpus"] * a["num_containers"]),
+            str(a["resources"]["gpus"] * a["num_containers"])
+            + (" (idle)" if (a.get("gpu_usage") or {}).get("idle") else ""),
             a["submit_time"],
             a.get("pending_reason") or "",
         )

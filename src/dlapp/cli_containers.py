@@ -34,10 +34,13 @@ def images_group() -> None:
 @images_group.command("build")
 @click.argument("name", type=click.Choice(sorted(images.RECIPES)))
 @click.option("--force", is_flag=True, help="rebuild even if the image exists")
-def images_build(name: str, force: bool) -> None:
+@click.option("--podman", is_flag=True, help="then copy it into podman's store (runtime podman)")
+def images_build(name: str, force: bool, podman: bool) -> None:
     """Build image NAME (and the dlapp image it is FROM); skipped when it exists."""
     policy = load_server_settings().container
-    tag, _ = images.build(name, policy.docker, force, say=out.print)
+    tag, built = images.build(name, policy.docker, force, say=out.print)
+    if podman:
+        images.to_podman(tag, policy.docker, policy.podman, force or built, say=out.print)
     out.print(tag)
 
 

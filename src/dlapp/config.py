@@ -115,6 +115,26 @@ class ServerSettings(BaseModel):
     verify_checksums: bool = Field(
         True, description="check downloaded inputs against the store's checksum; docs/data.md"
     )
+    gpu_sampler: str = Field(
+        "nvml",
+        pattern=r"^(nvml|none|test-file:.+)$",
+        description="how nodes read GPU utilisation: nvml, none, or test-file:<path> (tests only)",
+    )
+    gpu_sample_interval_s: float = Field(
+        10.0, gt=0, description="GPU utilisation sampling period on the nodes, and its polling"
+    )
+    gpu_idle_below: float = Field(
+        5.0, ge=0, le=100, description="a GPU under this utilisation (percent) is idle"
+    )
+    gpu_idle_after_s: float = Field(
+        3600.0, gt=0, description="an app whose GPUs all stay idle this long is flagged"
+    )
+    timeseries_interval_s: float = Field(
+        60.0, gt=0, description="period of the per-queue samples the dashboard plots"
+    )
+    timeseries_retention_days: float = Field(
+        14.0, gt=0, description="per-queue samples older than this are deleted"
+    )
     container: ContainerPolicy = Field(
         default_factory=lambda: ContainerPolicy(),
         description="container runtime policy (images, user, caps, mounts, network, GPUs); "

@@ -12,7 +12,8 @@ Three images build on a Debian machine with no registry:
 
 The others are Dockerfiles under ``images/`` FROM images that need a registry: ``cuda``,
 ``pytorch``, ``tensorflow``, ``jax``. A build is skipped when the image exists (``force``
-rebuilds).
+rebuilds). ``to_podman`` copies a built image into podman's store (``docker save | podman
+load``), for ``runtime: podman``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,29 @@ def build(
         )
     say(f"built {recipe.tag} in {time.monotonic() - started:.1f}s")
     return recipe.tag, True
+
+
+def to_podman(
+    tag: str,
+    docker: str = "docker",
+    podman: str = "podman",
+    force: bool = False,
+    say: Callable[[str], None] = lambda line: None,
+) -> bool:
+    """Copy docker's image ``tag`` into podman's store (``docker save | podman load``);
+    False when podman has it already (``force`` copies again)."""
+    if not force and image_exists(tag, podman):
+        say(f"{tag} is in podman's store already")
+        return False
+    if not image_exists(tag, docker):
+        raise DlappError(f"no image {tag} in docker to copy to podman; build it first")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dlapp-image-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        _check([docker, "save", "--output", str(archive), tag], f"docker save {tag}")
+        _check([podman, "load", "--input", str(archive)], f"podman load {tag}")
+    say(f"copied {tag} to podman in {time.monotonic() - started:.1f}s")
+    return True
 
 
 def _context(name: str) -> Path:

@@ -45,6 +45,7 @@ class ContainerPlan:
     max_files: int = 100_000
     max_bytes: int = 4 * 1024**3
     node_name: str = field(default_factory=socket.gethostname)
+    node_id: str = ""  # the node chosen for it: its containers' dlapp.node label
     rendezvous: dict[str, str] = field(default_factory=dict)  # MASTER_ADDR, RANK, ... (gangs)
     # stores.DataConfig.to_dict(): profiles, file roots, cache. Holds credentials: never shown
     data: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -133,6 +134,7 @@ class Supervisor:
             memory_mb=spec.resources.memory_mb,
             gpu_ids=tuple(gpu_ids),
             container=spec.container,
+            node_id=plan.node_id or None,
         )
         policy = ContainerPolicy.model_validate(plan.container) if plan.container else None
         with self._lock:

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dlapp.runtime.docker import remove_orphans
+from dlapp.runtime.policy import ContainerPolicy
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, ContainerResult
 
@@ -100,6 +102,16 @@ class Executor(ABC):
 
     def _adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
         return False
+
+    def remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None:
+        """Remove, on every node, this cluster's containers whose app is not in ``running``
+        (``runtime.docker.remove_orphans``); what was removed is logged. Never waits on a node.
+        """
+        self._remove_orphans(policy, running)
+
+    def _remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None:
+        for engine in ("docker", "podman"):  # the one node is this machine
+            remove_orphans(policy, running, engine)
 
     def close(self) -> None:
         self._close()

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlapp.errors import DlappError
-from dlapp.executor.base import Executor, NodeInfo, Report
+from dlapp.executor.base import Executor, NodeInfo, Report, UsageKey
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, Supervisor
 
 
 class LocalExecutor(Executor):
     def __init__(self, total: Resources, node_name: str = "local") -> None:
+        super().__init__()
         self.node = NodeInfo(
             node_id=node_name,
             name=node_name,
@@ -75,6 +76,11 @@ class LocalExecutor(Executor):
     ) -> bytes | None:
         sup = self._sups.get((app_id, index))
         return None if sup is None else sup.read_log(stream, offset, length)
+
+    def _usage(self) -> dict[UsageKey, dict[str, Any]]:
+        with self._lock:
+            sups = list(self._sups.values())
+        return {(s.plan.app_id, s.plan.attempt, s.plan.index): s.usage() for s in sups}
 
     def _holds(self, app_id: str) -> bool:
         return any(a == app_id for a, _ in self._sups)

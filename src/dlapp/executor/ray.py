@@ -23,7 +23,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
+from dlapp.executor import sweep
 from dlapp.executor.base import NODE_LOST, Executor, NodeInfo, Report
+from dlapp.runtime.policy import ContainerPolicy
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
 
@@ -125,6 +127,7 @@ class RayExecutor(Executor):
         self._embedded = not settings.ray_address
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
+        self._sweeps: list[Any] = []  # orphan sweeps still running on their nodes
 
     def _nodes(self) -> list[NodeInfo]:
         out = []
@@ -184,6 +187,10 @@ class RayExecutor(Executor):
                 _Tracked(plan, node_id, actor, actor.start_here.remote(), actor.wait_once.remote())
             )
 
+    def _remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None:
+        """A sweep on every alive node, each of its own containers (``sweep.py``)."""
+        self._sweeps += sweep.sweep_every_node(policy, running, NAMESPACE)
+
     def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None:
         run = self._apps.get(app_id)
         if run is None:
@@ -196,6 +203,7 @@ class RayExecutor(Executor):
 
     def _poll(self) -> list[Report]:
         reports: list[Report] = []
+        self._sweeps = sweep.collect(self._sweeps)
         for app_id, run in list(self._apps.items()):
             for c in run.containers:
                 reports.extend(self._poll_one(c))

@@ -1,6 +1,6 @@
 """Container runtimes: start one container of an app, signal it, wait for it.
 
-``get_runtime(name)`` picks one by the spec's name; only ``process`` exists so far.
+``get_runtime(name)`` picks one by the spec's name: ``process``, ``docker`` or ``podman``.
 ``FakeRuntime`` is the in-process fake for tests of the layers above.
 """
 

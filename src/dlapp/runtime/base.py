@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-AVAILABLE_RUNTIMES = ("process", "docker")  # docker: where a docker CLI and daemon answer
-PLANNED_RUNTIMES = ("podman",)
+AVAILABLE_RUNTIMES = ("process", "docker", "podman")  # containers: where their engine works
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,7 @@ class LaunchRequest:
     memory_mb: int | None = None
     gpu_ids: tuple[str, ...] = ()  # the node's device IDs assigned to this container
     container: ContainerOptions | None = None  # the spec's ``container`` section
+    node_id: str | None = None  # the Ray node it runs on: label dlapp.node, for its node's sweep
 
     @property
     def name(self) -> str:
@@ -145,21 +145,22 @@ def check_entry_script(workdir: Path, script: str) -> Path:
 
 def get_runtime(name: str, policy: ContainerPolicy | None = None) -> Runtime:
     """The runtime called ``name`` (the app spec's ``runtime`` field); a SpecError if this
-    machine cannot run it (docker: no docker CLI, or its daemon does not answer)."""
+    machine cannot run it (docker: no docker CLI, or its daemon does not answer; podman: no
+    podman, or ``podman info`` fails)."""
     if name == "process":
         from dlapp.runtime.process import ProcessRuntime  # imported here: process imports base
 
         return ProcessRuntime()
-    if name == "docker":
-        from dlapp.runtime.docker import DockerRuntime, docker_problem
-        from dlapp.runtime.policy import ContainerPolicy
+    if name in ("docker", "podman"):
+        from dlapp.runtime.docker import DockerRuntime, engine_problem
+        from dlapp.runtime.podman import PodmanRuntime
+        from dlapp.runtime.policy import ContainerPolicy, Engine
 
         policy = policy or ContainerPolicy()
-        problem = docker_problem(policy.docker)
+        engine: Engine = "podman" if name == "podman" else "docker"
+        problem = engine_problem(engine, policy.command(engine))
         if problem:
-            raise SpecError(f"runtime 'docker' is not available here: {problem}")
-        return DockerRuntime(policy)
+            raise SpecError(f"runtime {name!r} is not available here: {problem}")
+        return PodmanRuntime(policy) if engine == "podman" else DockerRuntime(policy)
     available = ", ".join(AVAILABLE_RUNTIMES)
-    if name in PLANNED_RUNTIMES:
-        raise SpecError(f"runtime {name!r} is not available yet; available: {available}")
     raise SpecError(f"unknown runtime {name!r}; available: {available}")

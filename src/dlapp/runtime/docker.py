@@ -2,7 +2,9 @@
 
 ``docker_run_args`` is pure: the ``docker run`` argv (no shell) from the launch request, the
 admin's ``ContainerPolicy`` and a few decided values (``RunOptions``). Golden files in
-``tests/golden/`` hold what it returns.
+``tests/golden/`` hold what it returns. The same builder makes ``podman run`` argv
+(``RunOptions.engine``; the ``podman`` runtime in ``podman.py``), with podman's differences:
+``--userns``, GPUs always by CDI name, explicit ``--ulimit`` values.
 
 ``DockerRuntime`` runs that argv in the foreground under the process runtime's guard (see
 ``guard.py``), so the container fate-shares with its supervisor:
@@ -12,9 +14,11 @@ admin's ``ContainerPolicy`` and a few decided values (``RunOptions``). Golden fi
 - signals go to the container through ``docker kill --signal``; SIGKILL also kills the group;
 - after the exit, ``docker inspect`` tells whether the kernel killed it for memory
   (``.State.OOMKilled``: exit 137, "out of memory"), then the container is removed;
-- containers carry the labels ``dlapp.app``, ``dlapp.index`` and ``dlapp.cluster``; the
-  scheduler removes those of apps that are not RUNNING (``remove_orphans``), on start and every
-  few cycles, for whatever the rest missed (a guard killed with SIGKILL, a node restart).
+- containers carry the labels ``dlapp.app``, ``dlapp.index``, ``dlapp.cluster`` and
+  ``dlapp.node`` (the Ray node id); on start and every few cycles each node removes its own
+  containers of apps that are not RUNNING and have no live supervisor (``remove_orphans``,
+  run on every node by the executor), for whatever the rest missed (a guard killed with
+  SIGKILL, a node restart).
 
 Inside, the app sees the workspace at ``policy.workspace_path`` (its working directory), its
 checkpoint directory at ``/dlapp/checkpoint`` and the notice file under ``/dlapp/run``; the env
@@ -25,6 +29,7 @@ is ``0..n-1`` and ``DLAPP_GPU_IDS`` keeps the node's IDs.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -40,7 +45,7 @@ from pathlib import Path
 
 from dlapp.credentials import without_secrets
 from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
-from dlapp.runtime.policy import ContainerPolicy
+from dlapp.runtime.policy import ContainerPolicy, Engine
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +56,12 @@ DEFAULT_USER = "1000:1000"  # when the workspace owner is root
 LABEL_APP = "dlapp.app"
 LABEL_INDEX = "dlapp.index"
 LABEL_CLUSTER = "dlapp.cluster"
+LABEL_NODE = "dlapp.node"
 DOCKER_TIMEOUT_S = 30.0
 EXIT_DOCKER_FAILED = 125  # docker run's own failure (bad flag, missing image, ...)
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
+Ulimit = tuple[str, int, int]  # name, soft, hard
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class RunOptions:
     user: str  # UID:GID
     interactive: bool = False  # ``-it`` and ``--rm``: the dev shell
     command: tuple[str, ...] | None = None  # instead of the entry script (the dev shell)
+    engine: Engine = "docker"
+    ulimits: tuple[Ulimit, ...] = ()  # ``--ulimit NAME=SOFT:HARD`` (podman: the node's own)
 
 
 def container_name(app_id: str, index: int) -> str:
@@ -105,8 +114,20 @@ def _cpus(cpus: float) -> str:
     return f"{cpus:g}"
 
 
+def publish_arg(master_addr: str, port: str) -> str:
+    """``--publish`` of a gang's rendezvous port: on the node's address when MASTER_ADDR is
+    one (not on every interface of the node), else on all."""
+    try:
+        ipaddress.ip_address(master_addr)
+    except ValueError:
+        return f"{port}:{port}"
+    host = f"[{master_addr}]" if ":" in master_addr else master_addr
+    return f"{host}:{port}:{port}"
+
+
 def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOptions) -> list[str]:
-    """The ``docker run`` argv for one container. Pure: no I/O, no clock.
+    """The ``docker run`` (or ``podman run``: ``opts.engine``) argv for one container. Pure: no
+    I/O, no clock.
 
     The policy was checked at submit (``check_container``); the flags here are the fence all
     the same: whatever the request says, no ``--privileged``, all capabilities dropped but the
@@ -115,14 +136,21 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
     if req.image is None:
         raise ValueError("a container needs an image")
     c = req.container
-    args = [policy.docker, "run"]
+    podman = opts.engine == "podman"
+    args = [policy.command(opts.engine), "run"]
     if opts.interactive:
         args += ["--rm", "--interactive", "--tty"]
     args += ["--name", container_name(req.app_id, req.index)]
     args += ["--label", f"{LABEL_APP}={req.app_id}", "--label", f"{LABEL_INDEX}={req.index}"]
     if policy.cluster_id:
         args += ["--label", f"{LABEL_CLUSTER}={policy.cluster_id}"]
+    if req.node_id:
+        args += ["--label", f"{LABEL_NODE}={req.node_id}"]
     args += ["--init", "--pull", policy.pull, "--user", opts.user]
+    if podman:
+        args += ["--userns", policy.userns]
+    for name, soft, hard in opts.ulimits:
+        args += ["--ulimit", f"{name}={soft}:{hard}"]
     args += ["--cap-drop", "ALL"]
     for cap in c.cap_add if c else ():
         if cap in policy.allowed_caps:
@@ -137,15 +165,17 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         args += ["--memory", f"{req.memory_mb}m", "--memory-swap", f"{req.memory_mb}m"]
     if req.cpus is not None:
         args += ["--cpus", _cpus(req.cpus)]
-    if req.gpu_ids and policy.gpus == "nvidia":
+    gpus = "cdi" if podman and policy.gpus == "nvidia" else policy.gpus  # podman: CDI only
+    if req.gpu_ids and gpus == "nvidia":
         # quoted: docker reads --gpus as CSV, so "device=0,1" must be one field
         args += ["--gpus", f'"device={",".join(req.gpu_ids)}"']
-    elif req.gpu_ids and policy.gpus == "cdi":
+    elif req.gpu_ids and gpus == "cdi":
         for gpu in req.gpu_ids:
             args += ["--device", f"nvidia.com/gpu={gpu}"]
     port = req.env.get("MASTER_PORT")
     if network == "bridge" and port and req.env.get("RANK") == "0" and opts.command is None:
-        args += ["--publish", f"{port}:{port}"]  # the gang's rendezvous, on container 0's node
+        # the gang's rendezvous: container 0's port on its node's address (MASTER_ADDR)
+        args += ["--publish", publish_arg(req.env.get("MASTER_ADDR", ""), port)]
     args += _bind(req.workdir, policy.workspace_path)
     args += ["--workdir", policy.workspace_path]
     if "DLAPP_CHECKPOINT_DIR" in req.env:
@@ -192,25 +222,37 @@ _availability: dict[str, tuple[float, str | None]] = {}
 _AVAILABILITY_TTL_S = 30.0
 
 
-def docker_problem(docker: str = "docker") -> str | None:
-    """Why docker cannot run containers here (no CLI, no daemon), or None; cached 30 s."""
+def engine_problem(engine: Engine, command: str) -> str | None:
+    """Why ``engine`` cannot run containers here, or None; cached 30 s. Docker: no CLI, or its
+    daemon does not answer ``docker version``; podman: no CLI, or ``podman info`` fails (no
+    storage, no cgroups)."""
     now = time.monotonic()
-    cached = _availability.get(docker)
+    cached = _availability.get(command)
     if cached is not None and now - cached[0] < _AVAILABILITY_TTL_S:
         return cached[1]
     problem: str | None = None
-    if shutil.which(docker) is None:
-        problem = f"no {docker!r} command on this machine"
+    if engine == "podman":
+        probe, failing = [command, "info", "--format", "{{.Host.Arch}}"], "podman does not work"
+    else:
+        probe = [command, "version", "--format", "{{.Server.Version}}"]
+        failing = "the docker daemon does not answer"
+    if shutil.which(command) is None:
+        problem = f"no {command!r} command on this machine"
     else:
         try:
-            done = _run([docker, "version", "--format", "{{.Server.Version}}"], timeout=15)
+            done = _run(probe, timeout=15)
             if done.returncode != 0:
                 lines = done.stderr.strip().splitlines() or ["no answer"]
-                problem = f"the docker daemon does not answer: {lines[-1]}"
+                problem = f"{failing}: {lines[-1]}"
         except (OSError, subprocess.SubprocessError) as exc:
-            problem = f"the docker daemon does not answer: {exc}"
-    _availability[docker] = (now, problem)
+            problem = f"{failing}: {exc}"
+    _availability[command] = (now, problem)
     return problem
+
+
+def docker_problem(docker: str = "docker") -> str | None:
+    """Why docker cannot run containers here (no CLI, no daemon), or None; cached 30 s."""
+    return engine_problem("docker", docker)
 
 
 def resolve_user(req: LaunchRequest, policy: ContainerPolicy) -> str:
@@ -303,22 +345,28 @@ def _last_docker_line(stderr: Path) -> str:
 
 class DockerRuntime(Runtime):
     name = "docker"
+    engine: Engine = "docker"
 
     def __init__(self, policy: ContainerPolicy | None = None) -> None:
         self.policy = policy or ContainerPolicy()
 
+    def run_options(self, user: str) -> RunOptions:
+        """What this engine's runner decides for a container run as ``user``."""
+        return RunOptions(user=user, engine=self.engine)
+
     def _launch(self, req: LaunchRequest) -> Running:
         policy = self.policy
+        command = policy.command(self.engine)
         name = container_name(req.app_id, req.index)
-        _quiet([policy.docker, "rm", "--force", name])  # one left by an earlier attempt
+        _quiet([command, "rm", "--force", name])  # one left by an earlier attempt
         user = resolve_user(req, policy)
         if os.geteuid() == 0:
             writable = [req.workdir]
             if "DLAPP_CHECKPOINT_DIR" in req.env:
                 writable.append(Path(req.env["DLAPP_CHECKPOINT_DIR"]))
             give_to(writable, user)
-        argv = docker_run_args(req, policy, RunOptions(user=user))
-        cleanup = json.dumps([policy.docker, "rm", "--force", name])
+        argv = docker_run_args(req, policy, self.run_options(user))
+        cleanup = json.dumps([command, "rm", "--force", name])
         cmd = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(os.getpid())]
         cmd += ["--cleanup", cleanup, "--", *argv]
         for log in (req.stdout, req.stderr):
@@ -333,41 +381,78 @@ class DockerRuntime(Runtime):
                 stderr=err,
                 start_new_session=True,
             )
-        return DockerRunning(popen, name, policy.docker, req)
+        return DockerRunning(popen, name, command, req)
 
 
 # -- orphans ------------------------------------------------------------------------------------
 
 
-def orphans(listing: Iterable[tuple[str, str]], running: set[str]) -> list[str]:
-    """Names of the containers (``(name, app id)`` pairs) whose app is not running. Pure."""
-    return [name for name, app_id in listing if app_id not in running]
+@dataclass(frozen=True)
+class Labelled:
+    """One of this cluster's containers, by its labels."""
+
+    name: str
+    app_id: str
+    index: int
 
 
-def list_containers(policy: ContainerPolicy) -> list[tuple[str, str]]:
-    """``(name, app id)`` of this cluster's containers on this machine, running or not."""
-    argv = [policy.docker, "ps", "--all", "--filter", f"label={LABEL_APP}"]
+def orphans(listing: Iterable[Labelled], running: set[str]) -> list[Labelled]:
+    """The containers whose app is not running. Pure."""
+    return [c for c in listing if c.app_id not in running]
+
+
+def _label_format(engine: Engine, key: str) -> str:
+    # docker's ps renders labels through .Label; podman's through its map .Labels
+    return f'{{{{index .Labels "{key}"}}}}' if engine == "podman" else f'{{{{.Label "{key}"}}}}'
+
+
+def list_containers(
+    policy: ContainerPolicy, engine: Engine = "docker", node_id: str | None = None
+) -> list[Labelled]:
+    """This cluster's containers on this machine, running or not; only those labelled with
+    ``node_id`` when given (several Ray nodes may share one engine)."""
+    argv = [policy.command(engine), "ps", "--all", "--filter", f"label={LABEL_APP}"]
     if policy.cluster_id:
         argv += ["--filter", f"label={LABEL_CLUSTER}={policy.cluster_id}"]
-    argv += ["--format", '{{.Names}}\t{{.Label "' + LABEL_APP + '"}}']
+    if node_id:
+        argv += ["--filter", f"label={LABEL_NODE}={node_id}"]
+    fields = ["{{.Names}}", _label_format(engine, LABEL_APP), _label_format(engine, LABEL_INDEX)]
+    argv += ["--format", "\t".join(fields)]
     done = _run(argv)
     if done.returncode != 0:
-        raise OSError(done.stderr.strip() or f"docker ps exited {done.returncode}")
-    pairs = [line.split("\t", 1) for line in done.stdout.splitlines() if "\t" in line]
-    return [(name, app_id) for name, app_id in pairs]
+        raise OSError(done.stderr.strip() or f"{engine} ps exited {done.returncode}")
+    found = []
+    for line in done.stdout.splitlines():
+        name, app_id, index = ([*line.split("\t"), "", ""])[:3]
+        if name and app_id:
+            found.append(Labelled(name, app_id, int(index) if index.isdigit() else -1))
+    return found
 
 
-def remove_orphans(policy: ContainerPolicy, running: set[str]) -> list[str]:
-    """Remove this cluster's containers whose app is not RUNNING; their names. Quiet (an empty
-    list) where docker is missing or its daemon does not answer."""
-    if shutil.which(policy.docker) is None:
+def remove_orphans(
+    policy: ContainerPolicy,
+    running: set[str],
+    engine: Engine = "docker",
+    node_id: str | None = None,
+    supervised: Callable[[Labelled], bool] | None = None,
+) -> list[str]:
+    """Remove this cluster's containers (of ``node_id`` only, when given) whose app is not
+    RUNNING, unless ``supervised`` says a live supervisor holds it (an app admitted after
+    ``running`` was read); their names. Quiet (an empty list) where the engine is missing or
+    does not answer."""
+    command = policy.command(engine)
+    if shutil.which(command) is None:
         return []
     try:
-        names = orphans(list_containers(policy), running)
+        found = orphans(list_containers(policy, engine, node_id), running)
     except (OSError, subprocess.SubprocessError) as exc:
-        logger.debug("cannot list containers: %s", exc)
+        logger.debug("cannot list %s containers: %s", engine, exc)
         return []
-    for name in names:
-        logger.warning("removing orphan container %s", name)
-        _quiet([policy.docker, "rm", "--force", name])
+    names = []
+    for c in found:
+        if supervised is not None and supervised(c):
+            continue
+        logger.warning("removing orphan container %s", c.name)
+        _quiet([command, "rm", "--force", c.name])
+        names.append(c.name)
     return names

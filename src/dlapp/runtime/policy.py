@@ -43,6 +43,8 @@ DENIED_MOUNTS = (
     "/var/lib/docker",
 )
 _USER_RE = re.compile(r"^\d+(:\d+)?$")
+_USERNS_RE = re.compile(r"^(host|nomap|(keep-id|auto)(:[\w=,/-]+)?)$")
+Engine = Literal["docker", "podman"]
 
 
 class ContainerPolicy(BaseModel):
@@ -84,7 +86,13 @@ class ContainerPolicy(BaseModel):
         default=4096, ge=16, description="processes per container (--pids-limit)"
     )
     workspace_path: str = Field(default="/workspace", description="where the workspace is mounted")
-    docker: str = Field(default="docker", description="the docker (or podman) command")
+    docker: str = Field(default="docker", description="the docker command (runtime docker)")
+    podman: str = Field(default="podman", description="the podman command (runtime podman)")
+    userns: str = Field(
+        default="host",
+        description="podman --userns: host (rootful: none of its own), keep-id (rootless: "
+        "the node user keeps its UID inside), auto, nomap",
+    )
     cluster_id: str | None = Field(
         default=None,
         description="label dlapp.cluster of this server's containers (default: from home)",
@@ -111,12 +119,23 @@ class ContainerPolicy(BaseModel):
             raise ValueError(f"user must be 'auto' or UID[:GID], not {v!r}")
         return v
 
+    @field_validator("userns")
+    @classmethod
+    def _userns(cls, v: str) -> str:
+        if not _USERNS_RE.match(v):
+            raise ValueError(f"userns must be host, keep-id, auto or nomap[:OPTIONS], not {v!r}")
+        return v
+
     @field_validator("workspace_path")
     @classmethod
     def _workspace(cls, v: str) -> str:
         if not PurePosixPath(v).is_absolute() or v == "/":
             raise ValueError(f"workspace_path must be an absolute path other than /, not {v!r}")
         return v
+
+    def command(self, engine: Engine) -> str:
+        """The CLI of ``engine`` on the node."""
+        return self.podman if engine == "podman" else self.docker
 
     def for_home(self, home: Path) -> ContainerPolicy:
         """This policy with ``cluster_id`` set (derived from the server's home if unset)."""

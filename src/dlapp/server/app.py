@@ -20,6 +20,7 @@ from dlapp.server.limits import BodyLimitMiddleware, BodyTooLarge
 from dlapp.server.queue_config import QueueConfig
 from dlapp.server.routes import router
 from dlapp.server.scheduling import Scheduler
+from dlapp.server.usage_monitor import UsageMonitor
 from dlapp.store.db import make_engine, migrate, session_factory
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def create_app(
         scheduler = Scheduler(ctx)
         app.state.metrics = metrics.ServerMetrics(ctx)
         scheduler.observe_cycle = app.state.metrics.observe_cycle
+        scheduler.after_cycle = UsageMonitor(ctx, lambda: scheduler.leading).tick
         scheduler.start()
         app.state.ctx = ctx
         app.state.scheduler = scheduler

@@ -1,8 +1,9 @@
-"""Read-only routes for the dashboard and ``dlapp usage``: GPU-hours per user or queue, and an
-app's spec as it was stored.
+"""Read-only routes for the dashboard and ``dlapp usage``: GPU-hours per user or queue, the
+queues over time, and an app's spec as it was stored.
 
 ``GET /api/v1/usage?since=&until=&by=user|queue``: a cluster admin sees everyone; anyone else
-only their own apps (whatever ``by`` says).
+only their own apps (whatever ``by`` says). ``GET /api/v1/timeseries?since=&until=``: every
+queue's samples (``server.usage_monitor``), for every user, as ``/api/v1/queues`` is.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from sqlalchemy.orm import Session
 
 from dlapp import accounting
 from dlapp.errors import BadRequest
-from dlapp.server import services
+from dlapp.server import services, usage_monitor
 from dlapp.server.auth import Caller, get_caller
 from dlapp.server.context import Context
 from dlapp.server.routes import Ctx, Db, User
 from dlapp.server.views import iso
-from dlapp.store.models import App, Container
+from dlapp.store.models import App, Container, GpuUsage
 
 router = APIRouter(dependencies=[Depends(get_caller)])
 
@@ -45,20 +46,24 @@ def allocations(
 ) -> list[accounting.Allocation]:
     """Containers that started before ``until`` and had not ended by ``since``."""
     q = (
-        select(App, Container)
+        select(App, Container, GpuUsage)
         .join(Container, Container.app_id == App.id)
+        .outerjoin(GpuUsage, GpuUsage.container_id == Container.id)
         .where(Container.start_time.is_not(None), Container.start_time < until)
         .where((Container.end_time.is_(None)) | (Container.end_time > since))
     )
     if not caller.is_admin:
         q = q.where(App.user == caller.name)
     out = []
-    for app, c in session.execute(q).all():
+    for app, c, measured in session.execute(q).all():
         assert c.start_time is not None
         end = c.end_time
         if end is None and app.state == "FINISHED":  # never got an end time: the app's
             end = app.finish_time or c.start_time
-        out.append(accounting.Allocation(app.id, app.user, app.queue, app.gpus, c.start_time, end))
+        used = None if measured is None or not measured.samples else measured.gpu_seconds_used
+        out.append(
+            accounting.Allocation(app.id, app.user, app.queue, app.gpus, c.start_time, end, used)
+        )
     return out
 
 
@@ -78,6 +83,9 @@ def usage(
         "scope": "all" if caller.is_admin else caller.name,
         "rows": [r.to_dict() for r in rows],
         "total_gpu_hours": round(sum(r.gpu_hours for r in rows), 4),
+        "total_gpu_hours_used": None
+        if all(r.gpu_hours_used is None for r in rows)
+        else round(sum(r.gpu_hours_used or 0.0 for r in rows), 4),
     }
 
 
@@ -93,6 +101,29 @@ def get_usage(
     """GPU-hours allocated per user or queue (admins: everyone; others: their own apps)."""
     now = ctx.clock()
     return usage(ctx, session, me, parse_time(since, 0.0), parse_time(until, now), by)
+
+
+@router.get("/timeseries", tags=["accounting"])
+def get_timeseries(
+    ctx: Ctx,
+    session: Db,
+    since: Annotated[
+        str | None, Query(description="ISO date or date-time; default a day ago")
+    ] = None,
+    until: Annotated[str | None, Query(description="ISO date or date-time; default now")] = None,
+) -> dict[str, Any]:
+    """Per queue over time: GPUs guaranteed, allocated and used; apps running and pending; the
+    longest wait. ``root`` is the whole cluster. Times are UNIX seconds."""
+    now = ctx.clock()
+    start, end = parse_time(since, now - 86400), parse_time(until, now + 1)
+    if end <= start:
+        raise BadRequest("until must be after since")
+    return {
+        "since": iso(start),
+        "until": iso(end),
+        "interval_s": ctx.settings.timeseries_interval_s,
+        "queues": usage_monitor.series(session, start, end),
+    }
 
 
 @router.get("/apps/{app_id}/spec", tags=["apps"])

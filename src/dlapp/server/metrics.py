@@ -6,7 +6,9 @@ Two kinds of numbers:
   a scrape and ``/api/v1/cluster`` / ``/api/v1/queues`` agree: apps by queue and state, finished
   apps by final status, resources per node and per queue (total / allocated; guaranteed /
   maximum / used / pending), and the submit-to-start wait of every app that started (a
-  histogram rebuilt from the store, so it survives a restart);
+  histogram rebuilt from the store, so it survives a restart); what the supervisors measured
+  (``server.usage_monitor``): GPU-seconds used per queue, the last utilisation of each held
+  GPU, apps flagged for idle GPUs per queue, and staging bytes and seconds in and out;
 - **observed as they happen** (``ServerMetrics.cycle_seconds``): the scheduler cycle time.
 
 ``/metrics`` is behind the same ``AuthMiddleware`` as everything else: any enabled user's token
@@ -17,20 +19,27 @@ already, and no user names). Give Prometheus a user of its own with no rights be
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from dlapp.server import queue_service, services
 from dlapp.server.auth import get_caller
 from dlapp.server.context import Context
-from dlapp.store.models import App
+from dlapp.status import AppState
+from dlapp.store.models import App, Container, GpuUsage
 
 RESOURCES = ("gpus", "cpus", "memory_mb")
 CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -74,10 +83,29 @@ class StoreCollector(Collector):
                     App.start_time.is_not(None)
                 )
             ).all()
+            measured = session.execute(
+                select(
+                    App.queue,
+                    func.sum(GpuUsage.gpu_seconds_used),
+                    func.sum(GpuUsage.staged_in_bytes),
+                    func.sum(GpuUsage.staged_in_s),
+                    func.sum(GpuUsage.staged_out_bytes),
+                    func.sum(GpuUsage.staged_out_s),
+                )
+                .join(GpuUsage, GpuUsage.app_id == App.id)
+                .group_by(App.queue)
+            ).all()
+            held = session.execute(
+                select(App.queue, Container.node_name, GpuUsage)
+                .join(Container, (Container.app_id == App.id) & (Container.attempt == App.attempt))
+                .join(GpuUsage, GpuUsage.container_id == Container.id)
+                .where(App.state == AppState.RUNNING.value)
+            ).all()
         yield from _app_metrics(by_state, by_final)
         yield from _node_metrics(cluster["nodes"])
         yield from _queue_metrics(queues["queues"])
         yield _wait_histogram([(str(q), float(w)) for q, w in waits if w is not None])
+        yield from _usage_metrics(measured, held)
 
 
 def _app_metrics(by_state: Sequence[Any], by_final: Sequence[Any]) -> Iterator[Metric]:
@@ -150,6 +178,56 @@ def _wait_histogram(waits: Sequence[tuple[str, float]]) -> Metric:
         buckets, total = histogram_buckets(values, WAIT_BUCKETS)
         family.add_metric([queue], buckets, total)
     return family
+
+
+def _usage_metrics(measured: Sequence[Any], held: Sequence[Any]) -> Iterator[Metric]:
+    used = CounterMetricFamily(
+        "dlapp_gpu_used_seconds",
+        "GPU-seconds used (utilisation x time, as sampled on the nodes) by apps of a queue",
+        labels=["queue"],
+    )
+    staged = CounterMetricFamily(
+        "dlapp_staging_bytes", "Bytes staged in (inputs) and out (outputs)", labels=["direction"]
+    )
+    staged_s = CounterMetricFamily(
+        "dlapp_staging_seconds", "Seconds spent staging in and out", labels=["direction"]
+    )
+    rate = GaugeMetricFamily(
+        "dlapp_staging_throughput_bytes_per_second",
+        "Mean staging throughput so far: bytes over seconds staging",
+        labels=["direction"],
+    )
+    totals = {"in": [0.0, 0.0], "out": [0.0, 0.0]}
+    for queue, gpu_s, in_b, in_s, out_b, out_s in measured:
+        used.add_metric([queue], float(gpu_s or 0.0))
+        totals["in"][0] += float(in_b or 0)
+        totals["in"][1] += float(in_s or 0.0)
+        totals["out"][0] += float(out_b or 0)
+        totals["out"][1] += float(out_s or 0.0)
+    for direction, (nbytes, seconds) in totals.items():
+        staged.add_metric([direction], nbytes)
+        staged_s.add_metric([direction], seconds)
+        rate.add_metric([direction], nbytes / seconds if seconds > 0 else 0.0)
+    util = GaugeMetricFamily(
+        "dlapp_gpu_utilisation_percent",
+        "Last sampled utilisation of each GPU a running app holds",
+        labels=["node", "gpu"],
+    )
+    idle = GaugeMetricFamily(
+        "dlapp_apps_gpu_idle",
+        "Running apps flagged for leaving their GPUs idle (gpu_idle_after_s)",
+        labels=["queue"],
+    )
+    idle_apps: dict[str, set[str]] = {}
+    for queue, node, row in held:
+        for gpu, reading in sorted(json.loads(row.gpus).items()):
+            util.add_metric([node, gpu], float(reading["utilisation"]))
+        idle_apps.setdefault(queue, set())
+        if row.idle_flagged is not None:
+            idle_apps[queue].add(row.app_id)
+    for queue, apps in sorted(idle_apps.items()):
+        idle.add_metric([queue], len(apps))
+    yield from (used, staged, staged_s, rate, util, idle)
 
 
 class ServerMetrics:

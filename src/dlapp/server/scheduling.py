@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 
 from dlapp.errors import DlappError
 from dlapp.executor import NODE_LOST, Report
-from dlapp.runtime.docker import remove_orphans
 from dlapp.scheduler import (
     Admit,
     AppHead,
@@ -195,10 +194,10 @@ class Scheduler:
 
     # -- recovery -------------------------------------------------------------------------------
 
-    def remove_orphans(self, session: Session) -> list[str]:
-        """Remove this cluster's containers (on this machine) whose app is not RUNNING."""
+    def remove_orphans(self, session: Session) -> None:
+        """Remove, on every node, this cluster's containers whose app is not RUNNING."""
         running = {a.id for a in repo.running_apps(session)}
-        return remove_orphans(self.ctx.settings.container_policy, running)
+        self.ctx.executor.remove_orphans(self.ctx.settings.container_policy, running)
 
     def recover(self) -> None:
         """RUNNING apps this executor does not hold (a restart) go back to their queue."""
@@ -449,7 +448,7 @@ class Scheduler:
             now,
         )
         self._commit(session)  # fenced: a server that lost the lease never starts anything
-        plans = _plans(self.ctx, app, spec, [names.get(n, n) for n in admit.nodes])
+        plans = _plans(self.ctx, app, spec, [names.get(n, n) for n in admit.nodes], admit.nodes)
         try:
             self.ctx.executor.start(
                 plans, admit.nodes, Resources(app.cpus, app.memory_mb, app.gpus)
@@ -488,7 +487,9 @@ def rendezvous(app_id: str, attempt: int, node_names: list[str]) -> list[dict[st
     return out
 
 
-def _plans(ctx: Context, app: App, spec: AppSpec, node_names: list[str]) -> list[ContainerPlan]:
+def _plans(
+    ctx: Context, app: App, spec: AppSpec, node_names: list[str], node_ids: Sequence[str]
+) -> list[ContainerPlan]:
     s = ctx.settings
     env = rendezvous(app.id, app.attempt, node_names)
     return [
@@ -504,6 +505,7 @@ def _plans(ctx: Context, app: App, spec: AppSpec, node_names: list[str]) -> list
             max_files=s.workspace_max_files,
             max_bytes=s.workspace_max_mb * 1024 * 1024,
             rendezvous=env[i],
+            node_id=node_ids[i],
             data=data_config(s).to_dict(),
             container=s.container_policy.model_dump(mode="json"),
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
+from dlapp.gpu_usage import idle_since
 from dlapp.store.models import App, Container, Event
 
 
@@ -54,7 +56,41 @@ def app_view(app: App, base_url: str) -> dict[str, Any]:
         "resources": {"cpus": app.cpus, "memory_mb": app.memory_mb, "gpus": app.gpus},
         "kill_requested": app.kill_requested,
         "containers": [container_view(c) for c in containers],
+        "gpu_usage": gpu_usage_view(app),
         "url": f"{base_url}/api/v1/apps/{app.id}",
+    }
+
+
+def gpu_usage_view(app: App) -> dict[str, Any] | None:
+    """What the app's supervisors measured of its GPUs in its current attempt
+    (``server.usage_monitor``); None without GPUs or before any report."""
+    rows = {r.container_id: r for r in app.gpu_usage}
+    current = [c for c in app.containers if c.attempt == app.attempt]
+    mine = [(c, rows[c.id]) for c in current if c.id in rows]
+    if app.gpus <= 0 or not mine:
+        return None
+    used = sum(r.gpu_seconds_used for _, r in mine)
+    observed = sum(r.seconds_sampled for _, r in mine) * app.gpus
+    flagged = any(r.idle_flagged is not None for _, r in mine)
+    since = idle_since([r.busy_at for _, r in mine]) if len(mine) == len(current) else None
+    return {
+        "samples": sum(r.samples for _, r in mine),
+        "gpu_hours_used": round(used / 3600, 6),
+        "utilisation_mean": None if observed <= 0 else round(100 * used / observed, 1),
+        "idle": flagged,
+        "idle_since": iso(since) if flagged else None,
+        "containers": [
+            {
+                "index": c.index,
+                "utilisation": None if r.utilisation is None else round(r.utilisation, 1),
+                "memory_used_mb": r.memory_used_mb,
+                "memory_peak_mb": r.memory_peak_mb,
+                "gpus": json.loads(r.gpus),
+                "gpu_hours_used": round(r.gpu_seconds_used / 3600, 6),
+                "updated": iso(r.updated),
+            }
+            for c, r in mine
+        ],
     }
 
 

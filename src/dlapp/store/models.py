@@ -1,9 +1,9 @@
 """Tables: apps, containers (one row per container per attempt), events, meta; users, tokens,
-audit."""
+audit; gpu_usage (per container), queue_samples (per queue over time)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -43,6 +43,7 @@ class App(Base):
     containers: Mapped[list[Container]] = relationship(
         back_populates="app", order_by="(Container.attempt, Container.index)", lazy="selectin"
     )
+    gpu_usage: Mapped[list[GpuUsage]] = relationship(lazy="selectin", viewonly=True)
 
 
 class Container(Base):
@@ -64,6 +65,46 @@ class Container(Base):
     diagnostics: Mapped[str] = mapped_column(Text, default="")
 
     app: Mapped[App] = relationship(back_populates="containers")
+
+
+class GpuUsage(Base):
+    """What a container's supervisor measured (``gpu_usage.ContainerMeter``): GPU-seconds used,
+    the last reading, when its GPUs were last busy (server clock), staging bytes and seconds."""
+
+    __tablename__ = "gpu_usage"
+    container_id: Mapped[int] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    )
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    updated: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_seconds_used: Mapped[float] = mapped_column(Float, default=0.0)
+    seconds_sampled: Mapped[float] = mapped_column(Float, default=0.0)
+    utilisation: Mapped[float | None] = mapped_column(Float, nullable=True)  # last, mean of GPUs
+    memory_used_mb: Mapped[int] = mapped_column(Integer, default=0)  # last, sum of GPUs
+    memory_peak_mb: Mapped[int] = mapped_column(Integer, default=0)
+    gpus: Mapped[str] = mapped_column(Text, default="{}")  # JSON: id -> last utilisation, memory
+    busy_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # a GPU last >= idle_below
+    idle_flagged: Mapped[float | None] = mapped_column(Float, nullable=True)  # flagged idle at
+    staged_in_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    staged_in_s: Mapped[float] = mapped_column(Float, default=0.0)
+    staged_out_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    staged_out_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class QueueSample(Base):
+    """One queue (``""``: the whole cluster) at one time, for plots over time."""
+
+    __tablename__ = "queue_samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float, index=True)
+    queue: Mapped[str] = mapped_column(String(256))
+    gpus_capacity: Mapped[int] = mapped_column(Integer)  # cluster: total; queue: guaranteed
+    gpus_allocated: Mapped[int] = mapped_column(Integer)
+    gpus_used: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: not sampled
+    apps_running: Mapped[int] = mapped_column(Integer)
+    apps_pending: Mapped[int] = mapped_column(Integer)
+    wait_s: Mapped[float] = mapped_column(Float)  # the longest wait of an app still pending
 
 
 class Event(Base):
