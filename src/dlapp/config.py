@@ -9,6 +9,7 @@ See docs/configuration.md for the full list.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -72,6 +73,11 @@ class ServerSettings(BaseModel):
     )
     ray_address: str | None = Field(
         None, description="Ray cluster to join; unset starts an embedded one"
+    )
+    ray_node_ip: str | None = Field(
+        None,
+        description="this machine's Ray address: what its Ray processes advertise and listen on "
+        "(default: 127.0.0.1 for the embedded cluster, Ray's choice with ray_address)",
     )
     cpus: float | None = Field(None, description="embedded cluster: CPUs to declare (default: all)")
     gpus: int | None = Field(
@@ -150,6 +156,16 @@ class ServerSettings(BaseModel):
     @classmethod
     def _container_from_json(cls, v: object) -> object:
         return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("ray_node_ip")
+    @classmethod
+    def _an_ip_address(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IP address (such as 10.0.0.7)") from None
+        return v
 
     @field_validator("file_roots", mode="before")
     @classmethod

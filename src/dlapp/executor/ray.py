@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
-from dlapp.executor import sweep
+from dlapp.executor import ray_network, sweep
 from dlapp.executor.base import NODE_LOST, Executor, NodeInfo, Report
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.scheduler import Resources
@@ -105,25 +105,30 @@ class RayExecutor(Executor):
                 "run on an unauthenticated Ray cluster. Unset RAY_AUTH_MODE (Ray's default is "
                 "token authentication), or set ray_require_auth: false to accept the risk"
             )
+        node_ip = ray_network.node_ip(settings)  # loopback for the embedded cluster
+        bind: dict[str, Any] = {"_node_ip_address": node_ip} if node_ip else {}
         if settings.ray_address:
             ray.init(
                 address=settings.ray_address,
+                **bind,
                 namespace=NAMESPACE,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
         else:
             gpus = settings.gpus if settings.gpus is not None else count_gpus()
-            ray.init(
-                address="local",  # a cluster of its own, never one `ray start` left running
-                num_cpus=int(settings.cpus) if settings.cpus else os.cpu_count(),
-                num_gpus=gpus,
-                namespace=NAMESPACE,
-                include_dashboard=False,
-                object_store_memory=settings.object_store_mb * MB,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            with ray_network.loopback_node(node_ip):
+                ray.init(
+                    address="local",  # a cluster of its own, never one `ray start` left running
+                    **bind,
+                    num_cpus=int(settings.cpus) if settings.cpus else os.cpu_count(),
+                    num_gpus=gpus,
+                    namespace=NAMESPACE,
+                    include_dashboard=False,
+                    object_store_memory=settings.object_store_mb * MB,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
         self._embedded = not settings.ray_address
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
