@@ -194,3 +194,85 @@ def test_too_many_apps_waiting_answers_429(tmp_path: Path) -> None:
         admin = bearer(admin_token(s.home))
         for app in api.get("/api/v1/apps", headers=admin).json()["apps"]:
             api.post(f"/api/v1/apps/{app['id']}/kill", headers=admin)
+
+
+# -- apps waiting per queue -------------------------------------------------------------------
+
+QUEUES_WITH_LIMITS = """
+queues:
+  research:
+    guaranteed: 50%
+    max_pending: 3            # all of research's leaves together
+    children:
+      a: {guaranteed: 50%, max_pending: 1}
+      b: {guaranteed: 50%, max_pending: 5}
+  other: {guaranteed: 50%}    # no max_pending: max_pending_per_queue
+"""
+
+
+def test_too_many_apps_waiting_in_a_queue_answers_429_naming_it(tmp_path: Path) -> None:
+    s = settings(tmp_path, max_pending_per_queue=1)
+    s.home.mkdir(parents=True)
+    (s.home / "queues.yaml").write_text(QUEUES_WITH_LIMITS)
+    with serve(s, Resources(4, 8192, 2)) as api:
+        alice = add_user(api, s.home, "alice")
+        bob = add_user(api, s.home, "bob")
+        gpus2 = {"resources": {"memory": "128M", "gpus": 2}}
+        hog = submit(api, tmp_path, bob, "sleep 30\n", queue="other", **gpus2).json()["id"]
+        deadline = time.monotonic() + 10
+        while api.get(f"/api/v1/apps/{hog}", headers=bearer(bob)).json()["state"] != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        def refusal(queue: str, token: str = alice) -> str | None:
+            resp = submit(api, tmp_path, token, "true\n", queue=queue, **gpus2)
+            if resp.status_code == 201:
+                return None
+            assert resp.status_code == 429 and "Retry-After" not in resp.headers, resp.text
+            message: str = resp.json()["error"]["message"]
+            return message
+
+        # a leaf's own max_pending, whoever submits
+        assert refusal("a") is None
+        assert refusal("a", bob) == (
+            "queue root.research.a already has 1 apps waiting, its limit of 1 "
+            "(max_pending of root.research.a in queues.yaml); wait until some start, "
+            "or use another queue"
+        )
+        # a parent's max_pending counts its leaves together: a's 1 and b's 2
+        assert refusal("b") is None and refusal("b", bob) is None
+        message = refusal("b")
+        assert message is not None
+        assert "queue root.research already has 3 apps waiting, its limit of 3" in message
+        assert "(max_pending of root.research in queues.yaml)" in message
+        # a leaf without max_pending: the server-wide default (the running app does not count)
+        assert refusal("other") is None
+        message = refusal("other")
+        assert message is not None
+        assert "root.other already has 1 apps waiting, its limit of 1" in message
+        assert "(max_pending_per_queue)" in message
+        admin = bearer(admin_token(s.home))
+        for app in api.get("/api/v1/apps", headers=admin).json()["apps"]:
+            api.post(f"/api/v1/apps/{app['id']}/kill", headers=admin)
+
+
+@pytest.mark.parametrize("bad", [-1, "ten", True, 2.5])
+def test_max_pending_must_be_a_whole_number(bad: object) -> None:
+    from dlapp.scheduler.queues import QueueConfigError, parse_tree
+
+    with pytest.raises(QueueConfigError, match=r"root\.a: max_pending must be a whole number >= 0"):
+        parse_tree({"queues": {"a": {"max_pending": bad}}})
+
+
+def test_max_pending_zero_means_no_limit() -> None:
+    from dlapp.scheduler.queues import parse_tree
+    from dlapp.server.limits import pending_limit
+
+    tree = parse_tree({"queues": {"a": {"max_pending": 0}, "b": {}}})
+    s = ServerSettings(max_pending_per_queue=7)
+    assert pending_limit(tree, "root.a", "root.a", s) == (
+        0,
+        "max_pending of root.a in queues.yaml",
+    )
+    assert pending_limit(tree, "root.b", "root.b", s) == (7, "max_pending_per_queue")
+    assert pending_limit(tree, "root", "root.b", s) == (0, "")

@@ -107,6 +107,9 @@ class ServerSettings(BaseModel):
     max_pending_per_user: int = Field(
         1000, ge=0, description="ACCEPTED apps one user may have waiting; 0: no limit"
     )
+    max_pending_per_queue: int = Field(
+        10_000, ge=0, description="ACCEPTED apps a leaf queue may hold without its own max_pending"
+    )
     storage_profiles: dict[str, StorageProfile] = Field(
         default_factory=dict,
         description="named storage profiles (endpoints, credentials); see docs/data.md",

@@ -39,6 +39,7 @@ QUEUE_KEYS = (
     "admin_acl",
     "preemptible",
     "ordering",
+    "max_pending",
     "children",
 )
 ORDERINGS = ("backfill", "fifo")
@@ -110,6 +111,7 @@ class Queue:
     admin_acl: Acl = Acl(users=frozenset())
     preemptible: bool = True
     ordering: str = "backfill"
+    max_pending: int | None = None  # apps waiting in it (and its children) at once; None: no cap
     children: tuple[Queue, ...] = ()
 
     @property
@@ -344,6 +346,12 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
     ordering = str(spec.get("ordering", "backfill"))
     if ordering not in ORDERINGS:
         problems.append(f"{path}: ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
+    max_pending = spec.get("max_pending")
+    if max_pending is not None and (
+        isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 0
+    ):
+        problems.append(f"{path}: max_pending must be a whole number >= 0, not {max_pending!r}")
+        max_pending = None
     children_spec = spec.get("children") or {}
     if not isinstance(children_spec, Mapping):
         problems.append(f"{path}: children must map names to queue settings")
@@ -359,6 +367,7 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
         admin_acl=_acl(path, "admin_acl", spec.get("admin_acl"), Acl(users=frozenset()), problems),
         preemptible=bool(spec.get("preemptible", True)),
         ordering=ordering,
+        max_pending=max_pending,
         children=children,
     )
 

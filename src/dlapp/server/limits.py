@@ -1,4 +1,4 @@
-"""Per-user and per-request limits: request body size, submission rate, apps waiting.
+"""Per-user, per-queue and per-request limits: request body size, submission rate, apps waiting.
 
 The body limit is checked before the body is read (``Content-Length``) and again while it
 streams in, so an oversized upload never reaches the disk beyond the limit.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dlapp.config import ServerSettings
 from dlapp.errors import PayloadTooLarge, TooManyRequests
+from dlapp.scheduler import QueueTree
 from dlapp.server.context import Context
 from dlapp.status import AppState
 from dlapp.store.models import App
@@ -102,3 +103,36 @@ def check_submit(ctx: Context, session: Session, user: str) -> None:
             f"(submit_rate_per_min); try again in {math.ceil(wait)}s",
             retry_after_s=wait,
         )
+
+
+def pending_limit(
+    queues: QueueTree, path: str, leaf: str, settings: ServerSettings
+) -> tuple[int, str]:
+    """The most apps queue ``path`` may hold waiting (when submitting to ``leaf``, one of its
+    leaves), and where that limit is set: the queue's own ``max_pending``, else, for the leaf
+    itself, ``max_pending_per_queue``. 0: no limit."""
+    q = queues.by_path.get(path)
+    if q is not None and q.max_pending is not None:
+        return q.max_pending, f"max_pending of {path} in queues.yaml"
+    if path == leaf:
+        return settings.max_pending_per_queue, "max_pending_per_queue"
+    return 0, ""
+
+
+def check_queue_pending(ctx: Context, session: Session, queues: QueueTree, leaf: str) -> None:
+    """Refuse a submission to ``leaf`` when it, or a queue above it, already holds its most
+    apps waiting (a parent's ``max_pending`` counts the apps of all its leaves together)."""
+    for path in queues.ancestors(leaf):
+        limit, source = pending_limit(queues, path, leaf, ctx.settings)
+        if not limit:
+            continue
+        below = func.substr(App.queue, 1, len(path) + 1) == f"{path}."
+        q = select(func.count()).where(
+            or_(App.queue == path, below), App.state == AppState.ACCEPTED.value
+        )
+        pending = int(session.scalar(q) or 0)
+        if pending >= limit:
+            raise TooManyRequests(
+                f"queue {path} already has {pending} apps waiting, its limit of {limit} "
+                f"({source}); wait until some start, or use another queue"
+            )

@@ -62,6 +62,7 @@ def submit(
         spec.nodes.exclude,
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
+    limits.check_queue_pending(ctx, session, ctx.queues.tree, spec.queue)
     policy = ctx.settings.container_policy
     get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run is refused now
     check_container(spec, policy)  # and so are privileged, host mounts, disallowed images
