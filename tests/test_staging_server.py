@@ -60,10 +60,17 @@ def test_app_with_sftp_input_and_s3_output(sshd: Sshd, s3_server: S3Server, tmp_
         assert resp.status_code == 201, resp.text
         app = finish(api, token, resp.json()["id"])
         log = stderr(api, token, app["id"])
+        events = api.get(f"/api/v1/apps/{app['id']}/events", headers=bearer(token)).json()
     assert app["final_status"] == "SUCCEEDED", app
     assert fs.cat(f"{bucket}/runs/r1/copy.txt") == b"from sftp"
     assert fs.exists(f"{bucket}/runs/r1/{MARKER}")
-    assert "[dlapp] input sftp://" in log and "MB/s" in log
+    assert "[dlapp] staging in: sftp://" in log and "[dlapp] staging out done: 1 files" in log
+    staged = [e["reason"] for e in events["events"] if e["kind"] == "staging"]
+    assert staged[0] == "container 0: staging in: 1 files, 9 B"
+    assert staged[2].startswith("container 0: staging in done: 1 files, 9 B in ")
+    assert "; cache: 0 hits, 1 misses" in staged[2]
+    assert staged[-1].startswith("container 0: staging out done: 1 files, 9 B in ")
+    assert staged[-1].endswith("/s")
     secret = s3_server.options["secret"]
     assert secret not in log and secret not in resp.text and secret not in str(app)
 

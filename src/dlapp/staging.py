@@ -33,6 +33,7 @@ from dlapp.spec import AppSpec, DataBinding
 from dlapp.stores import RETRIES, DataConfig, Location, inside_roots, open_location, retrying
 
 CHUNK = 4 * 1024 * 1024
+LINE_PREFIXES = ("staging ", "input ", "output ")  # the progress lines this module writes
 
 
 def check_urls(spec: AppSpec, *, config: DataConfig | None = None) -> None:

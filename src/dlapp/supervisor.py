@@ -63,6 +63,7 @@ class ContainerResult:
     log_location: str | None
     end_time: float
     killed: bool = False
+    notes: tuple[tuple[float, str], ...] = ()  # (time, line) since start: staging out, stops
 
 
 class Supervisor:
@@ -81,6 +82,8 @@ class Supervisor:
         self._result: ContainerResult | None = None
         self._info: dict[str, Any] | None = None
         self._start_error: str | None = None
+        self._notes: list[tuple[float, str]] = []  # (time, line) not yet reported
+        self._notes_lock = threading.Lock()
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Supervisor:
             "gpu_ids": gpu_ids,
             "pid": self._running.pid,
             "start_time": time.time(),
+            "notes": self._take_notes(),  # staging in: totals, progress, summary
         }
 
     def wait_once(self) -> ContainerResult:
@@ -168,7 +172,12 @@ class Supervisor:
         if self._running is None:
             location = self._keep_logs()
             return ContainerResult(
-                None, self._start_error or "did not start", location, time.time(), self._killed
+                None,
+                self._start_error or "did not start",
+                location,
+                time.time(),
+                self._killed,
+                notes=self._take_notes(),
             )
         code: int | None
         code, diagnostics = self._wait_exit(self._running)
@@ -183,7 +192,9 @@ class Supervisor:
             self._save_failed_outputs()
         location = self._keep_logs()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        return ContainerResult(code, diagnostics, location, time.time(), self._killed)
+        return ContainerResult(
+            code, diagnostics, location, time.time(), self._killed, notes=self._take_notes()
+        )
 
     def _save_failed_outputs(self) -> None:
         """A failed app's outputs go to ``<url>.failed-<app id>`` (``save_on_failure``)."""
@@ -292,12 +303,22 @@ class Supervisor:
         return str(dest)
 
     def _note(self, message: str) -> None:
+        """A line for the container's log and, with the next report, the app's events."""
         logger.info("%s: %s", self.plan.actor_name, message)
+        with self._notes_lock:
+            self._notes.append((time.time(), message))
         try:
             with (self.logs / "stderr").open("a") as f:
                 f.write(f"[dlapp] {message}\n")
         except OSError:
             pass
+
+    def _take_notes(self) -> tuple[tuple[float, str], ...]:
+        """The lines noted since the last report (``start``'s, then ``wait``'s): staging's
+        totals, progress and summaries, stops. Each report carries its own."""
+        with self._notes_lock:
+            notes, self._notes = tuple(self._notes), []
+        return notes
 
 
 def log_dir(artifact_root: str, app_id: str, attempt: int, index: int) -> Path:

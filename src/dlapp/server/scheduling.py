@@ -40,6 +40,7 @@ from dlapp.server import nodes
 from dlapp.server.context import Context
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
+from dlapp.staging import LINE_PREFIXES
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import lease as lease_store
 from dlapp.store import repo
@@ -257,6 +258,8 @@ class Scheduler:
                 )
                 return
             info = report.info
+            if c.state != ContainerState.RUNNING.value:  # not a taken-over one's again
+                _add_notes(session, app.id, c.index, info.get("notes", ()))
             repo.update_container(
                 session,
                 c,
@@ -269,6 +272,7 @@ class Scheduler:
             )
         elif report.kind == "exited" and report.result is not None:
             r = report.result
+            _add_notes(session, app.id, c.index, r.notes)
             repo.update_container(
                 session,
                 c,
@@ -511,6 +515,14 @@ def _plans(
         )
         for i in range(app.num_containers)
     ]
+
+
+def _add_notes(session: Session, app_id: str, index: int, notes: Sequence[Sequence[Any]]) -> None:
+    """A supervisor's lines (staging totals, progress and summaries; stops) as the app's
+    events, at the times the node wrote them."""
+    for at, line in notes:
+        kind = "staging" if str(line).startswith(LINE_PREFIXES) else "container"
+        repo.add_event(session, app_id, kind, f"container {index}: {line}", float(at))
 
 
 def _clamp(r: Resources) -> Resources:
