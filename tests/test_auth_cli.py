@@ -224,3 +224,92 @@ def test_a_token_in_the_environment_reaches_neither_apps_nor_the_embedded_server
     with pytest.raises(Stop):
         embedded.up(tmp_path / "home")
     assert "DLAPP_TOKEN" not in spawned[0] and "PATH" in spawned[0]
+
+
+# -- dlapp token rotate: anyone's own token ---------------------------------------------------
+
+
+def _is_refused(url: str, token: str) -> bool:
+    with DlappClient(url, token) as c:
+        try:
+            c.whoami()
+        except DlappError as exc:
+            return "invalid or revoked token" in str(exc)
+    return False
+
+
+def test_token_rotate_replaces_the_token_in_the_client_config(
+    server: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    url, home = server
+    with DlappClient(url, admin_token(home)) as c:
+        erin = c.admin_add_user("erin")["token"]
+    monkeypatch.delenv("DLAPP_SERVER")
+    monkeypatch.delenv("DLAPP_TOKEN")
+    path = tmp_path / "config" / "dlapp" / "client.yaml"
+    write_private(path, yaml.safe_dump({"server": url, "token": erin, "timeout_s": 12.0}))
+    assert cli.main(["token", "rotate"]) == 0
+    out = capsys.readouterr().out
+    (new,) = TOKEN.findall(out)
+    assert new != erin and "new token for erin (shown only this once" in out
+    assert f"saved in {path} (mode 0600)" in out
+    assert _is_refused(url, erin)  # the old one stops working at once
+    assert yaml.safe_load(path.read_text()) == {"server": url, "token": new, "timeout_s": 12.0}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert cli.main(["list", "--json"]) == 0  # the CLI goes on with the saved token
+    assert json.loads(capsys.readouterr().out) == []
+    with DlappClient(url, admin_token(home)) as c:
+        (entry,) = c.admin_audit(action="token.rotate")
+    assert (entry["user"], entry["target"]) == ("erin", "erin")
+    assert new not in json.dumps(entry) and erin not in json.dumps(entry)
+
+
+def test_token_rotate_with_dlapp_token_prints_it_and_writes_no_file(
+    server: tuple[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    url, home = server
+    with DlappClient(url, admin_token(home)) as c:
+        fred = c.admin_add_user("fred")["token"]
+    monkeypatch.setenv("DLAPP_TOKEN", fred)
+    assert cli.main(["token", "rotate"]) == 0
+    out = capsys.readouterr().out
+    (new,) = TOKEN.findall(out)
+    assert "DLAPP_TOKEN still holds the old token" in out
+    assert _is_refused(url, fred) and not _is_refused(url, new)
+    assert not (tmp_path / "config").exists()
+
+
+def test_token_rotate_on_the_embedded_cluster_rewrites_its_admin_token(
+    server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, home = server
+    old = admin_token(home)
+    monkeypatch.delenv("DLAPP_SERVER")
+    monkeypatch.delenv("DLAPP_TOKEN")
+    monkeypatch.setenv("DLAPP_HOME", str(home))
+    monkeypatch.setattr(embedded, "running", lambda h: embedded.Running(url, os.getpid()))
+    assert cli.main(["token", "rotate"]) == 0
+    out = capsys.readouterr().out
+    (new,) = TOKEN.findall(out)
+    assert f"saved in {home / 'admin.token'}" in out
+    assert read_private(home / "admin.token") == new
+    assert stat.S_IMODE((home / "admin.token").stat().st_mode) == 0o600
+    assert _is_refused(url, old)
+    assert cli.main(["admin", "user", "list", "--json"]) == 0  # still the admin, new token
+    assert [u["is_admin"] for u in json.loads(capsys.readouterr().out)] == [True]
+
+
+def test_the_sdk_goes_on_with_its_rotated_token(server: tuple[str, Path]) -> None:
+    url, home = server
+    with DlappClient(url, admin_token(home)) as admin:
+        gina = admin.admin_add_user("gina")["token"]
+    with DlappClient(url, gina) as c:
+        new = c.rotate_my_token()
+        assert c.whoami()["name"] == "gina"  # this client holds the new one
+    assert TOKEN.fullmatch(new) and _is_refused(url, gina)

@@ -1,14 +1,18 @@
-"""``dlapp admin ...`` (users, tokens, the audit log: cluster admins) and ``dlapp login``.
+"""``dlapp admin ...`` (users, tokens, the audit log: cluster admins), ``dlapp login`` and
+``dlapp token rotate`` (anyone's own token).
 
 A token is printed once, when it is made (``user add``, ``token rotate``); the server keeps only
 its hash. ``dlapp login`` checks a token against a server and saves both in the client config,
-mode 0600. Registered on the main group by ``dlapp.cli``; tested through ``dlapp.cli.main``.
+mode 0600; ``dlapp token rotate`` saves the caller's new token where the CLI found the old one.
+Registered on the main group by ``dlapp.cli``; tested through ``dlapp.cli.main``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dlapp.client import DlappClient
-from dlapp.config import client_config_path
-from dlapp.credentials import write_private
+from dlapp.config import client_config_path, default_home, load_client_settings
+from dlapp.credentials import ADMIN_TOKEN_FILE, write_private
 from dlapp.errors import DlappError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -188,6 +192,46 @@ def login(server: str, token_stdin: bool) -> None:
     out.print(f"logged in to {server} as {me['name']}; saved in {path} (mode 0600)")
 
 
+@click.group("token")
+def my_token() -> None:
+    """Your own API token."""
+
+
+@my_token.command("rotate")
+def my_token_rotate() -> None:
+    """Replace your token: the old one stops working at once. The new one is printed once and
+    saved where the CLI found the old one (the client config, or the embedded cluster's
+    admin.token; mode 0600); a token from DLAPP_TOKEN is yours to replace there."""
+    saved_in = token_file()
+    with _client() as client:
+        name = client.whoami()["name"]
+        new = client.rotate_my_token()
+    click.echo(f"new token for {name} (shown only this once; keep it secret):")
+    click.echo(new)  # first: a failed save below must not lose it
+    if saved_in is None:
+        out.print(
+            "DLAPP_TOKEN still holds the old token, which no longer works: set it to this one"
+        )
+        return
+    if saved_in.name == ADMIN_TOKEN_FILE:
+        write_private(saved_in, new + "\n")
+    else:
+        values = _read_config(saved_in)
+        values["token"] = new
+        write_private(saved_in, yaml.safe_dump(values, sort_keys=False))
+    out.print(f"saved in {saved_in} (mode 0600); the old token no longer works")
+
+
+def token_file(env: Mapping[str, str] = os.environ) -> Path | None:
+    """The file the CLI takes its token from (as ``dlapp.cli._client`` does): the client config
+    for a configured server, else the embedded cluster's ``admin.token``; None for DLAPP_TOKEN."""
+    if env.get("DLAPP_TOKEN"):
+        return None
+    if load_client_settings(env).server:
+        return client_config_path(env)
+    return default_home(env) / ADMIN_TOKEN_FILE
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -203,3 +247,4 @@ def _read_config(path: Path) -> dict[str, Any]:
 def register(group: click.Group) -> None:
     group.add_command(admin)
     group.add_command(login)
+    group.add_command(my_token)

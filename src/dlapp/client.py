@@ -151,6 +151,13 @@ class DlappClient:
         result: dict[str, Any] = self._json("GET", "/api/v1/me")
         return result
 
+    def rotate_my_token(self) -> str:
+        """A new token for the caller, shown this once; the one this client held stops working
+        at once, and the client goes on with the new one."""
+        token: str = self._json("POST", "/api/v1/me/token")["token"]
+        self._http.headers["Authorization"] = f"Bearer {token}"
+        return token
+
     def admin_users(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self._json("GET", "/api/v1/admin/users")["users"]
         return found

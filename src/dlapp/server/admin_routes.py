@@ -29,6 +29,15 @@ def whoami(caller: Annotated[Caller, Depends(get_caller)]) -> dict[str, Any]:
     return {"name": caller.name, "is_admin": caller.is_admin, "groups": sorted(caller.groups)}
 
 
+@me_router.post("/me/token", tags=["users"])
+def rotate_my_token(
+    ctx: Ctx, session: Db, caller: Annotated[Caller, Depends(get_caller)]
+) -> dict[str, Any]:
+    """A new token for the caller; the one this request carried stops working at once. The
+    token is in this answer only."""
+    return {"user": caller.name, "token": accounts.rotate_token(ctx, session, caller, caller.name)}
+
+
 @router.get("/users", tags=["admin"])
 def list_users(session: Db) -> dict[str, Any]:
     return {"users": [accounts.user_view(session, u) for u in users.list_users(session)]}
