@@ -65,9 +65,17 @@ def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_schema_version_is_0002(engine: Engine) -> None:
+def test_schema_version_is_the_newest_migration(engine: Engine) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from dlapp.store.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head
 
 
 def test_migrating_twice_is_a_no_op(engine: Engine) -> None:
