@@ -24,11 +24,10 @@ logger = logging.getLogger(__name__)
 ENGINES: tuple[Engine, ...] = ("docker", "podman")
 
 
-def sweep_node(
-    policy: dict[str, Any], running: list[str], node_id: str, namespace: str
-) -> tuple[str, list[str]]:
-    """On node ``node_id``: remove its orphans under each engine; ``(node id, names)``."""
+def sweep_node(policy: dict[str, Any], running: list[str], namespace: str) -> tuple[str, list[str]]:
+    """Remove the orphans of the node this runs on, under each engine; ``(node id, names)``."""
     checked = ContainerPolicy.model_validate(policy)
+    node_id = ray.get_runtime_context().get_node_id()
 
     def supervised(c: Labelled) -> bool:
         try:  # named as ContainerPlan.actor_name
@@ -56,7 +55,7 @@ def sweep_every_node(policy: ContainerPolicy, running: set[str], namespace: str)
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
         refs.append(
             _sweep_task.options(scheduling_strategy=strategy).remote(
-                policy.model_dump(mode="json"), sorted(running), node_id, namespace
+                policy.model_dump(mode="json"), sorted(running), namespace
             )
         )
     return refs
