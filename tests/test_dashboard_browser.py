@@ -67,7 +67,15 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("dashboard")
     home = tmp / "home"
-    settings = ServerSettings(home=home, schedule_interval_s=0.05, softkill_grace_s=2)
+    settings = ServerSettings(
+        home=home,
+        schedule_interval_s=0.05,
+        softkill_grace_s=2,
+        gpu_sampler=f"test-file:{tmp / 'gpus.json'}",  # GPU utilisation, as the tests set it
+        gpu_sample_interval_s=0.2,
+        gpu_idle_after_s=1.0,
+        timeseries_interval_s=0.3,
+    )
     with live(settings) as url:
         tokens = {"admin": admin_token(home)}
         with httpx.Client(base_url=url, headers=bearer(tokens["admin"])) as admin:
@@ -159,6 +167,55 @@ def test_sign_in_launch_see_the_gpu_and_the_log_then_kill(page: Page, site: Site
 
     page.click('#nav a[data-page="cluster"]')
     expect(page.locator(".gpu.busy")).to_have_count(0, timeout=WAIT_MS)
+
+
+def test_plots_over_time_and_an_apps_gpu_use_then_its_idle_flag(page: Page, site: Site) -> None:
+    gpus = site.tmp / "gpus.json"
+    gpus.write_text(json.dumps({"0": 70, "1": 70}))
+    app_id = site.submit("alice", "sleep 60\n", resources={"gpus": 1, "memory": "128M"})
+    alice = bearer(site.tokens["alice"])
+
+    def sampled_use() -> bool:
+        ts = httpx.get(f"{site.url}/api/v1/timeseries", headers=alice).json()["queues"]
+        return sum(1 for u in ts.get("root", {}).get("gpus_used", []) if u) >= 3
+
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not sampled_use():
+        assert time.monotonic() < deadline, "no samples of the queues with GPUs in use"
+        time.sleep(0.1)
+    try:
+        sign_in(page, site, "alice")
+        cluster = page.locator("#plot-cluster")
+        expect(cluster.locator('polyline[data-series="allocated"]')).to_have_count(1)
+        expect(cluster.locator('polyline[data-series="used (sampled)"]')).to_have_count(1)
+        expect(cluster.locator('.legend-item[data-series="used (sampled)"]')).to_contain_text(
+            "0.70"
+        )
+        assert int(cluster.get_attribute("data-points") or 0) >= 6
+        shot(page, "8-cluster-plot")
+
+        page.click('#nav a[data-page="queues"]')
+        for plot in ("#plot-queues", "#plot-queues-used", "#plot-waits"):
+            line = page.locator(f'{plot} polyline[data-series="root.default"]')
+            expect(line).to_have_count(1, timeout=WAIT_MS)
+            assert len((line.get_attribute("points") or "").split()) >= 2
+        shot(page, "9-queue-plots")
+
+        page.goto(f"{site.url}/dashboard/#/apps/{app_id}")
+        expect(page.locator("#gpu-summary")).to_contain_text("70% on average", timeout=WAIT_MS)
+        expect(page.locator('#gpu-table tr[data-container="0"] .util')).to_contain_text("70%")
+        expect(page.locator(".gpu-idle")).to_have_count(0)
+        shot(page, "10-app-gpu-use")
+
+        gpus.write_text(json.dumps({"0": 0, "1": 0}))  # the app stops using its GPU
+        expect(page.locator("#gpu-use .gpu-idle")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#timeline")).to_contain_text("have been idle")
+        shot(page, "11-app-gpu-idle")
+        page.click('#nav a[data-page="apps"]')
+        expect(page.locator(f'tr[data-app="{app_id}"] .gpu-idle')).to_have_count(1, timeout=WAIT_MS)
+    finally:
+        gpus.unlink()
+        httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=alice)
 
 
 def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:

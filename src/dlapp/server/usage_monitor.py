@@ -128,13 +128,13 @@ def flag_idle(session: Session, now: float, idle_after_s: float, idle_below: flo
         if idle and not was:
             for r in rows.values():
                 r.idle_flagged = now
-            minutes = (now - (since or now)) / 60
             repo.add_event(
                 session,
                 app.id,
                 IDLE_EVENT,
                 f"its {app.gpus * len(containers)} GPU(s) have been idle (under "
-                f"{idle_below:g}% utilisation) for {minutes:.0f} min; end the app if it is done",
+                f"{idle_below:g}% utilisation) for {_took(now - (since or now))}; "
+                "end the app if it is done",
                 now,
             )
             flagged.append(app.id)
@@ -143,6 +143,14 @@ def flag_idle(session: Session, now: float, idle_after_s: float, idle_below: flo
                 r.idle_flagged = None
             repo.add_event(session, app.id, IDLE_EVENT, "its GPUs are busy again", now)
     return flagged
+
+
+def _took(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _usage_rows(session: Session, container_ids: list[int]) -> dict[int, GpuUsage]:

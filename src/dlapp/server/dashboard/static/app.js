@@ -6,7 +6,6 @@ const TOKEN_KEY = "dlapp.token";
 const BASE = location.pathname.replace(/\/dashboard\/.*$/, "");
 const main = document.getElementById("main");
 const errorBox = document.getElementById("error");
-const gpuHistory = []; // [time, allocated, total], sampled by the Cluster page
 let generation = 0; // bumped on every navigation: a stale page's timers stop
 let me = null;
 
@@ -97,6 +96,12 @@ function hue(name) {
 function stateBadge(app) {
   const word = app.state === "FINISHED" ? app.final_status : app.state;
   return el("span", { class: "badge state-" + word.toLowerCase(), "data-state": word }, word);
+}
+
+function idleBadge(app) {
+  const u = app.gpu_usage;
+  if (!u || !u.idle) return null;
+  return el("span", { class: "badge gpu-idle", title: "its GPUs idle since " + time(u.idle_since) }, "GPUs idle");
 }
 
 function appLink(id) {
@@ -212,6 +217,25 @@ function clusterPage(gen) {
   live(
     gen,
     async () => {
+      const ts = await getJson("/timeseries");
+      if (gen !== generation) return;
+      const root = ts.queues.root;
+      plot.replaceChildren(
+        el("h2", {}, "GPUs over time (the whole cluster)"),
+        root
+          ? linePlot("plot-cluster", [
+              { name: "total", cls: "s-capacity", points: zip(root.time, root.gpus_capacity) },
+              { name: "allocated", cls: "s-allocated", points: zip(root.time, root.gpus_allocated) },
+              { name: "used (sampled)", cls: "s-used", points: zip(root.time, root.gpus_used) },
+            ])
+          : el("p", { class: "muted" }, "no samples yet"),
+      );
+    },
+    15000,
+  );
+  live(
+    gen,
+    async () => {
       const c = await getJson("/cluster");
       if (gen !== generation) return;
       let total = 0;
@@ -224,9 +248,6 @@ function clusterPage(gen) {
         `${c.nodes.length} node(s) · GPUs ${used} of ${total} allocated · ` +
         `${c.apps.RUNNING || 0} running, ${c.apps.ACCEPTED || 0} waiting`;
       nodes.replaceChildren(...c.nodes.map(nodeCard));
-      gpuHistory.push([Date.now(), used, total]);
-      if (gpuHistory.length > 600) gpuHistory.shift();
-      plot.replaceChildren(el("h2", {}, "GPUs allocated (while this tab watched)"), sparkline(gpuHistory));
     },
     3000,
   );
@@ -271,19 +292,65 @@ function gpuTile(g) {
   );
 }
 
-function sparkline(points) {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", "0 0 300 60");
-  svg.setAttribute("class", "sparkline");
-  const max = Math.max(1, ...points.map((p) => p[2]));
-  const xs = points.length > 1 ? 300 / (points.length - 1) : 0;
-  const coords = points.map((p, i) => `${(i * xs).toFixed(1)},${(58 - (p[1] / max) * 56).toFixed(1)}`);
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", coords.join(" "));
-  svg.append(line);
-  const last = points[points.length - 1];
-  return el("div", {}, svg, el("span", { class: "muted" }, last ? ` now ${last[1]} of ${last[2]}` : ""));
+// -- plots over time (SVG, drawn here: no library) ---------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function zip(times, values) {
+  return times.map((t, i) => [t, values[i]]).filter((p) => p[1] !== null && p[1] !== undefined);
+}
+
+function svgEl(tag, attrs, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+// series: [{name, cls, points: [[unix seconds, value]]}]; one SVG with axes, lines and a legend.
+function linePlot(id, series, format = (v) => amount("gpus", v)) {
+  const W = 600, H = 160, L = 44, R = 8, T = 8, B = 22;
+  const all = series.flatMap((s) => s.points);
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "lineplot", role: "img" });
+  const wrap = el("figure", { id, class: "plot-figure", "data-points": String(all.length) }, svg);
+  if (!all.length) {
+    wrap.append(el("figcaption", { class: "muted" }, "no samples yet"));
+    return wrap;
+  }
+  const t0 = Math.min(...all.map((p) => p[0]));
+  const t1 = Math.max(t0 + 1, ...all.map((p) => p[0]));
+  const top = Math.max(1, ...all.map((p) => p[1]));
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (v) => T + (1 - v / top) * (H - T - B);
+  svg.append(
+    svgEl("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), class: "axis" }),
+    svgEl("line", { x1: L, y1: T, x2: L, y2: y(0), class: "axis" }),
+    svgEl("text", { x: L - 4, y: T + 8, class: "tick", "text-anchor": "end" }, format(top)),
+    svgEl("text", { x: L - 4, y: y(0), class: "tick", "text-anchor": "end" }, format(0)),
+    svgEl("text", { x: L, y: H - 6, class: "tick" }, clock(t0)),
+    svgEl("text", { x: W - R, y: H - 6, class: "tick", "text-anchor": "end" }, clock(t1)),
+  );
+  const legend = el("figcaption", { class: "legend" });
+  series.forEach((s, i) => {
+    if (!s.points.length) return;
+    const line = svgEl("polyline", {
+      points: s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" "),
+      class: "series " + (s.cls || ""),
+      "data-series": s.name,
+    });
+    if (!s.cls) line.style.stroke = `hsl(${(i * 67) % 360} 60% 45%)`; // CSSOM: allowed by the CSP
+    svg.append(line);
+    const last = s.points[s.points.length - 1][1];
+    const swatch = el("span", { class: "swatch " + (s.cls || "") });
+    if (!s.cls) swatch.style.background = `hsl(${(i * 67) % 360} 60% 45%)`;
+    legend.append(el("span", { class: "legend-item", "data-series": s.name }, swatch, `${s.name}: ${format(last)}`));
+  });
+  wrap.append(legend);
+  return wrap;
 }
 
 // -- Queues -----------------------------------------------------------------------------------
@@ -291,7 +358,26 @@ function sparkline(points) {
 function queuesPage(gen) {
   const info = el("p", { class: "summary" });
   const tree = el("div", { id: "queues", class: "queues" });
-  main.replaceChildren(el("h1", {}, "Queues"), info, tree);
+  const plots = el("div", { id: "queue-plots", class: "plot" });
+  main.replaceChildren(el("h1", {}, "Queues"), info, tree, plots);
+  live(
+    gen,
+    async () => {
+      const ts = await getJson("/timeseries");
+      if (gen !== generation) return;
+      const leaves = Object.keys(ts.queues).filter((q) => q !== "root");
+      const per = (key) => leaves.map((q) => ({ name: q, points: zip(ts.queues[q].time, ts.queues[q][key]) }));
+      plots.replaceChildren(
+        el("h2", {}, "GPUs allocated per queue"),
+        linePlot("plot-queues", per("gpus_allocated")),
+        el("h2", {}, "GPUs used per queue (sampled utilisation)"),
+        linePlot("plot-queues-used", per("gpus_used")),
+        el("h2", {}, "Longest wait of a pending app"),
+        linePlot("plot-waits", per("wait_s"), duration),
+      );
+    },
+    15000,
+  );
   live(
     gen,
     async () => {
@@ -449,7 +535,7 @@ function appsPage(gen) {
           el("td", {}, a.user),
           el("td", {}, a.queue),
           el("td", {}, stateBadge(a)),
-          el("td", {}, String(a.resources.gpus * a.num_containers)),
+          el("td", {}, String(a.resources.gpus * a.num_containers), idleBadge(a)),
           el("td", {}, time(a.submit_time)),
           el("td", {}, duration(a.elapsed_s)),
         ),
@@ -476,6 +562,7 @@ function appPage(gen, id) {
   const facts = el("dl", { id: "facts", class: "facts" });
   const pending = el("p", { id: "pending", class: "pending", hidden: true });
   const containers = el("tbody");
+  const gpuUse = el("div", { id: "gpu-use", class: "gpu-use" });
   const timeline = el("ol", { id: "timeline", class: "timeline" });
   const spec = el("pre", { id: "spec", class: "spec" });
   const log = el("pre", { id: "log", class: "log" });
@@ -504,6 +591,7 @@ function appPage(gen, id) {
       el("thead", {}, el("tr", {}, ["#", "Node", "GPU ids", "State", "Exit code", "Started", "Finished", "Diagnostics"].map((h) => el("th", {}, h)))),
       containers,
     ),
+    gpuUse,
     el("h2", {}, "Log ", pick),
     log,
     el("div", { class: "columns" }, el("div", {}, el("h2", {}, "Timeline"), timeline), el("div", {}, el("h2", {}, "Spec"), spec)),
@@ -570,6 +658,7 @@ function appPage(gen, id) {
           ),
         ),
       );
+      gpuUse.replaceChildren(...gpuUseView(app));
       const want = [];
       for (let i = 0; i < app.num_containers; i++) for (const s of ["stdout", "stderr"]) want.push(`${i}:${s}`);
       if (pick.options.length !== want.length) {
@@ -586,6 +675,40 @@ function appPage(gen, id) {
     },
     2000,
   );
+}
+
+function gpuUseView(app) {
+  const u = app.gpu_usage;
+  if (!app.resources.gpus) return [];
+  if (!u) return [el("h2", {}, "GPU use"), el("p", { class: "muted" }, "no utilisation samples (yet)")];
+  const mean = u.utilisation_mean === null ? "-" : u.utilisation_mean.toFixed(0) + "%";
+  const rows = u.containers.flatMap((c) =>
+    Object.entries(c.gpus).map(([gpu, g]) =>
+      el(
+        "tr",
+        { "data-container": String(c.index), "data-gpu": gpu },
+        el("td", {}, String(c.index)),
+        el("td", {}, "GPU " + gpu),
+        el("td", { class: "util" }, el("span", { class: "meter", "--pct": g.utilisation + "%" }), ` ${g.utilisation.toFixed(0)}%`),
+        el("td", {}, amount("memory_mb", g.memory_used_mb)),
+      ),
+    ),
+  );
+  return [
+    el("h2", {}, "GPU use ", u.idle ? idleBadge(app) : null),
+    el(
+      "p",
+      { id: "gpu-summary", class: "summary" },
+      `${mean} on average · ${u.gpu_hours_used.toFixed(3)} GPU-hours used · ${u.samples} samples` +
+        (u.idle ? ` · idle since ${time(u.idle_since)}` : ""),
+    ),
+    el(
+      "table",
+      { id: "gpu-table", class: "table" },
+      el("thead", {}, el("tr", {}, ["#", "GPU", "Utilisation (now)", "Memory"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows),
+    ),
+  ];
 }
 
 async function tailLog(gen, id, state, pre) {
