@@ -31,6 +31,16 @@ CLUSTER_GPUS = 2
 CLUSTER_CPUS = 4
 
 
+@pytest.fixture
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The address of a one-node Ray cluster of the test's own; its GPU count is the indirect
+    parameter (``@pytest.mark.parametrize("ray_cluster", [2], indirect=True)``), 1 by default."""
+    from clusters import ray_head
+
+    with ray_head(gpus=getattr(request, "param", 1)) as cluster:
+        yield str(cluster.address)
+
+
 @pytest.fixture(scope="session")
 def server_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("dlapp-home")

@@ -9,33 +9,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dlapp.client import DlappClient
-from dlapp.spec import AppSpec
 
-from conftest import AppFactory, pack, start_server, stop_server, wait_for, wait_running
+from clusters import submit_spec
+from conftest import AppFactory, start_server, stop_server, wait_for, wait_running
+from invariants import assert_running_matches
 
 pytestmark = pytest.mark.cluster
 LEASE_S = 3.0
-
-
-@pytest.fixture
-def ray_cluster() -> Iterator[str]:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 4, "num_gpus": 2, "include_dashboard": False},
-    )
-    try:
-        yield str(cluster.address)
-    finally:
-        cluster.shutdown()
 
 
 def _home(root: Path, name: str, shared: Path) -> Path:
@@ -51,12 +37,7 @@ def _home(root: Path, name: str, shared: Path) -> Path:
     return home
 
 
-def _submit(client: DlappClient, spec: Path, tmp: Path) -> str:
-    s = AppSpec.from_file(spec)
-    app_id: str = client.submit(s, pack(Path(s.workspace.path), tmp))["id"]
-    return app_id
-
-
+@pytest.mark.parametrize("ray_cluster", [2], indirect=True)
 def test_one_scheduler_at_a_time_with_fencing_and_takeover(
     ray_cluster: str, tmp_path: Path, make_app: AppFactory
 ) -> None:
@@ -72,7 +53,7 @@ def test_one_scheduler_at_a_time_with_fencing_and_takeover(
         work = 'for i in $(seq 1 24); do echo "tick $i"; sleep 0.25; done\n'
         with DlappClient(a_url, token) as via_a:
             first = [
-                _submit(via_a, make_app(work, name=f"first{i}", resources=gpu), tmp_path)
+                submit_spec(via_a, make_app(work, name=f"first{i}", resources=gpu), tmp_path)
                 for i in range(2)
             ]
             for app_id in first:
@@ -81,7 +62,9 @@ def test_one_scheduler_at_a_time_with_fencing_and_takeover(
         os.kill(a.pid, signal.SIGSTOP)
         with DlappClient(b_url, token) as via_b:
             later = [
-                _submit(via_b, make_app("echo later\n", name=f"later{i}", resources=gpu), tmp_path)
+                submit_spec(
+                    via_b, make_app("echo later\n", name=f"later{i}", resources=gpu), tmp_path
+                )
                 for i in range(2)
             ]
             wait_for(
@@ -96,11 +79,13 @@ def test_one_scheduler_at_a_time_with_fencing_and_takeover(
                 30,
                 "the old leader to find itself fenced",
             )
-            last = _submit(via_b, make_app(work, name="last", resources=gpu), tmp_path)
+            last = submit_spec(via_b, make_app(work, name="last", resources=gpu), tmp_path)
             wait_running(via_b, last)
         # the new leader dies hard; the first server leads again and finishes the last app
         os.kill(b.pid, signal.SIGKILL)
         b.wait()
+        with DlappClient(a_url, (a_home / "admin.token").read_text().strip()) as admin:
+            assert_running_matches(admin.list_apps)
         with DlappClient(a_url, token) as via_a:
             done = via_a.wait(last, timeout_s=120)
             assert done["final_status"] == "SUCCEEDED", done
@@ -112,6 +97,8 @@ def test_one_scheduler_at_a_time_with_fencing_and_takeover(
             assert "tick 24" in via_a.logs(last)
             reasons = [e["reason"] for e in via_a.events(last)]
             assert "taken over by a restarted server" in reasons
+        with DlappClient(a_url, (a_home / "admin.token").read_text().strip()) as admin:
+            assert assert_running_matches(admin.list_apps) == 0
     finally:
         stop_server(a)
         stop_server(b)

@@ -22,16 +22,12 @@ from fastapi.testclient import TestClient
 from dlapp.config import ServerSettings
 from dlapp.server.app import create_app
 
+from clusters import FAST_HEALTH_CHECKS
 from conftest import processes_with_env
-from inprocess import add_user, bearer, submit
+from inprocess import add_user, admin_token, bearer, submit
+from invariants import assert_running_matches
 
 pytestmark = pytest.mark.cluster
-FAST_HEALTH_CHECKS = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_timeout_ms": 500,
-    "health_check_failure_threshold": 3,
-}
 
 
 @pytest.fixture
@@ -66,6 +62,15 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[Any, TestClient, str]]:
 def _app(api: TestClient, token: str, app_id: str) -> dict[str, Any]:
     result: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json()
     return result
+
+
+def _all_apps(api: TestClient) -> list[dict[str, Any]]:
+    """Every user's apps, as the admin sees them."""
+    home = home_of(api)
+    apps: list[dict[str, Any]] = api.get("/api/v1/apps", headers=bearer(admin_token(home))).json()[
+        "apps"
+    ]
+    return apps
 
 
 def _until(what: str, timeout: float, fn: Any) -> Any:
@@ -121,6 +126,7 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
     assert any("lost with its node" in e["reason"] for e in events)
     # the survivor was ended and no GPU stays held; the app waits for 2 GPUs on 2 nodes
     _until("no process of the app", 30, lambda: processes_with_env("DLAPP_APP_ID", app_id) == [])
+    assert_running_matches(lambda: _all_apps(api))
     gpus = [
         g
         for n in api.get("/api/v1/cluster", headers=bearer(token)).json()["nodes"]
@@ -144,6 +150,7 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
     )
     assert done["final_status"] == "SUCCEEDED", done
     assert done["attempt"] == 2 and requeued["attempt"] == 1
+    assert assert_running_matches(lambda: _all_apps(api)) == 0
 
 
 def home_of(api: TestClient) -> Path:

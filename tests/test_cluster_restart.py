@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dlapp.client import DlappClient
-from dlapp.spec import AppSpec
 
-from conftest import AppFactory, pack, start_server, stop_server, wait_running
+from clusters import submit_spec
+from conftest import AppFactory, start_server, stop_server, wait_running
+from invariants import assert_running_matches
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def ray_cluster() -> Iterator[str]:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 4, "num_gpus": 1, "include_dashboard": False},
-    )
-    try:
-        yield str(cluster.address)
-    finally:
-        cluster.shutdown()
-
-
-def _submit(client: DlappClient, spec: Path, tmp: Path) -> str:
-    s = AppSpec.from_file(spec)
-    app_id: str = client.submit(s, pack(Path(s.workspace.path), tmp))["id"]
-    return app_id
 
 
 def test_sigkilled_server_takes_its_apps_back_after_a_restart(
@@ -43,12 +23,13 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
 ) -> None:
     home = tmp_path / "home"
     proc, url = start_server(home, ray_cluster)
+    admin_token = (home / "admin.token").read_text().strip()
     try:
-        with DlappClient(url, (home / "admin.token").read_text().strip()) as admin:
+        with DlappClient(url, admin_token) as admin:
             token = admin.admin_add_user("olga")["token"]
         gpu = {"cpus": 1, "memory": "128M", "gpus": 1}
         with DlappClient(url, token) as client:
-            running = _submit(
+            running = submit_spec(
                 client,
                 make_app(
                     'for i in $(seq 1 40); do echo "tick $i"; sleep 0.25; done\n',
@@ -58,7 +39,7 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
                 tmp_path,
             )
             wait_running(client, running)
-            queued = _submit(
+            queued = submit_spec(
                 client, make_app("echo queued-ran\n", name="queued", resources=gpu), tmp_path
             )
             before = client.get(running)
@@ -66,6 +47,8 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc, url = start_server(home, ray_cluster)
+        with DlappClient(url, admin_token) as admin:
+            assert_running_matches(admin.list_apps)  # nothing leaked, nothing lost
         with DlappClient(url, token) as client:
             done = client.wait(running, timeout_s=120)
             assert done["final_status"] == "SUCCEEDED", done
@@ -76,5 +59,7 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
             assert "taken over by a restarted server" in reasons
             assert client.wait(queued, timeout_s=120)["final_status"] == "SUCCEEDED"
             assert client.logs(queued) == "queued-ran\n"
+        with DlappClient(url, admin_token) as admin:
+            assert assert_running_matches(admin.list_apps) == 0
     finally:
         stop_server(proc)
