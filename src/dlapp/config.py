@@ -95,6 +95,9 @@ class ServerSettings(BaseModel):
     lease_ttl_s: float = Field(
         10.0, gt=0, description="scheduler lease: a stalled leader is replaced after this long"
     )
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="a container whose supervisor is not up after this is lost"
+    )
     max_upload_mb: int = Field(2048, ge=1, description="largest workspace tarball accepted")
     workspace_max_files: int = Field(100_000, ge=1, description="files per workspace")
     workspace_max_mb: int = Field(4096, ge=1, description="uncompressed workspace size")

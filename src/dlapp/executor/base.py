@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 NODE_LOST = "node lost"  # diagnostics prefix of a container lost with its node
+NOT_STARTED = "did not start"  # diagnostics prefix of a supervisor not up in start_timeout_s
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network, sweep
-from dlapp.executor.base import NODE_LOST, Executor, NodeInfo, Report
+from dlapp.executor.base import NODE_LOST, NOT_STARTED, Executor, NodeInfo, Report
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
@@ -74,12 +74,14 @@ class _Tracked:
     started: bool = False
     done: bool = False
     stop_deadline: float | None = None
+    up_ref: Any = None  # answered once the supervisor actor runs (its bundle placed)
 
 
 @dataclass
 class _AppRun:
     pg: PlacementGroup
     containers: list[_Tracked] = field(default_factory=list)
+    start_deadline: float | None = None  # monotonic; None once every supervisor is up
 
 
 def count_gpus() -> int:
@@ -130,6 +132,7 @@ class RayExecutor(Executor):
                     logging_level=logging.WARNING,
                 )
         self._embedded = not settings.ray_address
+        self._start_timeout = settings.start_timeout_s
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
         self._sweeps: list[Any] = []  # orphan sweeps still running on their nodes
@@ -172,7 +175,7 @@ class RayExecutor(Executor):
             lifetime="detached",  # outlives this server: a restarted one takes the app over
             bundle_label_selector=[{NODE_ID_LABEL: n} for n in node_ids],
         )
-        run = _AppRun(pg=pg)
+        run = _AppRun(pg=pg, start_deadline=time.monotonic() + self._start_timeout)
         self._apps[app_id] = run
         for plan, node_id in zip(plans, node_ids, strict=True):
             actor = self._remote.options(  # type: ignore[attr-defined]
@@ -188,9 +191,11 @@ class RayExecutor(Executor):
                     placement_group=pg, placement_group_bundle_index=plan.index
                 ),
             ).remote(plan)
-            run.containers.append(
-                _Tracked(plan, node_id, actor, actor.start_here.remote(), actor.wait_once.remote())
+            tracked = _Tracked(
+                plan, node_id, actor, actor.start_here.remote(), actor.wait_once.remote()
             )
+            tracked.up_ref = actor.plan_of.remote()  # answered at once by a running actor
+            run.containers.append(tracked)
 
     def _remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None:
         """A sweep on every alive node, each of its own containers (``sweep.py``)."""
@@ -210,11 +215,40 @@ class RayExecutor(Executor):
         reports: list[Report] = []
         self._sweeps = sweep.collect(self._sweeps)
         for app_id, run in list(self._apps.items()):
+            if run.start_deadline is not None:
+                reports.extend(self._check_started(run))
             for c in run.containers:
                 reports.extend(self._poll_one(c))
             if all(c.done for c in run.containers):
                 self._release(app_id, run)
         return reports
+
+    def _check_started(self, run: _AppRun) -> list[Report]:
+        """A supervisor not up by the start deadline (its placement group never placed, or
+        its actor never created) is lost, and the app's others are stopped: the app never
+        stays STARTING, and its placement group goes (``_release``) once all have ended."""
+        assert run.start_deadline is not None
+        waiting = [c for c in run.containers if not c.done and not _ready(c.up_ref)]
+        if not waiting:
+            run.start_deadline = None
+            return []
+        if time.monotonic() < run.start_deadline:
+            return []
+        run.start_deadline = None
+        why = _not_up_reason(run.pg, self._start_timeout)
+        logger.warning("%s: %s", run.containers[0].plan.app_id, why)
+        out = []
+        for c in run.containers:
+            if c in waiting:
+                with contextlib.suppress(RayError):
+                    ray.kill(c.actor, no_restart=True)
+                c.started = c.done = True
+                p = c.plan
+                out.append(Report(p.app_id, p.attempt, p.index, "lost", diagnostics=why))
+            elif not c.done:
+                c.stop_deadline = time.monotonic() + HARD_KILL_AFTER_S
+                c.actor.stop.remote(0.0, None)
+        return out
 
     def _poll_one(self, c: _Tracked) -> list[Report]:
         plan = c.plan
@@ -316,6 +350,19 @@ class RayExecutor(Executor):
             for app_id in list(self._apps):
                 self._stop(app_id, 0, None)
         ray.shutdown()
+
+
+def _not_up_reason(pg: PlacementGroup, timeout: float) -> str:
+    """Why a supervisor is not up: its bundle never placed, or its actor never created."""
+    try:
+        state = ray.util.placement_group_table(pg).get("state", "")
+    except RayError:
+        state = ""
+    if state != "CREATED":
+        what = "its placement group was never placed (Ray could not reserve its bundles there)"
+    else:
+        what = "its supervisor actor was never created"
+    return f"{NOT_STARTED} within {timeout:g}s: {what}"
 
 
 def _ready(ref: Any) -> bool:

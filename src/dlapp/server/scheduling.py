@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dlapp.errors import DlappError
-from dlapp.executor import NODE_LOST, Report
+from dlapp.executor import NODE_LOST, NOT_STARTED, Report
 from dlapp.scheduler import (
     Admit,
     AppHead,
@@ -50,6 +50,9 @@ from dlapp.supervisor import KILLED_BY_REQUEST, ContainerPlan
 
 logger = logging.getLogger(__name__)
 ORPHAN_SWEEP_CYCLES = 20  # remove orphan containers every this many cycles
+START_TIMEOUT_REQUEUES = (
+    1  # an app whose supervisors never came up goes back this often, then fails
+)
 
 
 class Fenced(Exception):
@@ -300,11 +303,28 @@ class Scheduler:
             failed = [c for c in containers if _failed(c)]
             ended = all(ContainerState(c.state).is_terminal() for c in containers)
             lost_node = next((c for c in containers if _lost_with_node(c)), None)
+            not_up = next((c for c in containers if _not_started(c)), None)
             if ended and app.kill_requested in ("preempt", "evict"):
                 # back to its queue, keeping its place (seq); a preemption is no failure
                 app.kill_requested = None
                 self._claims.pop(app.id, None)
                 repo.transition(session, app, AppState.ACCEPTED, "requeued after preemption", now)
+            elif ended and not_up is not None and app.kill_requested in (None, "gang"):
+                # never came up (start_timeout_s): the cluster's fault, so requeued, but a
+                # placement that never works must not loop forever
+                app.kill_requested = None
+                times = _start_timeouts(session, app)
+                if times <= START_TIMEOUT_REQUEUES:
+                    reason = (
+                        f"requeued: container {not_up.index} {not_up.diagnostics}; "
+                        "not counted against max_attempts"
+                    )
+                    repo.transition(session, app, AppState.ACCEPTED, reason, now)
+                else:
+                    reason = f"container {not_up.index} {not_up.diagnostics} ({times} attempts)"
+                    repo.transition(
+                        session, app, AppState.FINISHED, reason, now, FinalStatus.FAILED
+                    )
             elif ended and lost_node is not None and app.kill_requested in (None, "gang"):
                 # an infrastructure failure: back to its queue, not counted against max_attempts
                 app.kill_requested = None
@@ -531,6 +551,15 @@ def _clamp(r: Resources) -> Resources:
 
 def _lost_with_node(c: Container) -> bool:
     return c.state == ContainerState.LOST.value and c.diagnostics.startswith(NODE_LOST)
+
+
+def _not_started(c: Container) -> bool:
+    return c.state == ContainerState.LOST.value and c.diagnostics.startswith(NOT_STARTED)
+
+
+def _start_timeouts(session: Session, app: App) -> int:
+    """Attempts of the app whose supervisors did not come up within start_timeout_s."""
+    return len({c.attempt for c in repo.all_containers(session, app) if _not_started(c)})
 
 
 def _own_failures(session: Session, app: App) -> int:
