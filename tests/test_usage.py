@@ -120,7 +120,16 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = tmp_path / "home"
-    with live(ServerSettings(home=home, schedule_interval_s=0.05)) as url:
+    gpus = tmp_path / "gpus.json"  # the GPUs' utilisation, as the supervisors' sampler reads it
+    gpus.write_text(json.dumps({"0": 60, "1": 60}))
+    settings = ServerSettings(
+        home=home,
+        schedule_interval_s=0.05,
+        gpu_sampler=f"test-file:{gpus}",
+        gpu_sample_interval_s=0.1,
+        gpu_idle_after_s=0.5,
+    )
+    with live(settings) as url:
         admin = admin_token(home)
         with httpx.Client(base_url=url, headers=bearer(admin)) as http:
             alice = http.post("/api/v1/admin/users", json={"name": "alice"}).json()["token"]
@@ -130,7 +139,7 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         spec = tmp_path / "app.yaml"
         ws = tmp_path / "ws"
         ws.mkdir()
-        (ws / "run.sh").write_text("sleep 0.2\n")
+        (ws / "run.sh").write_text("sleep 1\n")
         spec.write_text(
             "name: u\nworkspace: {path: ws}\nentry: {script: run.sh}\n"
             "resources: {gpus: 1, memory: 128M}\n"
@@ -140,7 +149,9 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         app_id = launched.split("submitted: ")[1].split()[0]
         assert f"dashboard: {url}/dashboard/#/apps/{app_id}" in launched
         assert main(["status", app_id]) == 0
-        assert f"Dashboard      : {url}/dashboard/#/apps/{app_id}" in capsys.readouterr().out
+        status = capsys.readouterr().out
+        assert f"Dashboard      : {url}/dashboard/#/apps/{app_id}" in status
+        assert "GPU use        : 60% on average" in status
 
         assert main(["usage", "--json", "--since", "2020-01-01"]) == 0
         report = json.loads(capsys.readouterr().out)
@@ -148,4 +159,21 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         assert main(["usage", "--by", "queue"]) == 0
         table = capsys.readouterr().out
         assert "root.default" in table and "total:" in table
+        assert "utilisation" in table and " 60% " in table and "used (where sampled)" in table
+
+        gpus.write_text(json.dumps({"0": 0, "1": 0}))  # an app that leaves its GPU idle
+        (ws / "run.sh").write_text("sleep 60\n")
+        assert main(["launch", str(spec)]) == 0
+        idle_id = capsys.readouterr().out.split("submitted: ")[1].split()[0]
+        deadline = time.monotonic() + 20
+        while True:
+            assert main(["list"]) == 0
+            listed = capsys.readouterr().out
+            if "(idle)" in listed:
+                break
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.2)
+        assert main(["status", idle_id]) == 0
+        assert "; IDLE since " in capsys.readouterr().out
+        assert main(["kill", idle_id]) == 0
         assert main(["usage", "--since", "not a date"]) == 1

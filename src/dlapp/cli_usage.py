@@ -1,4 +1,4 @@
-"""``dlapp usage``: GPU-hours allocated per user or queue (``GET /api/v1/usage``).
+"""``dlapp usage``: GPU-hours allocated and used per user or queue (``GET /api/v1/usage``).
 
 Admins see everyone; other users their own apps. Registered on the main group by ``dlapp.cli``;
 tested through ``dlapp.cli.main``.
@@ -35,18 +35,23 @@ def usage(since: str | None, until: str | None, by: str, as_json: bool) -> None:
         f"GPU-hours allocated from {report['since']} to {report['until']}"
         + ("" if report["scope"] == "all" else f" (apps of {report['scope']})")
     )
-    table = Table(by, "GPU-hours", "used", "apps", "containers")
+    table = Table(by, "GPU-hours", "used", "utilisation", "apps", "containers")
     for row in report["rows"]:
-        used = row["gpu_hours_used"]
+        used, util = row["gpu_hours_used"], row["utilisation"]
         table.add_row(
             row["key"],
             f"{row['gpu_hours']:.2f}",
             "-" if used is None else f"{used:.2f}",
+            "-" if util is None else f"{util:.0f}%",
             str(row["apps"]),
             str(row["containers"]),
         )
     out.print(table)
-    out.print(f"total: {report['total_gpu_hours']:.2f} GPU-hours")
+    used_total = report["total_gpu_hours_used"]
+    out.print(
+        f"total: {report['total_gpu_hours']:.2f} GPU-hours"
+        + ("" if used_total is None else f", {used_total:.2f} used (where sampled)")
+    )
 
 
 def register(group: click.Group) -> None:
