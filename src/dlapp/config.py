@@ -98,6 +98,11 @@ class ServerSettings(BaseModel):
     start_timeout_s: float = Field(
         120.0, gt=0, description="a container whose supervisor is not up after this is lost"
     )
+    ray_head_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="the Ray head unreachable this long: the server restarts (docs/nodes.md)",
+    )
     max_upload_mb: int = Field(2048, ge=1, description="largest workspace tarball accepted")
     workspace_max_files: int = Field(100_000, ge=1, description="files per workspace")
     workspace_max_mb: int = Field(4096, ge=1, description="uncompressed workspace size")

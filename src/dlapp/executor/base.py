@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +45,9 @@ class Report:
 
 class Executor(ABC):
     """Public methods log and check, then call one hook each."""
+
+    # set by the server process: what to do when the cluster is lost for good (restart)
+    on_cluster_lost: Callable[[str], None] | None = None
 
     def nodes(self) -> list[NodeInfo]:
         return self._nodes()

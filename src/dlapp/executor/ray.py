@@ -25,6 +25,7 @@ from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network, sweep
 from dlapp.executor.base import NODE_LOST, NOT_STARTED, Executor, NodeInfo, Report
+from dlapp.executor.head import HeadWatch, wait_for_head
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.scheduler import Resources
 from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
@@ -107,6 +108,8 @@ class RayExecutor(Executor):
                 "run on an unauthenticated Ray cluster. Unset RAY_AUTH_MODE (Ray's default is "
                 "token authentication), or set ray_require_auth: false to accept the risk"
             )
+        if settings.ray_address:
+            wait_for_head(settings.ray_address)  # it may be coming back after a loss
         node_ip = ray_network.node_ip(settings)  # loopback for the embedded cluster
         bind: dict[str, Any] = {"_node_ip_address": node_ip} if node_ip else {}
         if settings.ray_address:
@@ -133,6 +136,13 @@ class RayExecutor(Executor):
                 )
         self._embedded = not settings.ray_address
         self._start_timeout = settings.start_timeout_s
+        gcs = ray._private.worker.global_worker.gcs_client
+        self._head = HeadWatch(
+            lambda timeout: gcs.internal_kv_get(b"dlapp:probe", None, timeout=timeout),
+            settings.ray_head_timeout_s,
+            self._head_lost,
+        )
+        self._head.start()
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
         self._sweeps: list[Any] = []  # orphan sweeps still running on their nodes
@@ -312,6 +322,18 @@ class RayExecutor(Executor):
     def _forget(self) -> None:
         self._apps.clear()
 
+    def _head_lost(self, reason: str) -> None:
+        """The cluster is gone with its head, and this driver with it (Ray ends it soon).
+        The embedded cluster's own node goes at once, so its supervisors end their
+        containers now (they fate-share with the raylet); then the server is told."""
+        logger.error("%s: the Ray cluster is lost", reason)
+        if self._embedded:
+            node = ray._private.worker._global_node
+            if node is not None:
+                node.kill_all_processes(check_alive=False, allow_graceful=False)
+        if self.on_cluster_lost is not None:
+            self.on_cluster_lost(reason)
+
     def _dead_node(self, node_id: str) -> str | None:
         """``<ip> (<id>)`` when Ray reports that node dead, else None."""
         for n in ray.nodes():
@@ -346,6 +368,7 @@ class RayExecutor(Executor):
     def _close(self) -> None:
         """Disconnect. The embedded cluster ends with this server, and its apps with it; on a
         cluster of its own (``ray_address``) the apps keep running for the next server."""
+        self._head.stop()
         if self._embedded:
             for app_id in list(self._apps):
                 self._stop(app_id, 0, None)

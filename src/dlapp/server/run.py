@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def restart(home: Path, reason: str) -> None:
+    """Start this server afresh, with the same command line, in the same process: it waits for
+    the Ray head (or starts the embedded cluster anew) and requeues the apps it lost."""
+    logging.getLogger(__name__).critical("%s; restarting the server", reason)
+    embedded.clear_state(home, os.getpid())
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def serve(config_file: Path | None, overrides: dict[str, Any]) -> None:
     settings = load_server_settings(config_file, **overrides)
     logging.basicConfig(
@@ -45,6 +55,7 @@ def serve(config_file: Path | None, overrides: dict[str, Any]) -> None:
 
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original_startup(sockets=sockets)
+        app.state.ctx.executor.on_cluster_lost = lambda reason: restart(settings.home, reason)
         embedded.write_state(settings.home, settings.url, os.getpid())
 
     srv.startup = startup  # type: ignore[method-assign]
