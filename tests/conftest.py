@@ -29,6 +29,7 @@ from dlapp.credentials import ADMIN_TOKEN_FILE
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_GPUS = 2
 CLUSTER_CPUS = 4
+GPU_UTILISATION_FILE = "gpu-utilisation.json"  # in the server's home: {"<gpu id>": percent}
 
 
 @pytest.fixture
@@ -44,7 +45,13 @@ def ray_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def server_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("dlapp-home")
-    settings = {"softkill_grace_s": 4.0, "container": {"gpus": "none"}}  # declared GPUs: no devices
+    settings = {
+        "softkill_grace_s": 4.0,
+        "container": {"gpus": "none"},  # declared GPUs: no devices
+        # the declared GPUs' utilisation, read by the supervisors from a file the tests write
+        "gpu_sampler": f"test-file:{home / GPU_UTILISATION_FILE}",
+        "gpu_sample_interval_s": 1.0,
+    }
     (home / "server.yaml").write_text(yaml.safe_dump(settings))
     _, started = embedded.up(home, gpus=CLUSTER_GPUS, cpus=CLUSTER_CPUS)
     assert started
