@@ -108,3 +108,33 @@ def launch_request(
         gpu_ids=("1",),
         node_id=node_id,
     )
+
+
+PYTHON = "dlapp/python:latest"
+
+# a gang of two: rank 1 connects to MASTER_ADDR:MASTER_PORT, where rank 0 listens
+HANDSHAKE = textwrap.dedent(
+    """
+    import os, socket, time
+    addr, port, rank = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), os.environ["RANK"]
+    print(f"rank {rank} of {os.environ['WORLD_SIZE']}: master {addr}:{port}", flush=True)
+    if rank == "0":
+        server = socket.create_server(("0.0.0.0", port))
+        server.settimeout(120)
+        conn, _ = server.accept()
+        conn.sendall(b"hello from rank 0")
+        print("rank 0 got:", conn.recv(64).decode(), flush=True)
+    else:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = socket.create_connection((addr, port), timeout=5)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        conn.sendall(b"hello from rank 1")
+        print("rank 1 got:", conn.recv(64).decode(), flush=True)
+    """
+)

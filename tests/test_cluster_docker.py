@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dlapp import cli
+from dlapp import cli, images
 from dlapp.client import DlappClient
 from dlapp.errors import DlappError, Forbidden
 from dlapp.spec import AppSpec
-from docker_support import MINIMAL, containers, require_docker
+from docker_support import HANDSHAKE, MINIMAL, PYTHON, containers, require_docker
 
 from conftest import AppFactory, pack, wait_for, wait_running
 
@@ -50,6 +50,33 @@ def test_a_docker_app_runs_with_its_gpus_as_non_root(
     assert f"user=1000 gpus={','.join(ids)}" in client.logs(app["id"])
     assert "host" not in client.logs(app["id"])
     assert containers(f"dlapp.app={app['id']}") == []
+
+
+def test_a_gang_on_the_loopback_cluster_meets_on_the_bridge(
+    client: DlappClient, make_app: AppFactory, tmp_path: Path
+) -> None:
+    # the embedded cluster's Ray is on 127.0.0.1, which inside a container is the container:
+    # rank 0 publishes its port on the bridge's gateway and both ranks are told to meet there
+    images.build("python")
+    script = f"cat > handshake.py <<'EOF'\n{HANDSHAKE}EOF\nexec python3 handshake.py\n"
+    spec = AppSpec.from_file(
+        make_app(
+            script,
+            name="dgang",
+            runtime="docker",
+            image=PYTHON,
+            num_containers=2,
+            resources={"cpus": 1, "memory": "256M"},
+        )
+    )
+    app_id = client.submit(spec, pack(Path(spec.workspace.path), tmp_path))["id"]
+    done = client.wait(app_id, timeout_s=180)
+    logs = [client.logs(app_id, container=i) for i in (0, 1)]
+    assert done["final_status"] == "SUCCEEDED", (done, logs)
+    assert "rank 0 got: hello from rank 1" in logs[0], logs
+    assert "rank 1 got: hello from rank 0" in logs[1], logs
+    assert "master 127." not in logs[1]
+    assert containers(f"dlapp.app={app_id}") == []
 
 
 def test_kill_leaves_no_container(

@@ -6,7 +6,6 @@ reaches rank 0's published rendezvous port at MASTER_ADDR:MASTER_PORT on the bri
 from __future__ import annotations
 
 import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,12 +21,11 @@ from dlapp.config import ServerSettings
 from dlapp.executor import sweep
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.server.app import create_app
-from docker_support import MINIMAL, containers, require_docker
+from docker_support import HANDSHAKE, MINIMAL, PYTHON, containers, require_docker
 
 from inprocess import add_user, bearer, submit
 
 pytestmark = pytest.mark.cluster
-PYTHON = "dlapp/python:latest"
 
 
 @pytest.fixture
@@ -109,33 +107,6 @@ def test_each_node_sweeps_its_own_orphans(
     finally:
         ray.kill(holder)
         subprocess.run(["docker", "rm", "-f", *made.values()], capture_output=True, check=False)
-
-
-HANDSHAKE = textwrap.dedent(
-    """
-    import os, socket, time
-    addr, port, rank = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), os.environ["RANK"]
-    print(f"rank {rank} of {os.environ['WORLD_SIZE']}: master {addr}:{port}", flush=True)
-    if rank == "0":
-        server = socket.create_server(("0.0.0.0", port))
-        server.settimeout(120)
-        conn, _ = server.accept()
-        conn.sendall(b"hello from rank 0")
-        print("rank 0 got:", conn.recv(64).decode(), flush=True)
-    else:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = socket.create_connection((addr, port), timeout=5)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        conn.sendall(b"hello from rank 1")
-        print("rank 1 got:", conn.recv(64).decode(), flush=True)
-    """
-)
 
 
 def _app(api: TestClient, token: str, app_id: str) -> dict[str, Any]:

@@ -257,3 +257,21 @@ def test_the_guard_takes_a_cleanup_command() -> None:
     for bad in (["--parent", "7", "--cleanup", "{}", "--", "x"], ["--parent", "7", "x", "y"]):
         with pytest.raises(ValueError, match="usage"):
             guard._parse(bad)
+
+
+def test_a_gang_on_a_loopback_cluster_meets_at_the_bridge_gateway() -> None:
+    # a cluster on one machine (Ray on 127.0.0.1): inside a container 127.0.0.1 is itself, so
+    # rank 0 publishes on the bridge's gateway and every rank is told to meet there
+    gang = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29731", "WORLD_SIZE": "2"}
+    opts = RunOptions("1000:1000", gateway="172.17.0.1")
+    rank0 = docker_run_args(make_request().with_env(RANK="0", **gang).build(), POLICY, opts)
+    assert rank0[rank0.index("--publish") + 1] == "172.17.0.1:29731:29731"
+    assert "MASTER_ADDR=172.17.0.1" in rank0
+    rank1 = docker_run_args(make_request().with_env(RANK="1", **gang).build(), POLICY, opts)
+    assert "MASTER_ADDR=172.17.0.1" in rank1 and "--publish" not in rank1
+    # a node's own address is kept, and so is loopback where no gateway was found
+    routed = {**gang, "MASTER_ADDR": "10.0.0.1"}
+    argv = docker_run_args(make_request().with_env(RANK="1", **routed).build(), POLICY, opts)
+    assert "MASTER_ADDR=10.0.0.1" in argv
+    argv = docker_run_args(make_request().with_env(RANK="1", **gang).build(), POLICY, USER)
+    assert "MASTER_ADDR=127.0.0.1" in argv

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dlapp.credentials import without_secrets
@@ -73,6 +73,7 @@ class RunOptions:
     command: tuple[str, ...] | None = None  # instead of the entry script (the dev shell)
     engine: Engine = "docker"
     ulimits: tuple[Ulimit, ...] = ()  # ``--ulimit NAME=SOFT:HARD`` (podman: the node's own)
+    gateway: str | None = None  # the bridge network's gateway here (see ``rendezvous_addr``)
 
 
 def container_name(app_id: str, index: int) -> str:
@@ -112,6 +113,41 @@ def _bind(source: str | Path, target: str, read_only: bool = False) -> list[str]
 
 def _cpus(cpus: float) -> str:
     return f"{cpus:g}"
+
+
+def container_network(req: LaunchRequest, policy: ContainerPolicy) -> str:
+    """The network the container joins: the spec's choice where the policy allows it."""
+    c = req.container
+    network = policy.network if c is None or c.network == "default" else c.network
+    if network == "host" and not policy.allow_host_network:
+        network = policy.network
+    return network
+
+
+def is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
+
+
+def needs_gateway(req: LaunchRequest, network: str) -> bool:
+    """Whether a gang container on the bridge network has a loopback MASTER_ADDR (a cluster
+    on one machine, Ray on 127.0.0.1), which inside a container is the container itself."""
+    return (
+        network == "bridge"
+        and "MASTER_PORT" in req.env
+        and is_loopback(req.env.get("MASTER_ADDR", ""))
+    )
+
+
+def rendezvous_addr(req: LaunchRequest, network: str, gateway: str | None) -> str | None:
+    """The gang's MASTER_ADDR as containers on ``network`` reach it: the node's address, or,
+    where that is loopback, the bridge's gateway (the host as its containers see it), where
+    rank 0's port is published. None: not a gang, or nothing to change."""
+    if not needs_gateway(req, network) or gateway is None:
+        return None
+    return gateway
 
 
 def publish_arg(master_addr: str, port: str) -> str:
@@ -156,9 +192,7 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         if cap in policy.allowed_caps:
             args += ["--cap-add", cap]
     args += ["--security-opt", "no-new-privileges"]
-    network = policy.network if c is None or c.network == "default" else c.network
-    if network == "host" and not policy.allow_host_network:
-        network = policy.network
+    network = container_network(req, policy)
     args += ["--network", network]
     args += ["--pids-limit", str(policy.pids_limit)]
     if req.memory_mb is not None:  # no swap beyond the limit: over it is out of memory
@@ -173,9 +207,10 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         for gpu in req.gpu_ids:
             args += ["--device", f"nvidia.com/gpu={gpu}"]
     port = req.env.get("MASTER_PORT")
+    master = rendezvous_addr(req, network, opts.gateway) or req.env.get("MASTER_ADDR", "")
     if network == "bridge" and port and req.env.get("RANK") == "0" and opts.command is None:
         # the gang's rendezvous: container 0's port on its node's address (MASTER_ADDR)
-        args += ["--publish", publish_arg(req.env.get("MASTER_ADDR", ""), port)]
+        args += ["--publish", publish_arg(master, port)]
     args += _bind(req.workdir, policy.workspace_path)
     args += ["--workdir", policy.workspace_path]
     if "DLAPP_CHECKPOINT_DIR" in req.env:
@@ -184,7 +219,10 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         args += _bind(Path(req.env["DLAPP_NOTICE_FILE"]).parent, RUN_PATH, read_only=True)
     for m in c.mounts if c else ():
         args += _bind(m.host, m.path, m.read_only)
-    for key, value in sorted(container_env(req, policy).items()):
+    env = container_env(req, policy)
+    if "MASTER_ADDR" in env and network == "bridge":
+        env["MASTER_ADDR"] = master
+    for key, value in sorted(env.items()):
         args += ["--env", f"{key}={value}"]
     args.append(req.image)
     args += list(opts.command) if opts.command else entry_command(req.script, req.args)
@@ -354,6 +392,25 @@ class DockerRuntime(Runtime):
         """What this engine's runner decides for a container run as ``user``."""
         return RunOptions(user=user, engine=self.engine)
 
+    def bridge_gateway(self) -> str | None:
+        """The default bridge network's gateway address on this node, or None."""
+        command = self.policy.command(self.engine)
+        network = "podman" if self.engine == "podman" else "bridge"
+        fmt = (
+            "{{range .Subnets}}{{.Gateway}} {{end}}"
+            if self.engine == "podman"
+            else "{{range .IPAM.Config}}{{.Gateway}} {{end}}"
+        )
+        try:
+            found = _run([command, "network", "inspect", network, "--format", fmt])
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for addr in found.stdout.split():
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(addr).version == 4:
+                    return addr
+        return None
+
     def _launch(self, req: LaunchRequest) -> Running:
         policy = self.policy
         command = policy.command(self.engine)
@@ -365,7 +422,10 @@ class DockerRuntime(Runtime):
             if "DLAPP_CHECKPOINT_DIR" in req.env:
                 writable.append(Path(req.env["DLAPP_CHECKPOINT_DIR"]))
             give_to(writable, user)
-        argv = docker_run_args(req, policy, self.run_options(user))
+        opts = self.run_options(user)
+        if needs_gateway(req, container_network(req, policy)):
+            opts = replace(opts, gateway=self.bridge_gateway())
+        argv = docker_run_args(req, policy, opts)
         cleanup = json.dumps([command, "rm", "--force", name])
         cmd = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(os.getpid())]
         cmd += ["--cleanup", cleanup, "--", *argv]
