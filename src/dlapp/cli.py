@@ -215,10 +215,24 @@ def status(app_id: str, as_json: bool) -> None:
     sys.exit(_status(app_id, as_json))
 
 
-def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = None) -> int:
+LIST_LIMIT = 100  # apps ``dlapp list`` shows unless told otherwise
+
+
+def _list(
+    user: str | None,
+    show_all: bool,
+    as_json: bool,
+    queue: str | None = None,
+    limit: int = LIST_LIMIT,
+) -> int:
+    if limit < 0:
+        raise DlappError(f"--limit must be 0 (every app) or more, not {limit}")
+    states = () if show_all else ("ACCEPTED", "RUNNING")
     with _client() as client:
-        states = () if show_all else ("ACCEPTED", "RUNNING")
-        apps = client.list_apps(user=user, queue=queue, states=states)
+        if limit == 0:
+            apps, more = list(client.iter_apps(user=user, queue=queue, states=states)), None
+        else:
+            apps, more = client.list_page(user=user, queue=queue, states=states, limit=limit)
     if as_json:
         _print_json(apps)
         return 0
@@ -239,6 +253,8 @@ def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = N
             a.get("pending_reason") or "",
         )
     out.print(table)
+    if more is not None:
+        out.print(f"the newest {len(apps)} shown; there are more (--limit N, --limit 0 for all)")
     if not apps:
         out.print(
             "no apps" + ("" if show_all else " queued or running (--all shows finished ones)")
@@ -250,10 +266,19 @@ def _list(user: str | None, show_all: bool, as_json: bool, queue: str | None = N
 @click.option("--user", help="only this user's apps")
 @click.option("--queue", help="only this queue's apps")
 @click.option("--all", "show_all", is_flag=True, help="include finished apps")
+@click.option(
+    "--limit",
+    type=int,
+    default=LIST_LIMIT,
+    show_default=True,
+    help="show the newest N apps; 0: all of them",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def list_cmd(user: str | None, queue: str | None, show_all: bool, as_json: bool) -> None:
-    """List queued and running apps (all with --all)."""
-    sys.exit(_list(user, show_all, as_json, queue))
+def list_cmd(
+    user: str | None, queue: str | None, show_all: bool, limit: int, as_json: bool
+) -> None:
+    """List queued and running apps (all with --all), newest first."""
+    sys.exit(_list(user, show_all, as_json, queue, limit))
 
 
 # -- kill / softkill / logs -------------------------------------------------------------------
@@ -331,7 +356,9 @@ def queues(as_json: bool, reload: bool) -> None:
             _amounts(q["maximum"]) if "maximum" in q else "-",
             _amounts(q["used"]),
             _amounts(q["pending"]),
-            f"{q['running_apps']} running, {q['pending_apps']} pending",
+            f"{q['running_apps']} running, {q['pending_apps']}"
+            + (f"/{q['max_pending_apps']}" if q.get("max_pending_apps") else "")
+            + " pending",
             users,
         )
     out.print(table)

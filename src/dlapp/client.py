@@ -76,9 +76,16 @@ class DlappClient:
             )
         return result
 
-    def list_apps(
-        self, user: str | None = None, queue: str | None = None, states: Sequence[str] = ()
-    ) -> list[dict[str, Any]]:
+    def list_page(
+        self,
+        user: str | None = None,
+        queue: str | None = None,
+        states: Sequence[str] = (),
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of apps, newest first (``limit`` of them; the server's default: 1000), and
+        the cursor of the next page (pass it as ``before``), or None after the last."""
         params: dict[str, Any] = {}
         if user:
             params["user"] = user
@@ -86,8 +93,38 @@ class DlappClient:
             params["queue"] = queue
         if states:
             params["state"] = list(states)
-        apps: list[dict[str, Any]] = self._json("GET", "/api/v1/apps", params=params)["apps"]
-        return apps
+        if limit is not None:
+            params["limit"] = limit
+        if before is not None:
+            params["before"] = before
+        body = self._json("GET", "/api/v1/apps", params=params)
+        apps: list[dict[str, Any]] = body["apps"]
+        return apps, body.get("next")
+
+    def list_apps(
+        self,
+        user: str | None = None,
+        queue: str | None = None,
+        states: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` apps (the server's default: 1000); ``iter_apps`` for all."""
+        return self.list_page(user, queue, states, limit)[0]
+
+    def iter_apps(
+        self,
+        user: str | None = None,
+        queue: str | None = None,
+        states: Sequence[str] = (),
+        page_size: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
+        """Every app that matches, newest first, fetched a page at a time."""
+        before: int | None = None
+        while True:
+            apps, before = self.list_page(user, queue, states, page_size, before)
+            yield from apps
+            if before is None:
+                return
 
     def get(self, app_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"/api/v1/apps/{app_id}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from dlapp.errors import Forbidden, SpecError
@@ -74,18 +74,23 @@ def list_apps(
     user: Annotated[str | None, Query()] = None,
     queue: Annotated[str | None, Query()] = None,
     state: Annotated[list[AppState] | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
-    apps = services.list_apps(
+    limit: Annotated[int, Query(ge=1, le=10_000, description="apps per page")] = 1000,
+    before: Annotated[
+        int | None, Query(ge=1, description="the previous page's `next`: the page after it")
+    ] = None,
+) -> Response:
+    """Apps the caller may see, newest first, a page at a time: ``next`` is the cursor of the
+    following page (pass it as ``before``), null on the last page."""
+    page = services.list_apps(
         session,
         me,
-        user=user,
-        queue=queue,
-        states=state or (),
+        repo.AppFilter(user=user, queue=queue, states=state or ()),
         limit=limit,
+        before=before,
         queues=ctx.queues.tree,
     )
-    return {"apps": [app_view(a, ctx.settings.url) for a in apps]}
+    body = {"apps": [app_view(a, ctx.settings.url) for a in page.apps], "next": page.next_before}
+    return JSONResponse(body)  # plain JSON values: no jsonable_encoder pass over every row
 
 
 @router.get("/apps/{app_id}", tags=["apps"])

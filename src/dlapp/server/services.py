@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,23 +103,20 @@ def get(ctx: Context, session: Session, app_id: str, caller: Caller) -> App:
 def list_apps(
     session: Session,
     caller: Caller,
-    user: str | None = None,
-    queue: str | None = None,
-    states: Sequence[AppState] = (),
+    where: repo.AppFilter,
     limit: int = 1000,
+    before: int | None = None,
     queues: QueueTree | None = None,
-) -> list[App]:
-    """Apps the caller may see: their own, those in queues they administer, or everyone's
-    for a cluster admin. Asking for another user's apps shows only what the caller may see."""
-    if caller.is_admin:
-        return repo.list_apps(session, user=user, queue=queue, states=states, limit=limit)
-    administered = queues.administered_by(caller.name, caller.groups) if queues else []
-    if not administered:
-        if user not in (None, "", caller.name):
-            return []
-        return repo.list_apps(session, user=caller.name, queue=queue, states=states, limit=limit)
-    apps = repo.list_apps(session, user=user, queue=queue, states=states, limit=limit)
-    return [a for a in apps if may_see(caller, a, queues)]
+) -> repo.AppPage:
+    """A page of the apps the caller may see: their own, those in queues they administer, or
+    everyone's for a cluster admin, narrowed in the query itself (so every page is full).
+    Asking for another user's apps shows only what the caller may see."""
+    if not caller.is_admin:
+        administered = queues.administered_by(caller.name, caller.groups) if queues else []
+        if not administered and where.user not in (None, "", caller.name):
+            return repo.AppPage([], None)
+        where = replace(where, visible_to=(caller.name, administered))
+    return repo.apps_page(session, where, limit, before)
 
 
 def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller) -> App:
@@ -242,8 +239,8 @@ def cluster(ctx: Context, session: Session) -> dict[str, Any]:
     return {
         "nodes": nodes,
         "apps": {
-            s.value: len(repo.list_apps(session, states=[s], limit=100_000))
-            for s in (AppState.ACCEPTED, AppState.RUNNING)
+            s.value: n
+            for s, n in repo.count_apps(session, (AppState.ACCEPTED, AppState.RUNNING)).items()
         },
     }
 

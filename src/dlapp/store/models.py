@@ -19,12 +19,17 @@ class Meta(Base):
 
 class App(Base):
     __tablename__ = "apps"
+    __table_args__ = (  # lists are newest first (seq) by user or queue; limits count by state
+        Index("ix_apps_user_seq", "user", "seq"),
+        Index("ix_apps_queue_seq", "queue", "seq"),
+        Index("ix_apps_state_user", "state", "user"),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, unique=True)
-    user: Mapped[str] = mapped_column(String(128), index=True)
+    user: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(128))
-    queue: Mapped[str] = mapped_column(String(256), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    queue: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))
     final_status: Mapped[str] = mapped_column(String(16))
     diagnostics: Mapped[str] = mapped_column(Text, default="")
     pending_reason: Mapped[str] = mapped_column(Text, default="")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from dlapp.errors import NotFoundError
@@ -100,6 +100,48 @@ def get_app(session: Session, app_id: str) -> App:
     return app
 
 
+@dataclass(frozen=True)
+class AppFilter:
+    """Which apps a list shows, newest first; every field given narrows it. ``visible_to``
+    is what a caller may see: the apps of ``(user, queues)``'s user or in one of its queues."""
+
+    user: str | None = None
+    queue: str | None = None
+    states: Sequence[AppState] = ()
+    visible_to: tuple[str, Sequence[str]] | None = None
+
+
+@dataclass(frozen=True)
+class AppPage:
+    apps: list[App]
+    next_before: int | None  # pass as ``before`` for the next page; None: this was the last
+
+
+def apps_page(
+    session: Session, where: AppFilter, limit: int = 1000, before: int | None = None
+) -> AppPage:
+    """One page of apps (``seq`` below ``before``), newest first; one query for the apps and
+    one per relationship for all of them (their containers), whatever the page size."""
+    if limit < 1:
+        raise ValueError(f"a page holds at least one app, not {limit}")
+    q = select(App)
+    if where.user:
+        q = q.where(App.user == where.user)
+    if where.queue:
+        q = q.where(App.queue == where.queue)
+    if where.states:
+        q = q.where(App.state.in_([s.value for s in where.states]))
+    if where.visible_to is not None:
+        owner, queues = where.visible_to
+        q = q.where(or_(App.user == owner, App.queue.in_(list(queues))))
+    if before is not None:
+        q = q.where(App.seq < before)
+    rows = list(session.scalars(q.order_by(App.seq.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AppPage(rows, rows[-1].seq if more else None)
+
+
 def list_apps(
     session: Session,
     user: str | None = None,
@@ -107,14 +149,18 @@ def list_apps(
     states: Sequence[AppState] = (),
     limit: int = 1000,
 ) -> list[App]:
-    q = select(App)
-    if user:
-        q = q.where(App.user == user)
-    if queue:
-        q = q.where(App.queue == queue)
-    if states:
-        q = q.where(App.state.in_([s.value for s in states]))
-    return list(session.scalars(q.order_by(App.seq.desc()).limit(limit)))
+    return apps_page(session, AppFilter(user, queue, states), limit).apps
+
+
+def count_apps(session: Session, states: Sequence[AppState]) -> dict[AppState, int]:
+    """How many apps are in each of ``states`` (one grouped count, no rows loaded)."""
+    q = (
+        select(App.state, func.count())
+        .where(App.state.in_([s.value for s in states]))
+        .group_by(App.state)
+    )
+    found = {AppState(state): int(n) for state, n in session.execute(q)}
+    return {s: found.get(s, 0) for s in states}
 
 
 def pending_apps(session: Session) -> list[App]:
