@@ -1,0 +1,82 @@
+"""bench/throughput.py's pure parts: percentiles, the report table, the history rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+import pytest
+
+from dlapp.status import AppState, FinalStatus
+
+from conftest import ROOT
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "bench_throughput", ROOT / "bench" / "throughput.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert bench.percentile(values, 0) == 1.0
+    assert bench.percentile(values, 50) == 2.5
+    assert bench.percentile(values, 100) == 4.0
+    assert bench.percentile([7.0], 95) == 7.0
+    with pytest.raises(ValueError, match="no values"):
+        bench.percentile([], 50)
+    with pytest.raises(ValueError, match=r"within 0\.\.100"):
+        bench.percentile(values, 101)
+
+
+def test_latency_rate_and_ratio_against_the_baseline() -> None:
+    slow = bench.Latency.of([0.2, 0.2, 0.2, 0.2])
+    fast = bench.Latency.of([0.05, 0.05, 0.05, 0.05])
+    assert slow.rate == pytest.approx(5.0)
+    row = bench.Row("submit", "API submit", slow, "GET /api/v1/me", fast)
+    assert row.ratio == pytest.approx(4.0)
+    assert bench.Row("submit", "alone", slow).ratio is None
+
+
+def test_table_shows_every_row_with_its_ratio() -> None:
+    base = bench.Latency.of([0.001, 0.002])
+    report = bench.Report("test machine", {"queued": 3})
+    report.rows.append(
+        bench.Row(
+            "list/status", "API list --all", bench.Latency.of([0.01]), "raw SELECT", base, 1000
+        )
+    )
+    report.notes["apps waiting"] = 3
+    text = bench.format_table(report)
+    assert "| list/status | API list --all | 10.0 / 10.0 | 100.0 | 1,000 | raw SELECT |" in text
+    assert "6.67x" in text
+    assert "apps waiting: 3" in text
+    assert report.to_dict()["rows"][0]["ratio"] == pytest.approx(10 / 1.5)
+
+
+def test_history_is_finished_apps_with_their_container_and_events() -> None:
+    batches = list(bench.history(5, 12, 1700000000000, 1.8e9, {"name": "x"}, batch=5))
+    assert [len(b.apps) for b in batches] == [5, 5, 2]
+    apps = [a for b in batches for a in b.apps]
+    assert [a["seq"] for a in apps] == list(range(5, 17))
+    assert apps[0]["id"] == "application_1700000000000_0005"
+    assert {a["state"] for a in apps} == {AppState.FINISHED.value}
+    assert {a["final_status"] for a in apps} <= {s.value for s in FinalStatus}
+    assert all(a["submit_time"] < a["start_time"] < a["finish_time"] <= 1.8e9 + 40000 for a in apps)
+    events = [e for b in batches for e in b.events]
+    assert len(events) == 3 * len(apps)
+    assert len({c["app_id"] for b in batches for c in b.containers}) == len(apps)
+    again = [a for b in bench.history(5, 12, 1700000000000, 1.8e9, {"name": "x"}) for a in b.apps]
+    assert again == apps  # seeded: the same history every run
+    with pytest.raises(ValueError, match="first_seq >= 1"):
+        list(bench.history(0, 1, 1, 1.0, {}))
