@@ -252,6 +252,13 @@ def test_too_many_apps_waiting_in_a_queue_answers_429_naming_it(tmp_path: Path) 
         assert "root.other already has 1 apps waiting, its limit of 1" in message
         assert "(max_pending_per_queue)" in message
         admin = bearer(admin_token(s.home))
+        # the queue view shows each queue's limit beside what it holds waiting
+        view = {q["path"]: q for q in api.get("/api/v1/queues", headers=admin).json()["queues"]}
+        limits = {p: (q["pending_apps"], q["max_pending_apps"]) for p, q in view.items()}
+        assert limits["root.research"] == (3, 3)
+        assert limits["root.research.a"] == (1, 1)
+        assert limits["root.other"] == (1, 1)
+        assert limits["root"][1] == 0  # no cap of its own
         for app in api.get("/api/v1/apps", headers=admin).json()["apps"]:
             api.post(f"/api/v1/apps/{app['id']}/kill", headers=admin)
 

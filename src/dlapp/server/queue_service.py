@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from dlapp.errors import Forbidden, InfeasibleError
 from dlapp.scheduler import Resources, share
 from dlapp.server.context import Context
+from dlapp.server.limits import pending_limit
 from dlapp.spec import AppSpec
 from dlapp.status import AppState
 from dlapp.store import repo
@@ -92,6 +93,10 @@ def queues_view(ctx: Context, session: Session) -> dict[str, Any]:
                     for u, r in sorted(users[q.path].items())
                 },
                 "user_limit": _res(tree.user_cap(q.path, lim.maximum)) if q.is_leaf else None,
+                # apps it may hold waiting at once (0: no cap), as submissions are held to it
+                "max_pending_apps": pending_limit(
+                    tree, q.path, q.path if q.is_leaf else "", ctx.settings
+                )[0],
                 "preemptible": q.preemptible,
                 "ordering": q.ordering,
                 "submit_acl": q.submit_acl.describe(),
