@@ -74,7 +74,7 @@ def test_the_test_file_sampler_reads_percentages_or_records(tmp_path: Path) -> N
 
 def test_sampler_names_are_checked() -> None:
     assert isinstance(make_sampler("none"), NoSampler)
-    with pytest.raises(ValueError, match="unknown GPU sampler 'cuda'.*nvml, none, test-file"):
+    with pytest.raises(ValueError, match=r"unknown GPU sampler 'cuda'.*nvml, none, test-file"):
         make_sampler("cuda")
     with pytest.raises(ValueError, match="unknown GPU sampler"):
         make_sampler("test-file:")
@@ -87,7 +87,8 @@ def test_the_meter_credits_only_the_containers_gpus_and_keeps_the_peak() -> None
         [GpuSample("0", 20.0, 3000), GpuSample("1", 0.0, 100), GpuSample("2", 80.0, 9)],
     ]
     meter = ContainerMeter(MeterPlan(interval_s=3600), FakeSampler(readings), clock)
-    meter.start(["0", "1"])  # a first sample now; the thread's next is an hour away  # GPU 2 is another container's: never credited here
+    # GPU 2 is another container's: never credited here. A first sample now, the next by hand
+    meter.start(["0", "1"])
     clock.now += 60
     meter.tick()  # 60 s at the second reading: 20% + 0%
     meter.stop()  # 0 s more
