@@ -1,0 +1,1 @@
+"""What bench/launch.py measures dlapp against, and how to set those peers up."""
