@@ -20,6 +20,7 @@ from typing import Any
 
 from dlapp import staging, workspace
 from dlapp.errors import DlappError
+from dlapp.gpu_usage import ContainerMeter, MeterPlan
 from dlapp.runtime import LaunchRequest, Running, get_runtime
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, DataBinding
@@ -50,6 +51,7 @@ class ContainerPlan:
     # stores.DataConfig.to_dict(): profiles, file roots, cache. Holds credentials: never shown
     data: dict[str, Any] = field(default_factory=dict, repr=False)
     container: dict[str, Any] = field(default_factory=dict)  # runtime.policy.ContainerPolicy
+    meter: dict[str, Any] = field(default_factory=dict)  # gpu_usage.MeterPlan: GPU sampling
 
     @property
     def actor_name(self) -> str:
@@ -63,6 +65,7 @@ class ContainerResult:
     log_location: str | None
     end_time: float
     killed: bool = False
+    usage: dict[str, Any] | None = None  # gpu_usage.ContainerMeter.report(), at the end
     notes: tuple[tuple[float, str], ...] = ()  # (time, line) since start: staging out, stops
 
 
@@ -82,6 +85,7 @@ class Supervisor:
         self._result: ContainerResult | None = None
         self._info: dict[str, Any] | None = None
         self._start_error: str | None = None
+        self.meter = ContainerMeter(MeterPlan.from_dict(plan.meter))
         self._notes: list[tuple[float, str]] = []  # (time, line) not yet reported
         self._notes_lock = threading.Lock()
 
@@ -110,7 +114,8 @@ class Supervisor:
             self.workdir,
             workspace.WorkspaceLimits(max_bytes=plan.max_bytes, max_files=plan.max_files),
         )
-        staging.stage_in(spec.inputs, self.workdir, self._note, config=self.data)
+        with self.meter.staging("in") as moved:
+            moved.bytes = staging.stage_in(spec.inputs, self.workdir, self._note, config=self.data)
         env = {
             **spec.env,
             "DLAPP_APP_ID": plan.app_id,
@@ -144,6 +149,7 @@ class Supervisor:
             if self._stop_grace is not None:
                 raise DlappError("stopped before the container started")
             self._running = get_runtime(spec.runtime, policy).launch(request)
+        self.meter.start(gpu_ids)  # samples the container's GPUs until it exits
         return {
             "node_name": node_name,
             "gpu_ids": gpu_ids,
@@ -166,6 +172,10 @@ class Supervisor:
         self._started.wait()
         return self._info
 
+    def usage(self) -> dict[str, Any]:
+        """GPU utilisation and staging so far (``gpu_usage.ContainerMeter.report``)."""
+        return self.meter.report()
+
     def wait(self) -> ContainerResult:
         """Block until the container exits; stage out, keep the logs, clean up."""
         self._started.wait()
@@ -181,9 +191,13 @@ class Supervisor:
             )
         code: int | None
         code, diagnostics = self._wait_exit(self._running)
+        self.meter.stop()
         if code == 0 and not self._killed:
             try:
-                staging.stage_out(self._outputs(), self.workdir, self._note, config=self.data)
+                with self.meter.staging("out") as moved:
+                    moved.bytes = staging.stage_out(
+                        self._outputs(), self.workdir, self._note, config=self.data
+                    )
             except Exception as exc:  # any store's error fails the container, with the reason
                 code_note = str(exc) if isinstance(exc, DlappError) else repr(exc)
                 diagnostics = f"staging out failed: {code_note}"
@@ -193,7 +207,13 @@ class Supervisor:
         location = self._keep_logs()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return ContainerResult(
-            code, diagnostics, location, time.time(), self._killed, notes=self._take_notes()
+            code,
+            diagnostics,
+            location,
+            time.time(),
+            self._killed,
+            self.meter.report(),
+            notes=self._take_notes(),
         )
 
     def _save_failed_outputs(self) -> None:

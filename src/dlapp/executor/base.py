@@ -43,8 +43,14 @@ class Report:
     diagnostics: str = ""
 
 
+UsageKey = tuple[str, int, int]  # app id, attempt, container index
+
+
 class Executor(ABC):
     """Public methods log and check, then call one hook each."""
+
+    def __init__(self) -> None:
+        self._final_usage: dict[UsageKey, dict[str, Any]] = {}  # exited since ``usage``
 
     # set by the server process: what to do when the cluster is lost for good (restart)
     on_cluster_lost: Callable[[str], None] | None = None
@@ -77,7 +83,21 @@ class Executor(ABC):
         self._stop(app_id, grace, notice)
 
     def poll(self) -> list[Report]:
-        return self._poll()
+        reports = self._poll()
+        for r in reports:  # a container's last usage comes with its exit, for ``usage``
+            if r.result is not None and r.result.usage is not None:
+                self._final_usage[(r.app_id, r.attempt, r.index)] = r.result.usage
+        return reports
+
+    def usage(self) -> dict[UsageKey, dict[str, Any]]:
+        """The latest GPU utilisation and staging reports (``gpu_usage.ContainerMeter``) of
+        running containers that have one ready, and the last ones of containers that exited
+        since the previous call. Never blocks on a container."""
+        final, self._final_usage = self._final_usage, {}
+        return {**self._usage(), **final}
+
+    def _usage(self) -> dict[UsageKey, dict[str, Any]]:
+        return {}
 
     def read_log(
         self, app_id: str, index: int, stream: str, offset: int, length: int

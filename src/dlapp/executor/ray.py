@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network, sweep
-from dlapp.executor.base import NODE_LOST, NOT_STARTED, Executor, NodeInfo, Report
+from dlapp.executor.base import NODE_LOST, NOT_STARTED, Executor, NodeInfo, Report, UsageKey
 from dlapp.executor.head import HeadWatch, wait_for_head
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.scheduler import Resources
@@ -75,6 +75,7 @@ class _Tracked:
     started: bool = False
     done: bool = False
     stop_deadline: float | None = None
+    usage_ref: Any = None  # an asked, not yet answered ``usage()``
     up_ref: Any = None  # answered once the supervisor actor runs (its bundle placed)
 
 
@@ -134,6 +135,7 @@ class RayExecutor(Executor):
                     log_to_driver=False,
                     logging_level=logging.WARNING,
                 )
+        super().__init__()
         self._embedded = not settings.ray_address
         self._start_timeout = settings.start_timeout_s
         gcs = ray._private.worker.global_worker.gcs_client
@@ -293,6 +295,21 @@ class RayExecutor(Executor):
             logger.warning("%s did not stop in time; killing its supervisor", plan.actor_name)
             ray.kill(c.actor, no_restart=True)
             c.stop_deadline = None
+        return out
+
+    def _usage(self) -> dict[UsageKey, dict[str, Any]]:
+        """Answers to the ``usage()`` asked last time; asks again (never waits)."""
+        out: dict[UsageKey, dict[str, Any]] = {}
+        for run in self._apps.values():
+            for c in run.containers:
+                if not c.started or c.done:
+                    continue
+                if c.usage_ref is not None:
+                    if not _ready(c.usage_ref):
+                        continue
+                    with contextlib.suppress(RayError):
+                        out[(c.plan.app_id, c.plan.attempt, c.plan.index)] = ray.get(c.usage_ref)
+                c.usage_ref = c.actor.usage.remote()
         return out
 
     def _adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:

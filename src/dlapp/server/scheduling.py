@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from dlapp.errors import DlappError
 from dlapp.executor import NODE_LOST, NOT_STARTED, Report
+from dlapp.gpu_usage import MeterPlan
 from dlapp.scheduler import (
     Admit,
     AppHead,
@@ -73,6 +74,7 @@ class Scheduler:
         self._specs: dict[str, AppSpec] = {}  # parsed specs by app id (specs never change)
         self._claims: dict[str, str] = {}  # preempted app -> the queue its resources go to
         self.observe_cycle: Callable[[float], None] = lambda seconds: None  # metrics hook
+        self.after_cycle: Callable[[], None] = lambda: None  # usage_monitor.UsageMonitor.tick
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -99,6 +101,10 @@ class Scheduler:
             except Exception:
                 logger.exception("scheduling cycle failed")
             self.observe_cycle(time.perf_counter() - started)
+            try:
+                self.after_cycle()
+            except Exception:
+                logger.exception("recording GPU usage and queue samples failed")
             self._wake.wait(self.ctx.settings.schedule_interval_s)
             self._wake.clear()
 
@@ -532,6 +538,7 @@ def _plans(
             node_id=node_ids[i],
             data=data_config(s).to_dict(),
             container=s.container_policy.model_dump(mode="json"),
+            meter=MeterPlan(s.gpu_sampler, s.gpu_sample_interval_s, s.gpu_idle_below).to_dict(),
         )
         for i in range(app.num_containers)
     ]
