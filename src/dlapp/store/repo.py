@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from dlapp.errors import NotFoundError
 from dlapp.spec import AppSpec
@@ -164,7 +164,15 @@ def count_apps(session: Session, states: Sequence[AppState]) -> dict[AppState, i
 
 
 def pending_apps(session: Session) -> list[App]:
-    q = select(App).where(App.state == AppState.ACCEPTED.value).order_by(App.seq)
+    """The waiting apps, oldest first, without their relationships: the scheduler reads their
+    columns every cycle, and loading every waiting app's containers was half a cycle's time at
+    1,000 waiting (one is loaded when read)."""
+    q = (
+        select(App)
+        .where(App.state == AppState.ACCEPTED.value)
+        .order_by(App.seq)
+        .options(lazyload("*"))
+    )
     return list(session.scalars(q))
 
 
