@@ -1,6 +1,7 @@
 """Benchmark: launch latency of an empty app, dlapp against the systems users would pick instead.
 
-    .venv/bin/python bench/launch.py [--runs 20] [--warmup 2] [--systems ...] [--json | --markdown]
+    .venv/bin/python bench/launch.py [--runs 20] [--warmup 2] [--systems ...] [--image ...]
+                                     [--json | --markdown] [--out report.json]
 
 Measures, in one run on one machine, for each system: submit -> the user's process ran its first
 instruction ("started"), and submit -> the submitter sees the app finished ("finished"), p50
@@ -349,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--image", default="dlapp/minimal", help="image for dlapp-docker and docker-run"
     )
+    ap.add_argument("--out", type=Path, help="also write the JSON report to this file")
     out = ap.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the results as JSON")
     out.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
@@ -397,8 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     info["load_avg_end"] = list(os.getloadavg())
+    report = to_json(results, info, args.runs)
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
-        print(json.dumps(to_json(results, info, args.runs), indent=2))
+        print(json.dumps(report, indent=2))
     elif args.markdown:
         print(render_markdown(results))
     else:

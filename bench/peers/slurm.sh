@@ -25,7 +25,11 @@ stop() {
     for name in slurmd slurmctld; do
         pidfile="$STATE/$name.pid"
         if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-            kill "$(cat "$pidfile")" && echo "stopped $name"
+            pid="$(cat "$pidfile")"
+            kill "$pid"
+            for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) did not stop"
+            echo "stopped $name"
         fi
         rm -f "$pidfile"
     done
@@ -114,7 +118,11 @@ EOF
 
 # 4. daemons
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
-running slurmctld || slurmctld || die "slurmctld did not start; see $STATE/slurmctld.log"
+if running slurmctld; then
+    scontrol reconfigure  # a running controller reads the configuration written above
+else
+    slurmctld || die "slurmctld did not start; see $STATE/slurmctld.log"
+fi
 for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.1; done
 scontrol ping | grep -q UP || die "slurmctld does not answer; see $STATE/slurmctld.log"
 running slurmd || slurmd || die "slurmd did not start; see $STATE/slurmd.log"
