@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from dlapp.scheduler import (  # noqa: E402
+from dlapp.scheduler import (
     Admit,
     AppHead,
     NodeView,
@@ -41,7 +40,9 @@ def build(pending: int, queues: int, nodes: int, seed: int = 7) -> tuple[list[Ap
     tree_spec = {
         f"p{p}": {
             "guaranteed": f"{100 / parents:.4f}%",
-            "children": {f"q{p}_{c}": {"guaranteed": f"{100 / per_parent:.4f}%"} for c in range(per_parent)},
+            "children": {
+                f"q{p}_{c}": {"guaranteed": f"{100 / per_parent:.4f}%"} for c in range(per_parent)
+            },
         }
         for p in range(parents)
     }
@@ -52,8 +53,15 @@ def build(pending: int, queues: int, nodes: int, seed: int = 7) -> tuple[list[Ap
         used = Resources(16, 64 * 1024, 4)
         views.append(NodeView(f"node{i:04d}", f"10.0.{i // 250}.{i % 250}", NODE, NODE - used))
         running.append(
-            RunningApp(f"run{i}", f"u{rng.randrange(200)}", rng.choice(leaves), i, used, (f"node{i:04d}",),
-                       started_at=float(i))
+            RunningApp(
+                f"run{i}",
+                f"u{rng.randrange(200)}",
+                rng.choice(leaves),
+                i,
+                used,
+                (f"node{i:04d}",),
+                started_at=float(i),
+            )
         )
     heads = []
     for i in range(pending):
@@ -104,11 +112,13 @@ def measure(fn, runs: int) -> tuple[list[float], int]:  # type: ignore[no-untype
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pending", type=int, default=10_000)
     ap.add_argument("--queues", type=int, default=100)
     ap.add_argument("--nodes", type=int, default=1000)
@@ -116,9 +126,11 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     heads, snapshot = build(args.pending, args.queues, args.nodes)
-    print(f"snapshot: {args.nodes} nodes x 8 GPUs, {len(snapshot.running)} running apps, "
-          f"{args.pending} pending apps, {len(snapshot.queues.leaves)} leaf queues "
-          f"(built in {time.perf_counter() - t0:.1f}s)")
+    print(
+        f"snapshot: {args.nodes} nodes x 8 GPUs, {len(snapshot.running)} running apps, "
+        f"{args.pending} pending apps, {len(snapshot.queues.leaves)} leaf queues "
+        f"(built in {time.perf_counter() - t0:.1f}s)"
+    )
     dlapp_times, decisions = measure(lambda: decide(heads, snapshot), args.runs)
     dlapp_admitted = sum(1 for d in decisions if isinstance(d, Admit))  # type: ignore[attr-defined]
     fifo_times, fifo_admitted = measure(lambda: fifo_first_fit(heads, snapshot), args.runs)
@@ -129,9 +141,12 @@ def main() -> None:
     print(f"{'policy':48} {'p50 ms':>9} {'p99 ms':>9} {'admitted':>9} {'admissions/s':>13}")
     for name, times, admitted in rows:
         p50 = pct(times, 50)
-        print(f"{name:48} {p50 * 1e3:9.1f} {pct(times, 99) * 1e3:9.1f} {admitted:9d} {admitted / p50:13.0f}")
+        p99 = pct(times, 99)
+        print(f"{name:48} {p50 * 1e3:9.1f} {p99 * 1e3:9.1f} {admitted:9d} {admitted / p50:13.0f}")
     ratio = pct(dlapp_times, 50) / pct(fifo_times, 50)
-    print(f"ratio dlapp / baseline cycle time (p50): {ratio:.2f}x  (aim: under 100 ms and within 3x)")
+    print(
+        f"ratio dlapp / baseline cycle time (p50): {ratio:.2f}x  (aim: under 100 ms and within 3x)"
+    )
 
 
 if __name__ == "__main__":
