@@ -39,15 +39,37 @@ RAYLET_WATCH_S = 0.5  # a stop not obeyed within grace + this: the supervisor is
 
 
 class RaySupervisor(Supervisor):
-    """The supervisor as it runs inside its Ray actor."""
+    """The supervisor as it runs inside its Ray actor.
+
+    It starts its container by itself, from its constructor: a detached actor's creation is
+    Ray's to finish, while a method call belongs to the server that made it and dies with it.
+    A server killed after creating the actor but before the actor came up would otherwise
+    leave a supervisor that never starts, and an app STARTING for ever after the takeover."""
+
+    def __init__(self, plan: ContainerPlan) -> None:
+        super().__init__(plan)
+        self._watch_raylet()
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        node = ray.util.get_node_ip_address()
+        threading.Thread(
+            target=self._start_in_background, args=(gpu_ids, node), name="dlapp-start", daemon=True
+        ).start()
+
+    def _start_in_background(self, gpu_ids: list[str], node: str) -> None:
+        try:
+            self.start(gpu_ids, node)
+        except BaseException:  # kept as the start error: start_here answers with it
+            logger.exception("%s could not start", self.plan.actor_name)
 
     def plan_of(self) -> ContainerPlan:
         return self.plan
 
     def start_here(self) -> dict[str, Any]:
-        self._watch_raylet()
-        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-        return self.start(gpu_ids, ray.util.get_node_ip_address())
+        """What ``start`` returned, once it is done; raises with the reason when it failed."""
+        info = self.started_info()
+        if info is None:
+            raise DlappError(self._start_error or "did not start")
+        return info
 
     def _watch_raylet(self) -> None:
         """Fate-share with the node: a worker outlives a raylet that was SIGKILLed, so when
