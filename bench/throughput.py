@@ -24,6 +24,11 @@ The submitter is one plain user; the per-user limits are off (``submit_rate_per_
    through the API (SAMPLES calls each) and the CLI (CLI-RUNS processes each). Baselines: the
    same queries at the small size, and a raw SQLAlchemy Core ``SELECT`` of the same rows.
 
+3. **The store alone** (``--indexes``, no server): the same list queries through ``repo`` and
+   a submit's count of the user's waiting apps, on two SQLite stores holding the same HISTORY
+   apps (the newest 1,000 waiting), one with the indexes of migration 0003 and one with those of
+   0004, interleaved SAMPLES times.
+
 Prints a table of p50 / p95 and rates with the ratios; ``--json`` prints the report as JSON.
 """
 
@@ -46,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from dlapp import embedded
 from dlapp.client import DlappClient
@@ -54,7 +60,7 @@ from dlapp.credentials import ADMIN_TOKEN_FILE
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
-from dlapp.store.db import make_engine, session_factory
+from dlapp.store.db import make_engine, migrate, session_factory
 from dlapp.store.models import App, Container, Event
 from dlapp.workspace import pack_workspace
 
@@ -428,9 +434,9 @@ def submissions(b: Bench, report: Report, queued: int, sustained: int, cli_runs:
                 (after[0] - before[0]) / cycles * 1000, 1
             )
             report.notes["scheduler cycles during sustained submits"] = int(cycles)
-        waiting = c.list_apps(states=["ACCEPTED"])
-        report.notes["apps waiting"] = len(waiting)
-        report.notes["why the last one waits"] = waiting[0]["pending_reason"] if waiting else ""
+        report.notes["apps waiting"] = c.cluster()["apps"]["ACCEPTED"]
+        newest = c.list_apps(states=["ACCEPTED"], limit=1)
+        report.notes["why the last one waits"] = newest[0]["pending_reason"] if newest else ""
     version = Latency.of(timed(lambda: b.cli("--version"), cli_runs))
     launch = Latency.of(timed(lambda: b.cli("launch", str(b.spec_file)), cli_runs))
     report.rows.append(
@@ -551,10 +557,68 @@ def lookups(
 
 
 def count_apps(engine: Engine) -> int:
-    from sqlalchemy import func
-
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(App.__table__)).scalar_one())
+
+
+def store_queries() -> dict[str, Callable[[Session], object]]:
+    """The store's side of list / status and of a submit's limit check, through ``repo``."""
+    live = [AppState.ACCEPTED, AppState.RUNNING]
+    return {
+        "list (queued + running)": lambda s: repo.apps_page(s, repo.AppFilter(states=live)),
+        "list --all": lambda s: repo.apps_page(s, repo.AppFilter()),
+        f"list --all --user {SUBMITTER}": lambda s: repo.apps_page(
+            s, repo.AppFilter(user=SUBMITTER)
+        ),
+        f"list --all --user {SUBMITTER}, 100 a page": lambda s: repo.apps_page(
+            s, repo.AppFilter(user=SUBMITTER), 100
+        ),
+        "a submit's count of the user's waiting apps": lambda s: s.scalar(
+            select(func.count()).where(App.user == SUBMITTER, App.state == AppState.ACCEPTED.value)
+        ),
+    }
+
+
+def indexes(report: Report, history_n: int, samples: int) -> None:
+    """The same queries on two SQLite stores holding the same apps: one at migration 0003
+    (single-column indexes), one at head; interleaved, so both see the same machine."""
+    work = Path(tempfile.mkdtemp(prefix="dlapp-bench-indexes-"))
+    try:
+        spec = {"name": "bench", "entry": {"script": "run.sh"}}
+        engines = {}
+        for label, revision in (("0003", "0003_gpu_usage"), ("head", "head")):
+            engine = make_engine(f"sqlite:///{work / label}.db")
+            migrate(engine, revision)
+            sessions = session_factory(engine)
+            for batch in history(1, history_n, 1700000000000, time.time(), spec):
+                with sessions() as session:
+                    session.execute(insert(App), batch.apps)
+                    session.execute(insert(Container), batch.containers)
+                    session.execute(insert(Event), batch.events)
+                    session.commit()
+            with sessions() as session:  # a queue of waiting apps, as in the server's run
+                session.execute(
+                    update(App).where(App.seq > history_n - 1000).values(state="ACCEPTED")
+                )
+                session.commit()
+            engines[label] = sessions
+        for name, query in store_queries().items():
+            times: dict[str, list[float]] = {"0003": [], "head": []}
+            for _ in range(samples):
+                for label, sessions in engines.items():
+                    with sessions() as session:
+                        times[label] += timed(partial(query, session), 1)
+            report.rows.append(
+                Row(
+                    "store",
+                    f"{name}, {history_n:,} apps, indexes of 0004",
+                    Latency.of(times["head"]),
+                    "same, indexes of 0003",
+                    Latency.of(times["0003"]),
+                )
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -611,6 +675,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cli-runs", type=int, default=20, help="CLI processes per figure")
     ap.add_argument("--db-url", help="PostgreSQL URL for the store (default: SQLite)")
     ap.add_argument("--keep", action="store_true", help="leave the server and its files")
+    ap.add_argument(
+        "--indexes",
+        action="store_true",
+        help="only the store's queries, on HISTORY apps, with the indexes before and after 0004",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     for name in ("queued", "sustained", "samples", "cli_runs"):
@@ -618,7 +687,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0:
         ap.error("--history must be 0 or more")
-    report = run(args)
+    if args.indexes:
+        report = Report(machine(), {"history": args.history, "samples": args.samples})
+        indexes(report, args.history, args.samples)
+    else:
+        report = run(args)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
     return 0
 

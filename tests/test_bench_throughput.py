@@ -80,3 +80,11 @@ def test_history_is_finished_apps_with_their_container_and_events() -> None:
     assert again == apps  # seeded: the same history every run
     with pytest.raises(ValueError, match="first_seq >= 1"):
         list(bench.history(0, 1, 1, 1.0, {}))
+
+
+def test_indexes_compares_the_same_queries_on_both_schemas() -> None:
+    report = bench.Report("test machine", {})
+    bench.indexes(report, 1200, 1)
+    names = [r.what for r in report.rows]
+    assert len(names) == len(bench.store_queries()) and all("1,200 apps" in n for n in names)
+    assert all(r.section == "store" and r.base is not None and r.ratio for r in report.rows)
