@@ -49,11 +49,11 @@ UsageKey = tuple[str, int, int]  # app id, attempt, container index
 class Executor(ABC):
     """Public methods log and check, then call one hook each."""
 
-    def __init__(self) -> None:
-        self._final_usage: dict[UsageKey, dict[str, Any]] = {}  # exited since ``usage``
-
     # set by the server process: what to do when the cluster is lost for good (restart)
     on_cluster_lost: Callable[[str], None] | None = None
+
+    def __init__(self) -> None:
+        self._final_usage: dict[UsageKey, dict[str, Any]] = {}  # exited since ``usage``
 
     def nodes(self) -> list[NodeInfo]:
         return self._nodes()
@@ -118,7 +118,11 @@ class Executor(ABC):
     def adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
         """Take over an app started by an earlier server process, if its containers still
         run; False when they are gone (the app is then requeued)."""
-        adopted = self._adopt(app_id, attempt, node_ids)
+        try:
+            adopted = self._adopt(app_id, attempt, node_ids)
+        except Exception:  # whatever went wrong, the app is requeued rather than left RUNNING
+            logger.exception("taking over %s failed", app_id)
+            adopted = False
         logger.info(
             "%s %s after a restart", "took over" if adopted else "could not take over", app_id
         )

@@ -35,6 +35,7 @@ NAMESPACE = "dlapp"
 MB = 1024 * 1024
 NODE_ID_LABEL = "ray.io/node-id"
 HARD_KILL_AFTER_S = 20.0
+ADOPT_TIMEOUT_S = 30.0  # supervisors of an app taken over must answer within this
 RAYLET_WATCH_S = 0.5  # a stop not obeyed within grace + this: the supervisor is killed
 
 
@@ -97,8 +98,8 @@ class _Tracked:
     started: bool = False
     done: bool = False
     stop_deadline: float | None = None
-    usage_ref: Any = None  # an asked, not yet answered ``usage()``
     up_ref: Any = None  # answered once the supervisor actor runs (its bundle placed)
+    usage_ref: Any = None  # an asked, not yet answered ``usage()``
 
 
 @dataclass
@@ -342,13 +343,15 @@ class RayExecutor(Executor):
                 ray.get_actor(f"dlapp:{app_id}:{i}", namespace=NAMESPACE)
                 for i in range(len(node_ids))
             ]
-        except (ValueError, RayError):
+            plans = ray.get([a.plan_of.remote() for a in actors], timeout=ADOPT_TIMEOUT_S)
+        except (ValueError, RayError):  # gone, dead, or not answering (GetTimeoutError)
+            self._discard(app_id, len(node_ids))
+            return False
+        if any(p.attempt != attempt or p.index != i for i, p in enumerate(plans)):
+            self._discard(app_id, len(node_ids))  # another attempt's: stale
             return False
         run = _AppRun(pg=pg)
-        for index, (actor, node_id) in enumerate(zip(actors, node_ids, strict=True)):
-            plan = ray.get(actor.plan_of.remote(), timeout=30)
-            if plan.attempt != attempt or plan.index != index:
-                return False
+        for plan, actor, node_id in zip(plans, actors, node_ids, strict=True):
             run.containers.append(
                 _Tracked(
                     plan, node_id, actor, actor.started_info.remote(), actor.wait_once.remote()
@@ -357,6 +360,15 @@ class RayExecutor(Executor):
         self._apps[app_id] = run
         logger.info("took over %s (%d containers)", app_id, len(actors))
         return True
+
+    def _discard(self, app_id: str, containers: int) -> None:
+        """Kill what is left of an app that is not taken over (its supervisors, which end
+        their containers, and its placement group): it is requeued, and must not run twice."""
+        for i in range(containers):
+            with contextlib.suppress(ValueError, RayError):
+                ray.kill(ray.get_actor(f"dlapp:{app_id}:{i}", namespace=NAMESPACE), no_restart=True)
+        with contextlib.suppress(ValueError, RayError):
+            remove_placement_group(ray.util.get_placement_group(f"dlapp:{app_id}"))
 
     def _forget(self) -> None:
         self._apps.clear()

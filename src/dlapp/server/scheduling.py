@@ -51,9 +51,7 @@ from dlapp.supervisor import KILLED_BY_REQUEST, ContainerPlan
 
 logger = logging.getLogger(__name__)
 ORPHAN_SWEEP_CYCLES = 20  # remove orphan containers every this many cycles
-START_TIMEOUT_REQUEUES = (
-    1  # an app whose supervisors never came up goes back this often, then fails
-)
+START_TIMEOUT_REQUEUES = 1  # supervisors never up: requeued this often, then FAILED
 
 
 class Fenced(Exception):
@@ -65,6 +63,7 @@ class Scheduler:
         self.ctx = ctx
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease: lease_store.Lease | None = None
+        self._recovering = False  # running apps still to take over (or requeue)
         self._after_commit: list[Callable[[], None]] = []  # executor calls, once committed
         self._stopping: set[tuple[str, int]] = set()  # (app, attempt) told to stop
         self._stop = threading.Event()
@@ -124,7 +123,10 @@ class Scheduler:
             if self.lease is None:
                 return
             logger.info("scheduling as %s (lease epoch %d)", self.holder, self.lease.epoch)
+            self._recovering = True
+        if self._recovering:  # until it has gone through: no app left RUNNING unheld
             self.recover()
+            self._recovering = False
         self.cycle()
 
     def _commit(self, session: Session) -> None:
