@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -49,6 +49,7 @@ class RaySupervisor(Supervisor):
 
     def __init__(self, plan: ContainerPlan) -> None:
         super().__init__(plan)
+        self.node_lost = ""  # why the container ended, when its node went
         self._watch_raylet()
         gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         node = ray.util.get_node_ip_address()
@@ -72,6 +73,14 @@ class RaySupervisor(Supervisor):
             raise DlappError(self._start_error or "did not start")
         return info
 
+    def wait(self) -> ContainerResult:
+        """The container's result; one ended because its node went says so, whatever its exit
+        code, so that the app is requeued (a result can still reach the server meanwhile)."""
+        result = super().wait()
+        if self.node_lost:
+            return replace(result, diagnostics=self.node_lost)
+        return result
+
     def _watch_raylet(self) -> None:
         """Fate-share with the node: a worker outlives a raylet that was SIGKILLed, so when
         this process's parent (the raylet) goes, the container is killed and the process ends,
@@ -82,6 +91,8 @@ class RaySupervisor(Supervisor):
             while os.getppid() == raylet:
                 time.sleep(RAYLET_WATCH_S)
             logger.error("%s: the raylet is gone; killing the container", self.plan.actor_name)
+            node = ray.util.get_node_ip_address()
+            self.node_lost = f"{NODE_LOST}: {node} (its raylet is gone)"
             self.stop(0.0)
             os._exit(1)
 
@@ -309,7 +320,12 @@ class RayExecutor(Executor):
             c.done = True
             try:
                 result: ContainerResult = ray.get(c.wait_ref)
-                out.append(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
+                if result.diagnostics.startswith(NODE_LOST):  # ended as its raylet went
+                    out.append(_lost(plan, result.diagnostics))
+                else:
+                    out.append(
+                        Report(plan.app_id, plan.attempt, plan.index, "exited", result=result)
+                    )
             except RayError as exc:
                 node = self._dead_node(c.node_id)
                 why = f"{NODE_LOST}: {node}" if node else f"its supervisor died: {_cause(exc)}"
@@ -437,6 +453,10 @@ def _not_up_reason(pg: PlacementGroup, timeout: float) -> str:
     else:
         what = "its supervisor actor was never created"
     return f"{NOT_STARTED} within {timeout:g}s: {what}"
+
+
+def _lost(plan: ContainerPlan, why: str) -> Report:
+    return Report(plan.app_id, plan.attempt, plan.index, "lost", diagnostics=why)
 
 
 def _ready(ref: Any) -> bool:
