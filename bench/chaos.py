@@ -292,9 +292,12 @@ class Chaos:
             if time.monotonic() >= next_fault:
                 fault = order[struck % len(order)]  # each kind in turn, in a random order
                 struck += 1
+                pause = self.rng.uniform(0.5, 1.5) * self.opts.fault_every_s
                 if self.strike(fault):
                     self.check(fault)
-                next_fault = time.monotonic() + self.rng.uniform(0.5, 1.5) * self.opts.fault_every_s
+                else:
+                    pause = 1.0  # nothing to strike (no container running): the next kind soon
+                next_fault = time.monotonic() + pause
             time.sleep(self.rng.uniform(0.5, 2.0))
         outcomes = self.drain()
         self.check("the end")

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.cluster
 
 
 def test_a_short_chaos_run_loses_no_app() -> None:
-    argv = ["--minutes", "0.4", "--fault-every", "7", "--workers", "1", "--seed", "3"]
+    argv = ["--minutes", "0.3", "--fault-every", "5", "--workers", "1", "--seed", "3"]
     argv += ["--faults", "node,server,process", "--drain", "120", "--json"]
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "chaos.py"), *argv],
