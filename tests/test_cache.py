@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from dlapp.cache import InputCache, Outcome, version_of
 
 
@@ -96,3 +98,26 @@ def test_version_is_the_etag_else_size_and_mtime() -> None:
     assert version_of({"ETag": '"abc"', "size": 3}) == 'ETag:"abc"'
     assert version_of({"size": 3, "mtime": 12.5}) == "size:3;mtime:12.5"
     assert version_of({"size": 3}) is None
+
+
+def test_many_small_files_scan_the_cache_once_a_twentieth_not_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = InputCache(tmp_path / "c", 1000)  # scans once 50 bytes were added
+    scans: list[int] = []
+    real = cache.evict
+
+    def counted() -> int:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(cache, "evict", counted)
+    for i in range(12):
+        cache.fetch(f"s3://b/{i}", "v", 10, downloader(b"x" * 10, []), tmp_path / f"o{i}")
+    assert len(scans) == 2  # at 50 and 100 bytes
+    # the counts are written with each scan, not with each file
+    assert InputCache(tmp_path / "c", 1000).stats()["misses"] == 10
+    assert cache.stats()["misses"] == 12
+    cache.finish()  # the staging's end: scans for the last 20 bytes and writes the counts
+    assert len(scans) == 3
+    assert InputCache(tmp_path / "c", 1000).stats()["misses"] == 12

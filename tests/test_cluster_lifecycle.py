@@ -31,7 +31,7 @@ def test_app_runs_with_env_inputs_and_outputs(
     out = tmp_path / "out"
     spec_path = make_app(
         'echo "idx=$CONTAINER_INDEX n=$NUM_CONTAINERS app=$DLAPP_APP_ID"'
-        ' "gpus=$CUDA_VISIBLE_DEVICES"\n'
+        ' "gpus=$CUDA_VISIBLE_DEVICES" "order=$CUDA_DEVICE_ORDER"\n'
         'printf "%s|" "$@"; echo\n'
         "mkdir -p output && wc -w < data/numbers.txt > output/count.txt\n"
         "echo to-stderr >&2\n",
@@ -50,7 +50,7 @@ def test_app_runs_with_env_inputs_and_outputs(
     stdout = client.logs(app["id"])
     assert f"idx=0 n=1 app={app['id']} gpus=" in stdout
     gpu_ids = done["containers"][0]["gpu_ids"]
-    assert len(gpu_ids) == 1 and f"gpus={gpu_ids[0]}" in stdout
+    assert len(gpu_ids) == 1 and f"gpus={gpu_ids[0]} order=PCI_BUS_ID" in stdout
     assert "--flag|two words|-x|" in stdout
     assert "to-stderr" in client.logs(app["id"], stream="stderr")
     c = done["containers"][0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,66 @@ def test_save_on_failure_false_saves_nothing(tmp_path: Path, ws: Path) -> None:
         [out_binding(tmp_path / "out", save_on_failure=False)], ws, failed_app_id="app_x"
     )
     assert sorted(os.listdir(tmp_path)) == ["ws"]
+
+
+class Copies:
+    """Staging's copy of one local file, slowed down, counting copies at once."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.lock = threading.Lock()
+        self.active = self.most = self.started = 0
+        self.fail = fail
+        self.real = staging._copy_local
+
+    def __call__(self, src: str, dest: Path) -> int:
+        with self.lock:
+            self.started += 1
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.02)
+            if self.fail and src.endswith(self.fail):
+                raise PermissionError(f"refused: {src}")
+            return self.real(src, dest)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def many(root: Path, n: int) -> dict[str, bytes]:
+    root.mkdir()
+    for i in range(n):
+        (root / f"f{i:03d}.bin").write_bytes(bytes([i % 256]) * (i + 1))
+    return tree(root)
+
+
+@pytest.mark.parametrize("transfers", [1, 4])
+def test_files_of_an_input_are_copied_several_at_once(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch, transfers: int
+) -> None:
+    expected = many(tmp_path / "src", 40)
+    copies = Copies()
+    monkeypatch.setattr(staging, "_copy_local", copies)
+    lines: list[str] = []
+    config = DataConfig(transfers=transfers)
+    n = staging.stage_in(
+        [DataBinding(url=f"file://{tmp_path / 'src'}", path="d")], ws, lines.append, config=config
+    )
+    assert tree(ws / "d") == expected and n == sum(len(v) for v in expected.values())
+    assert copies.most == transfers  # never more than asked, and as many when asked
+    assert lines[-1].startswith("staging in done: 40 files, ")
+
+
+def test_the_first_failure_stops_the_copies_not_yet_begun(
+    tmp_path: Path, ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many(tmp_path / "src", 200)
+    copies = Copies(fail="f003.bin")
+    monkeypatch.setattr(staging, "_copy_local", copies)
+    with pytest.raises(PermissionError, match=r"f003\.bin"):
+        staging.stage_in(
+            [DataBinding(url=f"file://{tmp_path / 'src'}", path="d")],
+            ws,
+            config=DataConfig(transfers=4),
+        )
+    assert copies.started < 200  # the rest were cancelled, not copied after the failure

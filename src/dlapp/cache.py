@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,6 +83,11 @@ class InputCache:
         self.locks = root / "locks"
         self.objects.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
+        # eviction scans the whole cache: run it once this many bytes were added, not per file
+        self.evict_every = max(max_bytes // 20, 1)
+        self._added = 0
+        self._pending: dict[str, int] = dict.fromkeys(STATS_KEYS, 0)  # counts not yet written
+        self._lock = threading.Lock()  # transfer threads share one cache object
 
     def fetch(
         self,
@@ -116,7 +122,13 @@ class InputCache:
             self._count(hits=1, bytes_saved=size)
             return Outcome.HIT
         self._count(misses=1, bytes_downloaded=size)
-        self.evict()
+        with self._lock:
+            self._added += size
+            due = self._added >= self.evict_every
+            if due:
+                self._added = 0
+        if due:
+            self.evict()
         return Outcome.MISS
 
     def evict(self) -> int:
@@ -139,11 +151,29 @@ class InputCache:
                         p.unlink(missing_ok=True)
                         total -= size
                         removed += 1
-            if removed:
-                self._update_stats({"evictions": removed})
+            self._count(evictions=removed)
+            self._flush_locked()
         return removed
 
     def stats(self) -> dict[str, int]:
+        """The node's counts: those written by every app, and this object's not yet written."""
+        with self._lock:
+            pending = dict(self._pending)
+        written = self._written()
+        return {k: written[k] + pending[k] for k in STATS_KEYS}
+
+    def finish(self) -> None:
+        """After a staging: evict if it added anything since the last eviction, and write
+        this object's counts to the node's (once per staging, not once per file)."""
+        with self._lock:
+            added, self._added = self._added, 0
+        if added:
+            self.evict()
+        else:
+            with _locked(self.locks / ".index"):
+                self._flush_locked()
+
+    def _written(self) -> dict[str, int]:
         try:
             data = json.loads((self.root / "stats.json").read_text())
         except (OSError, ValueError):
@@ -151,11 +181,18 @@ class InputCache:
         return {k: int(data.get(k, 0)) for k in STATS_KEYS}
 
     def _count(self, **counts: int) -> None:
-        with _locked(self.locks / ".index"):
+        with self._lock:
+            for k, v in counts.items():
+                self._pending[k] += v
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            counts, self._pending = self._pending, dict.fromkeys(STATS_KEYS, 0)
+        if any(counts.values()):
             self._update_stats(counts)
 
     def _update_stats(self, counts: dict[str, int]) -> None:
-        stats = self.stats()
+        stats = self._written()
         for k, v in counts.items():
             stats[k] += v
         path = self.root / "stats.json"

@@ -132,6 +132,9 @@ class ServerSettings(BaseModel):
     verify_checksums: bool = Field(
         True, description="check downloaded inputs against the store's checksum; docs/data.md"
     )
+    staging_transfers: int = Field(
+        8, ge=1, le=64, description="files of one input staged at once (1: one after another)"
+    )
     gpu_sampler: str = Field(
         "nvml",
         pattern=r"^(nvml|none|test-file:.+)$",

@@ -13,6 +13,7 @@ The clock is injected; nothing here does I/O.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class TransferMeter:
     started: float = field(init=False)
     _last_at: float = field(init=False)
     _last_done: int = field(init=False, default=0)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.started = self._last_at = self.clock()
@@ -67,14 +69,20 @@ class TransferMeter:
 
     def add(self, n: int, files: int = 0) -> str | None:
         """``n`` more bytes (and ``files`` more whole files) moved; the progress line, when
-        one is due."""
-        self.done += n
-        self.files_done += files
-        return self._due()
+        one is due. Safe to call from several transfer threads."""
+        with self._lock:
+            self.done += n
+            self.files_done += files
+            return self._due()
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def take_back(self, n: int) -> None:
         """A failed try's bytes: they will be moved again."""
-        self.done -= n
+        with self._lock:
+            self.done -= n
 
     def _due(self) -> str | None:
         now = self.clock()

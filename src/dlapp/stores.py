@@ -73,6 +73,7 @@ class DataConfig:
     cache_dir: str | None = None
     cache_max_bytes: int = 0
     verify_checksums: bool = True
+    transfers: int = 8  # files of one input fetched at once
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ class DataConfig:
             "cache_dir": self.cache_dir,
             "cache_max_bytes": self.cache_max_bytes,
             "verify_checksums": self.verify_checksums,
+            "transfers": self.transfers,
         }
 
     @classmethod
@@ -98,6 +100,7 @@ class DataConfig:
             cache_dir=data.get("cache_dir"),
             cache_max_bytes=int(data.get("cache_max_bytes", 0)),
             verify_checksums=bool(data.get("verify_checksums", True)),
+            transfers=max(1, int(data.get("transfers", 8))),
         )
 
 
@@ -121,6 +124,7 @@ def data_config(settings: ServerSettings) -> DataConfig:
         cache_dir=str(settings.cache),
         cache_max_bytes=settings.cache_max_mb * 1024 * 1024,
         verify_checksums=settings.verify_checksums,
+        transfers=settings.staging_transfers,
     )
 
 

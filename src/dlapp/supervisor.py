@@ -117,6 +117,9 @@ class Supervisor:
         with self.meter.staging("in") as moved:
             moved.bytes = staging.stage_in(spec.inputs, self.workdir, self._note, config=self.data)
         env = {
+            # CUDA numbers devices fastest first; Ray, NVML and the GPU map by PCI bus: the same
+            # numbers everywhere (an app may still choose otherwise in its env)
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             **spec.env,
             "DLAPP_APP_ID": plan.app_id,
             "CONTAINER_INDEX": str(plan.index),
