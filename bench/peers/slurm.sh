@@ -95,6 +95,9 @@ SwitchType=switch/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
+# tuned for latency as an admin of a small cluster would: schedule a batch job at its submission
+# (the default batch_sched_delay of 3 s lets the controller hold batch jobs to batch them)
+SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 GresTypes=gpu

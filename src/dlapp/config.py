@@ -98,6 +98,9 @@ class ServerSettings(BaseModel):
     start_timeout_s: float = Field(
         120.0, gt=0, description="a container whose supervisor is not up after this is lost"
     )
+    warm_workers: bool = Field(
+        True, description="keep an idle Ray worker on a node for its next supervisor"
+    )
     ray_head_timeout_s: float = Field(
         20.0,
         gt=0,
