@@ -56,25 +56,14 @@ from peers.systems import (
     require_token_auth,
 )
 
+from dlapp.stats import percentile
+
 SYSTEMS = ("dlapp-process", "dlapp-docker", "spawn", "docker-run", "ray-jobs", "slurm")
 SUBJECTS = ("dlapp-process", "dlapp-docker")  # the rows of the ratio table are the other four
 MEASURES = ("started", "finished")
 
 
 # -- statistics (pure) ----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), interpolated linearly between the closest ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is not between 0 and 100")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)

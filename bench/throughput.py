@@ -58,6 +58,7 @@ from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
 from dlapp.spec import AppSpec
+from dlapp.stats import percentile
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
 from dlapp.store.db import make_engine, migrate, session_factory
@@ -71,19 +72,6 @@ LIVE = (AppState.ACCEPTED.value, AppState.RUNNING.value)
 
 
 # -- figures (pure) ----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation; ``values`` need not be sorted."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is not within 0..100")
-    s = sorted(values)
-    pos = (len(s) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True)

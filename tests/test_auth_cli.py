@@ -94,18 +94,26 @@ def test_admin_commands_manage_users_tokens_and_the_audit_log(
         assert secret not in json.dumps(entries)
 
 
+def new_user_without_env(
+    server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> tuple[str, str, Path]:
+    """(server URL, a new user's token, where the CLI's config file goes) with DLAPP_SERVER and
+    DLAPP_TOKEN unset, so the CLI reads its config file."""
+    url, home = server
+    with DlappClient(url, admin_token(home)) as c:
+        token: str = c.admin_add_user(name)["token"]
+    monkeypatch.delenv("DLAPP_SERVER")
+    monkeypatch.delenv("DLAPP_TOKEN")
+    return url, token, tmp_path / "config" / "dlapp" / "client.yaml"
+
+
 def test_login_saves_a_private_config_that_the_cli_then_uses(
     server: tuple[str, Path],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    url, home = server
-    with DlappClient(url, admin_token(home)) as c:
-        dana = c.admin_add_user("dana")["token"]
-    monkeypatch.delenv("DLAPP_SERVER")
-    monkeypatch.delenv("DLAPP_TOKEN")
-    path = tmp_path / "config" / "dlapp" / "client.yaml"
+    url, dana, path = new_user_without_env(server, monkeypatch, tmp_path, "dana")
     monkeypatch.setattr("sys.stdin", io.StringIO("dlapp_wrong\n"))
     assert cli.main(["login", url, "--token-stdin"]) == 1
     assert "invalid or revoked token" in capsys.readouterr().err and not path.exists()
@@ -244,12 +252,7 @@ def test_token_rotate_replaces_the_token_in_the_client_config(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    url, home = server
-    with DlappClient(url, admin_token(home)) as c:
-        erin = c.admin_add_user("erin")["token"]
-    monkeypatch.delenv("DLAPP_SERVER")
-    monkeypatch.delenv("DLAPP_TOKEN")
-    path = tmp_path / "config" / "dlapp" / "client.yaml"
+    url, erin, path = new_user_without_env(server, monkeypatch, tmp_path, "erin")
     write_private(path, yaml.safe_dump({"server": url, "token": erin, "timeout_s": 12.0}))
     assert cli.main(["token", "rotate"]) == 0
     out = capsys.readouterr().out
@@ -261,7 +264,7 @@ def test_token_rotate_replaces_the_token_in_the_client_config(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert cli.main(["list", "--json"]) == 0  # the CLI goes on with the saved token
     assert json.loads(capsys.readouterr().out) == []
-    with DlappClient(url, admin_token(home)) as c:
+    with DlappClient(url, admin_token(server[1])) as c:
         (entry,) = c.admin_audit(action="token.rotate")
     assert (entry["user"], entry["target"]) == ("erin", "erin")
     assert new not in json.dumps(entry) and erin not in json.dumps(entry)

@@ -39,21 +39,6 @@ def result(name: str, started: list[float], finished: list[float]) -> launch.Res
     return launch.Result(name, f"{name} for the test", samples)
 
 
-def test_percentile_interpolates_between_ranks() -> None:
-    assert launch.percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
-    assert launch.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
-    assert launch.percentile([7.0], 95) == 7.0
-    assert launch.percentile([1.0, 2.0, 3.0], 0) == 1.0
-    assert launch.percentile([1.0, 2.0, 3.0], 100) == 3.0
-
-
-def test_percentile_refuses_nothing_and_bad_q() -> None:
-    with pytest.raises(ValueError, match="no values"):
-        launch.percentile([], 50)
-    with pytest.raises(ValueError, match="between 0 and 100"):
-        launch.percentile([1.0], 101)
-
-
 def test_stamp_is_read_from_busybox_adjtimex() -> None:
     assert parse_stamp(ADJTIMEX) == pytest.approx(1795748844.000123)
     with pytest.raises(BenchError, match="no 'busybox adjtimex' time stamp"):

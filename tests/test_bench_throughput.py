@@ -27,18 +27,6 @@ def _bench() -> ModuleType:
 bench = _bench()
 
 
-def test_percentile_interpolates_between_ranks() -> None:
-    values = [4.0, 1.0, 3.0, 2.0]
-    assert bench.percentile(values, 0) == 1.0
-    assert bench.percentile(values, 50) == 2.5
-    assert bench.percentile(values, 100) == 4.0
-    assert bench.percentile([7.0], 95) == 7.0
-    with pytest.raises(ValueError, match="no values"):
-        bench.percentile([], 50)
-    with pytest.raises(ValueError, match=r"within 0\.\.100"):
-        bench.percentile(values, 101)
-
-
 def test_latency_rate_and_ratio_against_the_baseline() -> None:
     slow = bench.Latency.of([0.2, 0.2, 0.2, 0.2])
     fast = bench.Latency.of([0.05, 0.05, 0.05, 0.05])
