@@ -140,9 +140,12 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         ws = tmp_path / "ws"
         ws.mkdir()
         (ws / "run.sh").write_text("sleep 1\n")
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "x.bin").write_bytes(b"x" * 2048)
         spec.write_text(
             "name: u\nworkspace: {path: ws}\nentry: {script: run.sh}\n"
             "resources: {gpus: 1, memory: 128M}\n"
+            f"inputs: [{{url: 'file://{tmp_path / 'data'}', path: data}}]\n"
         )
         assert main(["launch", str(spec), "--wait"]) == 0
         launched = capsys.readouterr().out
@@ -152,6 +155,7 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         status = capsys.readouterr().out
         assert f"Dashboard      : {url}/dashboard/#/apps/{app_id}" in status
         assert "GPU use        : 60% on average" in status
+        assert "Staging        : container 0: staging in done: 1 files, 2.0 KiB in " in status
 
         assert main(["usage", "--json", "--since", "2020-01-01"]) == 0
         report = json.loads(capsys.readouterr().out)

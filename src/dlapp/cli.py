@@ -160,6 +160,7 @@ def launch(spec_file: str, wait: bool, follow: bool) -> None:
 def _status(app_id: str, as_json: bool) -> int:
     with _client() as client:
         app = client.get(app_id)
+        staged = [] if as_json else [e for e in client.events(app_id) if e["kind"] == "staging"]
     if as_json:
         _print_json(app)
         return 0
@@ -178,6 +179,8 @@ def _status(app_id: str, as_json: bool) -> int:
     out.print(f"Finished       : {app['finish_time'] or '-'}")
     if app["elapsed_s"] is not None:
         out.print(f"Elapsed        : {app['elapsed_s']:.1f}s")
+    if staged:  # the latest progress or summary line of its data staging
+        out.print(f"Staging        : {staged[-1]['reason']}", markup=False)
     gpu = app.get("gpu_usage")
     if gpu:
         mean = gpu["utilisation_mean"]
