@@ -140,13 +140,11 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         ws = tmp_path / "ws"
         ws.mkdir()
         (ws / "run.sh").write_text("sleep 1\n")
-        (tmp_path / "data").mkdir()
-        (tmp_path / "data" / "x.bin").write_bytes(b"x" * 2048)
-        spec.write_text(
+        app_yaml = (
             "name: u\nworkspace: {path: ws}\nentry: {script: run.sh}\n"
             "resources: {gpus: 1, memory: 128M}\n"
-            f"inputs: [{{url: 'file://{tmp_path / 'data'}', path: data}}]\n"
         )
+        spec.write_text(app_yaml)
         assert main(["launch", str(spec), "--wait"]) == 0
         launched = capsys.readouterr().out
         app_id = launched.split("submitted: ")[1].split()[0]
@@ -155,7 +153,6 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         status = capsys.readouterr().out
         assert f"Dashboard      : {url}/dashboard/#/apps/{app_id}" in status
         assert "GPU use        : 60% on average" in status
-        assert "Staging        : container 0: staging in done: 1 files, 2.0 KiB in " in status
 
         assert main(["usage", "--json", "--since", "2020-01-01"]) == 0
         report = json.loads(capsys.readouterr().out)
@@ -167,6 +164,9 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
 
         gpus.write_text(json.dumps({"0": 0, "1": 0}))  # an app that leaves its GPU idle
         (ws / "run.sh").write_text("sleep 60\n")
+        (tmp_path / "data").mkdir()  # and this one has an input to stage
+        (tmp_path / "data" / "x.bin").write_bytes(b"x" * 2048)
+        spec.write_text(app_yaml + f"inputs: [{{url: 'file://{tmp_path / 'data'}', path: data}}]\n")
         assert main(["launch", str(spec)]) == 0
         idle_id = capsys.readouterr().out.split("submitted: ")[1].split()[0]
         deadline = time.monotonic() + 20
@@ -178,6 +178,8 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
             assert time.monotonic() < deadline, listed
             time.sleep(0.2)
         assert main(["status", idle_id]) == 0
-        assert "; IDLE since " in capsys.readouterr().out
+        status = capsys.readouterr().out
+        assert "; IDLE since " in status
+        assert "Staging        : container 0: staging in done: 1 files, 2.0 KiB in " in status
         assert main(["kill", idle_id]) == 0
         assert main(["usage", "--since", "not a date"]) == 1
