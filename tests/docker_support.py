@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import signal
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -25,6 +28,7 @@ import pytest
 from dlapp import images
 from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import docker_problem
+from dlapp.runtime.policy import ContainerPolicy
 
 MINIMAL = "dlapp/minimal:latest"
 
@@ -138,3 +142,39 @@ HANDSHAKE = textwrap.dedent(
         print("rank 1 got:", conn.recv(64).decode(), flush=True)
     """
 )
+
+
+# a supervisor of its own: launches the request with the named runtime, then only sleeps
+SUPERVISOR = """
+import importlib, pickle, sys, time
+module, name = sys.argv[2].rsplit(".", 1)
+req, policy = pickle.load(open(sys.argv[1], "rb"))
+getattr(importlib.import_module(module), name)(policy).launch(req)
+print("launched", flush=True)
+time.sleep(600)
+"""
+
+
+def check_a_killed_supervisor_leaves_no_container(
+    tmp_path: Path, policy: ContainerPolicy, runtime: str, engine: str, up_timeout: float
+) -> None:
+    """SIGKILL a supervisor (``runtime``: the runtime class, by dotted name) while its
+    container runs: no cleanup code of its own runs, yet the container goes."""
+    req = launch_request(tmp_path, "echo up; sleep 300\n")
+    (tmp_path / "req.pickle").write_bytes(pickle.dumps((req, policy)))
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path / "req.pickle"), runtime],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert supervisor.stdout is not None and supervisor.stdout.readline() == b"launched\n"
+        label = f"dlapp.app={req.app_id}"
+        assert eventually(lambda: "up" in req.stdout.read_text(), up_timeout)
+        assert containers(label, engine) != []
+        os.kill(supervisor.pid, signal.SIGKILL)
+        assert eventually(lambda: containers(label, engine) == [], timeout=30)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        if supervisor.stdout is not None:
+            supervisor.stdout.close()

@@ -3,11 +3,7 @@ codes, out of memory, stops, fate-sharing with the supervisor, and the orphan sw
 
 from __future__ import annotations
 
-import os
-import pickle
-import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +14,7 @@ from dlapp.runtime.docker import DockerRuntime, container_name, remove_orphans
 from dlapp.runtime.policy import ContainerPolicy
 from docker_support import (
     MINIMAL,
+    check_a_killed_supervisor_leaves_no_container,
     containers,
     eventually,
     inspect,
@@ -111,34 +108,10 @@ def test_a_missing_image_says_so(tmp_path: Path) -> None:
     assert "docker could not run the container" in note and "no-such-image" in note
 
 
-SUPERVISOR = """
-import sys, time, pickle
-from dlapp.runtime.docker import DockerRuntime
-req, policy = pickle.load(open(sys.argv[1], "rb"))
-DockerRuntime(policy).launch(req)
-print("launched", flush=True)
-time.sleep(600)
-"""
-
-
 def test_killing_the_supervisor_leaves_no_container(tmp_path: Path) -> None:
-    req = launch_request(tmp_path, "echo up; sleep 300\n")
-    (tmp_path / "req.pickle").write_bytes(pickle.dumps((req, POLICY)))
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, str(tmp_path / "req.pickle")], stdout=subprocess.PIPE
+    check_a_killed_supervisor_leaves_no_container(
+        tmp_path, POLICY, "dlapp.runtime.docker.DockerRuntime", "docker", 20
     )
-    try:
-        assert supervisor.stdout is not None and supervisor.stdout.readline() == b"launched\n"
-        label = f"dlapp.app={req.app_id}"
-        assert eventually(lambda: "up" in req.stdout.read_text())
-        assert containers(label) != []
-        os.kill(supervisor.pid, signal.SIGKILL)  # no cleanup code of its own runs
-        assert eventually(lambda: containers(label) == [], timeout=30)
-    finally:
-        supervisor.kill()
-        supervisor.wait()
-        if supervisor.stdout is not None:
-            supervisor.stdout.close()
 
 
 def test_the_sweep_removes_containers_of_apps_that_are_not_running() -> None:

@@ -4,11 +4,7 @@ memory, fate-sharing with the supervisor, and the orphan sweep of one node."""
 
 from __future__ import annotations
 
-import os
-import pickle
-import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,6 +16,7 @@ from dlapp.runtime.podman import PodmanRuntime, node_ulimits
 from dlapp.runtime.policy import ContainerPolicy
 from docker_support import (
     MINIMAL,
+    check_a_killed_supervisor_leaves_no_container,
     containers,
     eventually,
     inspect,
@@ -93,34 +90,10 @@ def test_a_memory_hog_is_killed_at_its_limit(tmp_path: Path) -> None:
     assert note is None or ("out of memory (OOM)" in note and "32M" in note)
 
 
-SUPERVISOR = """
-import sys, time, pickle
-from dlapp.runtime.podman import PodmanRuntime
-req, policy = pickle.load(open(sys.argv[1], "rb"))
-PodmanRuntime(policy).launch(req)
-print("launched", flush=True)
-time.sleep(600)
-"""
-
-
 def test_killing_the_supervisor_leaves_no_container(tmp_path: Path) -> None:
-    req = launch_request(tmp_path, "echo up; sleep 300\n")
-    (tmp_path / "req.pickle").write_bytes(pickle.dumps((req, POLICY)))
-    supervisor = subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR, str(tmp_path / "req.pickle")], stdout=subprocess.PIPE
+    check_a_killed_supervisor_leaves_no_container(
+        tmp_path, POLICY, "dlapp.runtime.podman.PodmanRuntime", "podman", 60
     )
-    try:
-        assert supervisor.stdout is not None and supervisor.stdout.readline() == b"launched\n"
-        label = f"dlapp.app={req.app_id}"
-        assert eventually(lambda: "up" in req.stdout.read_text(), 60)
-        assert containers(label, "podman") != []
-        os.kill(supervisor.pid, signal.SIGKILL)
-        assert eventually(lambda: containers(label, "podman") == [], timeout=30)
-    finally:
-        supervisor.kill()
-        supervisor.wait()
-        if supervisor.stdout is not None:
-            supervisor.stdout.close()
 
 
 def test_a_node_sweeps_only_its_own_orphans() -> None:
