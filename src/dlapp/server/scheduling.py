@@ -524,13 +524,17 @@ def _plans(
 ) -> list[ContainerPlan]:
     s = ctx.settings
     env = rendezvous(app.id, app.attempt, node_names)
+    # the same for every container of the app: worked out once (data_config resolves paths)
+    spec_dict, data = spec.to_dict(), data_config(s).to_dict()
+    container = s.container_policy.model_dump(mode="json")
+    meter = MeterPlan(s.gpu_sampler, s.gpu_sample_interval_s, s.gpu_idle_below).to_dict()
     return [
         ContainerPlan(
             app_id=app.id,
             attempt=app.attempt,
             index=i,
             num_containers=app.num_containers,
-            spec=spec.to_dict(),
+            spec=spec_dict,
             workspace_tarball=app.workspace,
             artifact_root=str(s.artifacts),
             work_root=str(s.work),
@@ -538,9 +542,9 @@ def _plans(
             max_bytes=s.workspace_max_mb * 1024 * 1024,
             rendezvous=env[i],
             node_id=node_ids[i],
-            data=data_config(s).to_dict(),
-            container=s.container_policy.model_dump(mode="json"),
-            meter=MeterPlan(s.gpu_sampler, s.gpu_sample_interval_s, s.gpu_idle_below).to_dict(),
+            data=data,
+            container=container,
+            meter=meter,
         )
         for i in range(app.num_containers)
     ]
