@@ -144,12 +144,13 @@ def processes_with_env(key: str, value: str) -> list[int]:
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}: last {value!r}")
 
 
 def wait_running(client: DlappClient, app_id: str, timeout: float = 60.0) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dlapp.config import ServerSettings
 from dlapp.server.app import create_app
 
 from clusters import FAST_HEALTH_CHECKS
-from conftest import processes_with_env
+from conftest import processes_with_env, wait_for
 from inprocess import add_user, admin_token, bearer, submit
 from invariants import assert_running_matches
 
@@ -73,16 +73,6 @@ def _all_apps(api: TestClient) -> list[dict[str, Any]]:
     return apps
 
 
-def _until(what: str, timeout: float, fn: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {fn()}")
-
-
 def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
     two_nodes: tuple[Any, TestClient, str], tmp_path: Path
 ) -> None:
@@ -101,31 +91,31 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
         num_containers=2,
         resources={"cpus": 1, "memory": "128M", "gpus": 1},
     ).json()["id"]
-    running = _until(
-        "both containers to run",
-        60,
+    running = wait_for(
         lambda: (
             (a := _app(api, token, app_id))["containers"]
             and all(c["state"] == "RUNNING" for c in a["containers"])
             and a
         ),
+        60,
+        "both containers to run",
     )
     assert len({c["node_id"] for c in running["containers"]}) == 2  # one per node
     # kill the worker node's raylet, as a machine failure would
     worker = next(n for n in cluster.worker_nodes)
     os.kill(worker.all_processes["raylet"][0].process.pid, signal.SIGKILL)
     t0 = time.monotonic()
-    requeued = _until(
-        "the app to go back to its queue",
-        90,
+    requeued = wait_for(
         lambda: (a := _app(api, token, app_id))["state"] == "ACCEPTED" and a,
+        90,
+        "the app to go back to its queue",
     )
     detected_in = time.monotonic() - t0
     assert detected_in < 60
     events = api.get(f"/api/v1/apps/{app_id}/events", headers=bearer(token)).json()["events"]
     assert any("lost with its node" in e["reason"] for e in events)
     # the survivor was ended and no GPU stays held; the app waits for 2 GPUs on 2 nodes
-    _until("no process of the app", 30, lambda: processes_with_env("DLAPP_APP_ID", app_id) == [])
+    wait_for(lambda: processes_with_env("DLAPP_APP_ID", app_id) == [], 30, "no process of the app")
     assert_running_matches(lambda: _all_apps(api))
     gpus = [
         g
@@ -134,19 +124,19 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
         for g in n["gpus"]
     ]
     assert all(g["app_id"] is None for g in gpus)
-    assert "GPU" in _until(
-        "the scheduler's reason",
-        10,
+    assert "GPU" in wait_for(
         lambda: "position" in (r := _app(api, token, app_id)["pending_reason"]) and r,
+        10,
+        "the scheduler's reason",
     )
     # a new node joins: the app runs again (attempt 2) and completes
     ckpt = home_of(api) / "artifacts" / "checkpoints" / app_id
     (ckpt / "second").write_text("x")
     cluster.add_node(num_cpus=2, num_gpus=1)
-    done = _until(
-        "the app to finish",
-        120,
+    done = wait_for(
         lambda: (a := _app(api, token, app_id))["state"] == "FINISHED" and a,
+        120,
+        "the app to finish",
     )
     assert done["final_status"] == "SUCCEEDED", done
     assert done["attempt"] == 2 and requeued["attempt"] == 1
@@ -181,10 +171,10 @@ def test_ddp_across_two_nodes_and_the_exclude_list(
         nodes={"exclude": [banned]},
         resources={"cpus": 1, "memory": "128M", "gpus": 1},
     ).json()["id"]
-    done = _until(
-        "the excluded app",
-        60,
+    done = wait_for(
         lambda: (a := _app(api, token, kept_off))["state"] == "FINISHED" and a,
+        60,
+        "the excluded app",
     )
     assert done["final_status"] == "SUCCEEDED"
     assert done["containers"][0]["node_id"] == nodes[0]["node_id"]
@@ -201,8 +191,8 @@ def test_ddp_across_two_nodes_and_the_exclude_list(
         files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
     )
     app_id = resp.json()["id"]
-    done = _until(
-        "the DDP app", 240, lambda: (a := _app(api, token, app_id))["state"] == "FINISHED" and a
+    done = wait_for(
+        lambda: (a := _app(api, token, app_id))["state"] == "FINISHED" and a, 240, "the DDP app"
     )
     assert done["final_status"] == "SUCCEEDED", done
     assert len({c["node_id"] for c in done["containers"]}) == 2  # one rank per node

@@ -9,7 +9,6 @@ really free, an app runs on it: nothing was leaked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from dlapp.config import ServerSettings
 from dlapp.server.app import create_app
 
 from clusters import ray_head
+from conftest import wait_for
 from inprocess import add_user, admin_token, bearer, submit
 from invariants import assert_running_matches
 
@@ -49,16 +49,6 @@ def _app(api: TestClient, token: str, app_id: str) -> dict[str, Any]:
     return result
 
 
-def _until(what: str, timeout: float, fn: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: {fn()}")
-
-
 def _dlapp_groups(app_id: str) -> list[str]:
     import ray
 
@@ -77,21 +67,21 @@ def test_an_app_whose_placement_group_never_places_is_requeued_then_fails(
     blocker = placement_group([{"CPU": 0.1, "GPU": 1}])
     ray.get(blocker.ready(), timeout=60)
     app_id = submit(api, tmp_path, token, script="echo ran\n", resources=GPU).json()["id"]
-    requeued = _until(
-        "the app to go back to its queue",
-        60,
+    requeued = wait_for(
         lambda: any(
             e["to_state"] == "ACCEPTED" and e["reason"].startswith("requeued")
             for e in api.get(f"/api/v1/apps/{app_id}/events", headers=bearer(token)).json()[
                 "events"
             ]
         ),
+        60,
+        "the app to go back to its queue",
     )
     assert requeued
-    done = _until(
-        "the second timeout to end it",
-        60,
+    done = wait_for(
         lambda: (a := _app(api, token, app_id))["state"] == "FINISHED" and a,
+        60,
+        "the second timeout to end it",
     )
     assert done["final_status"] == "FAILED", done
     assert done["attempt"] == 2
@@ -101,14 +91,14 @@ def test_an_app_whose_placement_group_never_places_is_requeued_then_fails(
     first = next(e for e in events if e["reason"].startswith("requeued"))
     assert "not counted against max_attempts" in first["reason"]
     # its placement groups are gone, and the GPU is free again in dlapp's books
-    _until("its placement groups removed", 30, lambda: set(_dlapp_groups(app_id)) == {"REMOVED"})
+    wait_for(lambda: set(_dlapp_groups(app_id)) == {"REMOVED"}, 30, "its placement groups removed")
     nodes = api.get("/api/v1/cluster", headers=bearer(token)).json()["nodes"]
     assert all(g["app_id"] is None for n in nodes for g in n["gpus"])
     # with the GPU really free, an app runs on it
     remove_placement_group(blocker)
     later = submit(api, tmp_path, token, script="echo ran\n", resources=GPU).json()["id"]
-    finished = _until(
-        "the later app", 60, lambda: (a := _app(api, token, later))["state"] == "FINISHED" and a
+    finished = wait_for(
+        lambda: (a := _app(api, token, later))["state"] == "FINISHED" and a, 60, "the later app"
     )
     assert finished["final_status"] == "SUCCEEDED", finished
     assert finished["attempt"] == 1
