@@ -51,6 +51,10 @@ def server_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         # the declared GPUs' utilisation, read by the supervisors from a file the tests write
         "gpu_sampler": f"test-file:{home / GPU_UTILISATION_FILE}",
         "gpu_sample_interval_s": 1.0,
+        # the suite's shared server tests the features, its apps as the test's own user; the
+        # multi-user rules (apps as their users' Unix accounts) have servers of their own in
+        # test_tenant_isolation.py
+        "tenancy": "single",
     }
     (home / "server.yaml").write_text(yaml.safe_dump(settings))
     _, started = embedded.up(home, gpus=CLUSTER_GPUS, cpus=CLUSTER_CPUS)

@@ -14,7 +14,14 @@ import pytest
 
 from dlapp.devshell import shell_args
 from dlapp.runtime.base import LaunchRequest
-from dlapp.runtime.docker import RunOptions, container_env, docker_run_args, publish_arg
+from dlapp.runtime.docker import (
+    RunOptions,
+    container_env,
+    docker_run_args,
+    env_file_path,
+    publish_arg,
+    run_env,
+)
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, ContainerOptions, Mount
 
@@ -80,7 +87,13 @@ def make_request() -> RequestBuilder:
 
 
 POLICY = ContainerPolicy(cluster_id="c0ffee")
-USER = RunOptions(user="1000:1000")
+ENV_FILE = env_file_path(make_request().build())  # the env goes there, never to argv
+USER = RunOptions(user="1000:1000", env_file=ENV_FILE)
+
+
+def env_of(req: LaunchRequest, opts: RunOptions = USER, policy: ContainerPolicy = POLICY) -> str:
+    """The container's env as its env file holds it, one ``K=V`` a line."""
+    return "".join(f"{k}={v}\n" for k, v in sorted(run_env(req, policy, opts).items()))
 
 
 def check_golden(name: str, argv: list[str]) -> None:
@@ -93,6 +106,14 @@ def check_golden(name: str, argv: list[str]) -> None:
 
 def test_plain_cpu_app() -> None:
     check_golden("cpu", docker_run_args(make_request().build(), POLICY, USER))
+
+
+def test_the_env_goes_to_the_env_file_not_to_argv() -> None:
+    req = make_request().build()
+    argv = docker_run_args(req, POLICY, USER)
+    assert "--env" not in argv and not any("OMP_NUM_THREADS" in a for a in argv)
+    assert argv[argv.index("--env-file") + 1] == str(ENV_FILE)
+    check_golden("cpu-env-file", env_of(req).splitlines())
 
 
 def test_two_gpus_with_the_nvidia_runtime_are_numbered_from_zero_inside() -> None:
@@ -114,7 +135,7 @@ def test_declared_gpus_without_devices_keep_the_node_ids() -> None:
     req = make_request().gpu_ids("1").build()
     argv = docker_run_args(req, policy, USER)
     assert "--gpus" not in argv and "--device" not in argv
-    assert "CUDA_VISIBLE_DEVICES=1" in argv
+    assert "CUDA_VISIBLE_DEVICES=1\n" in env_of(req, policy=policy)
 
 
 def test_admin_allowed_mount_caps_and_host_network() -> None:
@@ -135,7 +156,8 @@ def test_admin_allowed_mount_caps_and_host_network() -> None:
         )
         .build()
     )
-    check_golden("mount-cap-host-network", docker_run_args(req, policy, RunOptions("1234:1234")))
+    opts = RunOptions("1234:1234", env_file=ENV_FILE)
+    check_golden("mount-cap-host-network", docker_run_args(req, policy, opts))
 
 
 def test_the_flags_fence_even_a_request_the_policy_would_refuse() -> None:
@@ -181,7 +203,10 @@ def test_containers_carry_the_node_they_run_on() -> None:
 # -- podman: the same builder, engine="podman" ----------------------------------------------
 
 PODMAN = RunOptions(
-    user="1000:1000", engine="podman", ulimits=(("nofile", 1024, 4096), ("nproc", 512, 512))
+    user="1000:1000",
+    engine="podman",
+    ulimits=(("nofile", 1024, 4096), ("nproc", 512, 512)),
+    env_file=ENV_FILE,
 )
 
 
@@ -219,8 +244,10 @@ def test_a_bad_userns_is_refused_naming_the_choices(bad: str) -> None:
 
 
 def test_dlapp_secrets_never_reach_a_container() -> None:
-    argv = docker_run_args(make_request().with_env(DLAPP_TOKEN="s3cret").build(), POLICY, USER)
+    req = make_request().with_env(DLAPP_TOKEN="s3cret").build()
+    argv = docker_run_args(req, POLICY, USER)
     assert not any("s3cret" in a or "DLAPP_TOKEN" in a for a in argv)
+    assert "s3cret" not in env_of(req) and "DLAPP_TOKEN" not in env_of(req)
 
 
 def test_the_dev_shell_is_the_same_container_interactive(tmp_path: Path) -> None:
@@ -252,9 +279,15 @@ def test_the_guard_takes_a_cleanup_command() -> None:
     from dlapp.runtime import guard
 
     argv = ["--parent", "7", "--cleanup", '["docker", "rm", "-f", "n"]', "--", "docker", "run"]
-    assert guard._parse(argv) == (7, ["docker", "rm", "-f", "n"], ["docker", "run"])
-    assert guard._parse(["--parent", "7", "--", "x"]) == (7, [], ["x"])
-    for bad in (["--parent", "7", "--cleanup", "{}", "--", "x"], ["--parent", "7", "x", "y"]):
+    assert guard._parse(argv) == (7, None, ["docker", "rm", "-f", "n"], ["docker", "run"])
+    assert guard._parse(["--parent", "7", "--", "x"]) == (7, None, [], ["x"])
+    as_user = ["--parent", "7", "--user", "1001:1002", "--", "x"]
+    assert guard._parse(as_user) == (7, (1001, 1002), [], ["x"])
+    for bad in (
+        ["--parent", "7", "--cleanup", "{}", "--", "x"],
+        ["--parent", "7", "x", "y"],
+        ["--parent", "7", "--user", "0:0", "--", "x"],  # never root
+    ):
         with pytest.raises(ValueError, match="usage"):
             guard._parse(bad)
 
@@ -263,15 +296,15 @@ def test_a_gang_on_a_loopback_cluster_meets_at_the_bridge_gateway() -> None:
     # a cluster on one machine (Ray on 127.0.0.1): inside a container 127.0.0.1 is itself, so
     # rank 0 publishes on the bridge's gateway and every rank is told to meet there
     gang = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29731", "WORLD_SIZE": "2"}
-    opts = RunOptions("1000:1000", gateway="172.17.0.1")
-    rank0 = docker_run_args(make_request().with_env(RANK="0", **gang).build(), POLICY, opts)
+    opts = RunOptions("1000:1000", gateway="172.17.0.1", env_file=ENV_FILE)
+    req0 = make_request().with_env(RANK="0", **gang).build()
+    rank0 = docker_run_args(req0, POLICY, opts)
     assert rank0[rank0.index("--publish") + 1] == "172.17.0.1:29731:29731"
-    assert "MASTER_ADDR=172.17.0.1" in rank0
-    rank1 = docker_run_args(make_request().with_env(RANK="1", **gang).build(), POLICY, opts)
-    assert "MASTER_ADDR=172.17.0.1" in rank1 and "--publish" not in rank1
+    assert "MASTER_ADDR=172.17.0.1\n" in env_of(req0, opts)
+    req1 = make_request().with_env(RANK="1", **gang).build()
+    rank1 = docker_run_args(req1, POLICY, opts)
+    assert "MASTER_ADDR=172.17.0.1\n" in env_of(req1, opts) and "--publish" not in rank1
     # a node's own address is kept, and so is loopback where no gateway was found
-    routed = {**gang, "MASTER_ADDR": "10.0.0.1"}
-    argv = docker_run_args(make_request().with_env(RANK="1", **routed).build(), POLICY, opts)
-    assert "MASTER_ADDR=10.0.0.1" in argv
-    argv = docker_run_args(make_request().with_env(RANK="1", **gang).build(), POLICY, USER)
-    assert "MASTER_ADDR=127.0.0.1" in argv
+    routed = make_request().with_env(RANK="1", **{**gang, "MASTER_ADDR": "10.0.0.1"}).build()
+    assert "MASTER_ADDR=10.0.0.1\n" in env_of(routed, opts)
+    assert "MASTER_ADDR=127.0.0.1\n" in env_of(req1, USER)

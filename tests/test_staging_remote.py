@@ -14,6 +14,7 @@ from dlapp.cache import InputCache
 from dlapp.commit import MARKER
 from dlapp.errors import DataError
 from dlapp.spec import AppSpec, DataBinding
+from dlapp.stores import Profile
 
 from storage_servers import S3Server, Sshd, config_with, s3_server, sshd
 
@@ -80,6 +81,9 @@ def test_sftp_output_is_renamed_into_place_and_overwritten(sshd: Sshd, tmp_path:
     assert sorted(p.name for p in target.parent.iterdir()) == ["run"]
 
 
+NO_KEYS = {"look_for_keys": False, "allow_agent": False}
+
+
 def test_sftp_without_a_matching_profile_cannot_log_in(sshd: Sshd, tmp_path: Path) -> None:
     (sshd.root / "x").write_text("x")
     spec = AppSpec.from_dict(
@@ -89,8 +93,11 @@ def test_sftp_without_a_matching_profile_cannot_log_in(sshd: Sshd, tmp_path: Pat
             "inputs": [{"url": f"sftp://127.0.0.1:{sshd.port}{sshd.root}/x", "path": "d"}],
         }
     )
-    with pytest.raises(DataError, match="cannot connect"):
+    with pytest.raises(DataError, match="loopback"):  # no profile names it: refused at once
         staging.check_urls(spec, config=config_with())
+    anonymous = Profile("anon", "sftp", (f"sftp://127.0.0.1:{sshd.port}",), NO_KEYS)
+    with pytest.raises(DataError, match="cannot connect"):  # named, but without credentials
+        staging.check_urls(spec, config=config_with(anonymous))
 
 
 # -- s3 -----------------------------------------------------------------------------------------

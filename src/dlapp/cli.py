@@ -43,7 +43,12 @@ def _client(autostart: bool = False, gpus: int | None = None) -> DlappClient:
                 f"no token for {settings.server}: run `dlapp login {settings.server}` "
                 "or set DLAPP_TOKEN"
             )
-        return DlappClient(settings.server, settings.token.get_secret_value(), settings.timeout_s)
+        return DlappClient(
+            settings.server,
+            settings.token.get_secret_value(),
+            settings.timeout_s,
+            ca_file=settings.ca_file,
+        )
     home = default_home()
     info = embedded.running(home)
     if info is None and autostart:
@@ -56,7 +61,7 @@ def _client(autostart: bool = False, gpus: int | None = None) -> DlappClient:
             "or point DLAPP_SERVER at a server"
         )
     token = read_private(home / ADMIN_TOKEN_FILE, "the embedded cluster's admin token")
-    return DlappClient(info.url, token, settings.timeout_s)
+    return DlappClient(info.url, token, settings.timeout_s, ca_file=info.ca_file)
 
 
 def _size(n: float) -> str:
@@ -412,11 +417,18 @@ def node_join(head_address: str, gpus: int | None, cpus: float | None, node_ip: 
 @cli.command()
 @click.option("--gpus", type=int, help="GPUs to declare (default: those NVML finds)")
 @click.option("--cpus", type=float, help="CPUs to declare (default: all)")
-def up(gpus: int | None, cpus: float | None) -> None:
+@click.option(
+    "--tls", "tls_on", is_flag=True, help="serve https, with a certificate of a CA of its own"
+)
+def up(gpus: int | None, cpus: float | None, tls_on: bool) -> None:
     """Start the embedded local cluster (server + single-node Ray) in the background."""
     home = default_home()
-    info, started = embedded.up(home, gpus=gpus, cpus=cpus)
+    info, started = embedded.up(home, gpus=gpus, cpus=cpus, tls_on=tls_on)
     out.print(f"{'started' if started else 'already running'}: {info.url} (state in {home})")
+    if info.ca_file is not None:
+        out.print(f"its CA (trusted by this CLI by itself; give it to others): {info.ca_file}")
+    elif tls_on and not info.url.startswith("https:"):
+        err.print("it runs without TLS: `dlapp down`, then `dlapp up --tls`")
 
 
 @cli.command()
@@ -434,6 +446,14 @@ def down() -> None:
 @click.option("--gpus", type=int, help="embedded Ray: GPUs to declare")
 @click.option("--cpus", type=float, help="embedded Ray: CPUs to declare")
 @click.option("--ray-address", help="join this Ray cluster instead of starting one")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate (chain): serve https (with --tls-key)",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM key of --tls-cert"
+)
 @click.pass_context
 def server(ctx: click.Context, /, config_file: Path | None, **overrides: Any) -> None:
     """Run the dlapp server in the foreground; or migrate, back up or restore its store."""

@@ -1,20 +1,24 @@
 """``dlapp admin ...`` (users, tokens, the audit log: cluster admins), ``dlapp login`` and
 ``dlapp token rotate`` (anyone's own token).
 
-A token is printed once, when it is made (``user add``, ``token rotate``); the server keeps only
-its hash. ``dlapp login`` checks a token against a server and saves both in the client config,
-mode 0600; ``dlapp token rotate`` saves the caller's new token where the CLI found the old one.
+A token is printed once, when it is made (``user add``, ``token rotate``; ``--expires-in DAYS``
+gives it an expiry of its own, besides the server's ``token_lifetime_days``); the server keeps
+only its hash. ``dlapp login`` checks a token against a server and saves both in the client
+config, mode 0600 (with ``--ca-file``, the CA that signed an https server's certificate too);
+``dlapp token rotate`` saves the caller's new token where the CLI found the old one.
 Registered on the main group by ``dlapp.cli``; tested through ``dlapp.cli.main``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import yaml
@@ -27,6 +31,14 @@ from dlapp.credentials import ADMIN_TOKEN_FILE, write_private
 from dlapp.errors import DlappError
 
 out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+EXPIRES_IN = click.option(
+    "--expires-in",
+    "expires_in",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="DAYS",
+    help="the token stops working this many days from now (the server's lifetime still applies)",
+)
 
 
 def _client() -> DlappClient:
@@ -39,9 +51,11 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-def _show_token(name: str, token: str) -> None:
+def _show_token(name: str, token: str, expires: str | None = None) -> None:
     click.echo(f"token for {name} (shown only this once; keep it secret):")
     click.echo(token)
+    if expires:
+        click.echo(f"it expires at {expires}")
     click.echo(f"{name} can save it with: dlapp login <server URL>  (then paste the token)")
 
 
@@ -59,11 +73,16 @@ def user() -> None:
 @click.argument("name")
 @click.option("--admin", "is_admin", is_flag=True, help="make a cluster admin")
 @click.option("--group", "groups", multiple=True, help="a group (for queue ACLs); repeatable")
+@EXPIRES_IN
 @click.option("--json", "as_json", is_flag=True, help="print the user and token as JSON")
-def user_add(name: str, is_admin: bool, groups: tuple[str, ...], as_json: bool) -> None:
+def user_add(
+    name: str, is_admin: bool, groups: tuple[str, ...], expires_in: float | None, as_json: bool
+) -> None:
     """Add user NAME and print their first token."""
     with _client() as client:
-        made = client.admin_add_user(name, admin=is_admin, groups=groups)
+        made = client.admin_add_user(
+            name, admin=is_admin, groups=groups, expires_in_days=expires_in
+        )
     if as_json:
         _print_json(made)
         return
@@ -72,20 +91,28 @@ def user_add(name: str, is_admin: bool, groups: tuple[str, ...], as_json: bool) 
     out.print(
         f"added {role} {u['name']}" + (f" (groups {', '.join(u['groups'])})" if u["groups"] else "")
     )
-    _show_token(u["name"], made["token"])
+    _show_token(u["name"], made["token"], u.get("token_expires"))
+    if made.get("notice"):  # e.g. the second user: the multi-user rules apply from now on
+        err.print(f"note: {made['notice']}")
 
 
 @user.command("list")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def user_list(as_json: bool) -> None:
-    """Every user: admin or not, groups, disabled, when their token was made and last used."""
+    """Every user: admin or not, groups, disabled, when their token was made, last used and
+    expires."""
     with _client() as client:
         found = client.admin_users()
     if as_json:
         _print_json(found)
         return
-    table = Table("name", "admin", "groups", "disabled", "created", "token made", "token used")
+    table = Table(
+        "name", "admin", "groups", "disabled", "created", "token made", "token used", "expires"
+    )
     for u in found:
+        expires = u.get("token_expires") or ("-" if u["token_created"] else "")
+        if u.get("token_expired"):
+            expires += " (expired)"
         table.add_row(
             u["name"],
             "yes" if u["is_admin"] else "",
@@ -94,6 +121,7 @@ def user_list(as_json: bool) -> None:
             u["created"] or "-",
             u["token_created"] or "(none)",
             u["token_last_used"] or "-",
+            expires,
         )
     out.print(table)
 
@@ -123,11 +151,12 @@ def token() -> None:
 
 @token.command("rotate")
 @click.argument("name")
-def token_rotate(name: str) -> None:
+@EXPIRES_IN
+def token_rotate(name: str, expires_in: float | None) -> None:
     """Give NAME a new token (printed once); the old one stops working."""
     with _client() as client:
-        new = client.admin_rotate_token(name)
-    _show_token(name, new)
+        made = client.admin_issue_token(name, expires_in)
+    _show_token(name, made["token"], made.get("token_expires"))
 
 
 @token.command("revoke")
@@ -141,14 +170,15 @@ def token_revoke(name: str) -> None:
 
 @admin.command("audit")
 @click.option("--user", help="only what this user did")
-@click.option("--action", help="only this action (submit, kill, softkill, user.add, ...)")
+@click.option("--action", help="only this action (submit, kill, user.add, login.failed, ...)")
 @click.option("--target", help="only what was done to this app or user")
 @click.option("--limit", default=100, show_default=True, help="newest N entries")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def audit_cmd(
     user: str | None, action: str | None, target: str | None, limit: int, as_json: bool
 ) -> None:
-    """Who did what, and when: submits, kills, user and token changes. Newest first."""
+    """Who did what, and when: submits, kills, user and token changes, refused tokens
+    (login.failed, by client address). Newest first."""
     with _client() as client:
         entries = client.admin_audit(user=user, action=action, target=target, limit=limit)
     if as_json:
@@ -175,21 +205,53 @@ def node_cmd(state: str, node: str) -> None:
 @click.command()
 @click.argument("server")
 @click.option("--token-stdin", is_flag=True, help="read the token from stdin, not a prompt")
-def login(server: str, token_stdin: bool) -> None:
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="DLAPP_CA_FILE",
+    help="the CA that signed an https server's certificate (saved too; default: the system's)",
+)
+def login(server: str, token_stdin: bool, ca_file: Path | None) -> None:
     """Check a token against SERVER and save both in the client config (mode 0600)."""
+    server = server.rstrip("/")
+    if in_clear(server):
+        err.print(
+            f"warning: {server} is plain http to another machine: your token will cross the "
+            "network in clear. Use https (docs/deployment.md#tls)."
+        )
+    path = client_config_path()
+    values = _read_config(path)
+    if ca_file is None and values.get("server") == server and values.get("ca_file"):
+        ca_file = Path(values["ca_file"])  # logging in again to the same server
     if token_stdin:
         secret = sys.stdin.readline().strip()
     else:
         secret = click.prompt("token", hide_input=True).strip()
     if not secret:
         raise DlappError("no token given")
-    with DlappClient(server, secret) as client:
+    with DlappClient(server, secret, ca_file=ca_file) as client:
         me = client.whoami()
-    path = client_config_path()
-    values = _read_config(path)
     values.update({"server": server, "token": secret})
+    values.pop("ca_file", None)
+    if ca_file is not None:
+        values["ca_file"] = str(ca_file.resolve())
     write_private(path, yaml.safe_dump(values, sort_keys=False))
     out.print(f"logged in to {server} as {me['name']}; saved in {path} (mode 0600)")
+
+
+def in_clear(server: str) -> bool:
+    """Whether a token sent to ``server`` crosses a network unencrypted: plain http to a host
+    that is not this machine's loopback."""
+    parts = urlsplit(server)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 @click.group("token")

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from dlapp import tls
 from dlapp.errors import DlappError, ServerError, ServerUnavailable, error_from_dict
 from dlapp.spec import AppSpec
 
@@ -23,12 +24,20 @@ class DlappClient:
         token: str | None = None,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        ca_file: Path | None = None,
     ) -> None:
-        """``token`` is sent as ``Authorization: Bearer``; every route but /healthz needs it."""
+        """``token`` is sent as ``Authorization: Bearer``; every route but /healthz needs it.
+        An https server's certificate is verified against ``ca_file`` when given, else against
+        the system's certificate authorities."""
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify = tls.client_context(ca_file) if self.base_url.startswith("https:") else True
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout_s,
+            transport=transport,
+            verify=verify,
         )
 
     def __repr__(self) -> str:  # never the token
@@ -49,9 +58,7 @@ class DlappClient:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ServerUnavailable(
-                f"cannot reach the dlapp server at {self.base_url}: {exc}"
-            ) from None
+            raise _unreachable(self.base_url, exc, "cannot reach") from None
         if resp.status_code >= 400:
             raise _error(resp)
         return resp
@@ -180,7 +187,7 @@ class DlappClient:
                     raise _error(resp)
                 yield from resp.iter_text()
         except httpx.TransportError as exc:
-            raise ServerUnavailable(f"lost the dlapp server at {self.base_url}: {exc}") from None
+            raise _unreachable(self.base_url, exc, "lost") from None
 
     # -- accounts (``admin_*``: cluster admins only) ---------------------------------------------
 
@@ -205,10 +212,17 @@ class DlappClient:
         return result
 
     def admin_add_user(
-        self, name: str, admin: bool = False, groups: Sequence[str] = ()
+        self,
+        name: str,
+        admin: bool = False,
+        groups: Sequence[str] = (),
+        expires_in_days: float | None = None,
     ) -> dict[str, Any]:
-        """Returns ``{"user": ..., "token": ...}``: the token is shown this once."""
-        body = {"name": name, "admin": admin, "groups": list(groups)}
+        """Returns ``{"user": ..., "token": ...}``: the token is shown this once. It expires
+        ``expires_in_days`` from now when given (and by the server's token lifetime anyway)."""
+        body: dict[str, Any] = {"name": name, "admin": admin, "groups": list(groups)}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
         result: dict[str, Any] = self._json("POST", "/api/v1/admin/users", json=body)
         return result
 
@@ -222,8 +236,17 @@ class DlappClient:
 
     def admin_rotate_token(self, name: str) -> str:
         """A new token for ``name`` (the old one stops working), shown this once."""
-        token: str = self._json("POST", f"/api/v1/admin/users/{name}/token")["token"]
+        token: str = self.admin_issue_token(name)["token"]
         return token
+
+    def admin_issue_token(self, name: str, expires_in_days: float | None = None) -> dict[str, Any]:
+        """As ``admin_rotate_token``, the new token expiring ``expires_in_days`` from now when
+        given; returns ``{"user", "token", "token_expires"}``."""
+        params = {} if expires_in_days is None else {"expires_in_days": expires_in_days}
+        result: dict[str, Any] = self._json(
+            "POST", f"/api/v1/admin/users/{name}/token", params=params
+        )
+        return result
 
     def admin_revoke_token(self, name: str) -> int:
         count: int = self._json("POST", f"/api/v1/admin/users/{name}/token/revoke")["revoked"]
@@ -257,6 +280,18 @@ class DlappClient:
             if deadline is not None and time.monotonic() > deadline:
                 raise DlappError(f"{app_id} is still {app['state']} after {timeout_s:g}s")
             time.sleep(poll_s)
+
+
+def _unreachable(base_url: str, exc: httpx.TransportError, verb: str) -> ServerUnavailable:
+    """One line on why the server could not be talked to; a refused certificate says what to
+    do about it."""
+    reason = tls.verify_failure(exc)
+    if reason is not None:
+        return ServerUnavailable(
+            f"cannot verify the TLS certificate of {base_url} ({reason}): give the CA that "
+            f"signed it with `dlapp login {base_url} --ca-file CA.pem` or DLAPP_CA_FILE"
+        )
+    return ServerUnavailable(f"{verb} the dlapp server at {base_url}: {exc}")
 
 
 def _error(resp: httpx.Response) -> DlappError:

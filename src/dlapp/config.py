@@ -9,12 +9,13 @@ See docs/configuration.md for the full list.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -24,6 +25,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from dlapp.credentials import check_private
@@ -112,6 +114,18 @@ class ServerSettings(BaseModel):
     admin_user: str | None = Field(
         None, description="name of the first admin, made on a fresh store (default: login name)"
     )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) of the API: with tls_key, serve https"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="reverse proxies (addresses, networks) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: none",
+    )
+    token_lifetime_days: float | None = Field(
+        None, gt=0, description="a token stops working this long after it was made; unset: never"
+    )
     submit_rate_per_min: float = Field(
         60.0, ge=0, description="submissions per user per minute (token bucket); 0: no limit"
     )
@@ -120,6 +134,28 @@ class ServerSettings(BaseModel):
     )
     max_pending_per_queue: int = Field(
         10_000, ge=0, description="ACCEPTED apps a leaf queue may hold without its own max_pending"
+    )
+    api_threads: int = Field(
+        32,
+        ge=2,
+        le=1024,
+        description="worker threads for the API's blocking work (the store, the executor); the "
+        "store's connection pool is sized from it and max_requests",
+    )
+    max_requests: int = Field(
+        64, ge=2, le=4096, description="API requests served at once; more wait request_wait_s"
+    )
+    request_wait_s: float = Field(
+        2.0, ge=0, description="how long a request waits for a free slot before a 503"
+    )
+    max_requests_per_user: int = Field(
+        8,
+        ge=1,
+        description="API requests one user may have in flight; more: 429 with Retry-After "
+        "(below api_threads and max_requests, so no user holds them all)",
+    )
+    max_follows_per_user: int = Field(
+        8, ge=1, description="log follows (logs?follow=true) one user may hold open; more: 429"
     )
     storage_profiles: dict[str, StorageProfile] = Field(
         default_factory=dict,
@@ -158,6 +194,31 @@ class ServerSettings(BaseModel):
     timeseries_retention_days: float = Field(
         14.0, gt=0, description="per-queue samples older than this are deleted"
     )
+    tenancy: Literal["auto", "multi", "single"] = Field(
+        "auto",
+        description="auto: apps run as the server's user while the store holds one user, as "
+        "their users' own Unix accounts from the second on; multi: always as their accounts; "
+        "single: always as the server's user, for users who all trust each other with the "
+        "server's data (never on a shared cluster; docs/security.md)",
+    )
+    app_uid_range: tuple[int, int] = Field(
+        (200_000, 299_999),
+        description="uids (and gids) of the Unix accounts made for dlapp users who have none",
+    )
+    app_account_prefix: str = Field(
+        "dlapp-",
+        pattern=r"^[a-z_][a-z0-9_-]{0,15}$",
+        description="name prefix of the Unix accounts made for dlapp users",
+    )
+    map_unix_accounts: bool = Field(
+        True,
+        description="run a user's apps as the existing Unix account of the same name (uid >= "
+        "1000) rather than a made one",
+    )
+    runtimes: tuple[str, ...] | None = Field(
+        None,
+        description="runtimes apps may use on this cluster (unset: all; queues may narrow it)",
+    )
     container: ContainerPolicy = Field(
         default_factory=lambda: ContainerPolicy(),
         description="container runtime policy (images, user, caps, mounts, network, GPUs); "
@@ -174,6 +235,23 @@ class ServerSettings(BaseModel):
     def _container_from_json(cls, v: object) -> object:
         return json.loads(v) if isinstance(v, str) else v
 
+    @field_validator("app_uid_range", mode="before")
+    @classmethod
+    def _uid_range_from_env(cls, v: object) -> object:
+        return tuple(v.replace("-", ",").split(",")) if isinstance(v, str) else v
+
+    @field_validator("app_uid_range")
+    @classmethod
+    def _a_uid_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1000 <= v[0] <= v[1] < 2**31 - 1:
+            raise ValueError(f"{list(v)} is not a uid range [first, last] with 1000 <= first")
+        return v
+
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _runtimes_from_env(cls, v: object) -> object:
+        return tuple(r.strip() for r in v.split(",") if r.strip()) if isinstance(v, str) else v
+
     @field_validator("ray_node_ip")
     @classmethod
     def _an_ip_address(cls, v: str | None) -> str | None:
@@ -189,6 +267,27 @@ class ServerSettings(BaseModel):
     def _roots_from_env(cls, v: object) -> object:
         return tuple(p for p in v.split(os.pathsep) if p) if isinstance(v, str) else v
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies_from_env(cls, v: object) -> object:
+        return tuple(p.strip() for p in v.split(",") if p.strip()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _fair_request_limits(self) -> ServerSettings:
+        if self.max_requests_per_user >= min(self.api_threads, self.max_requests):
+            raise ValueError(
+                f"max_requests_per_user ({self.max_requests_per_user}) must be below api_threads "
+                f"({self.api_threads}) and max_requests ({self.max_requests}): one user's "
+                "requests may not hold every worker"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both, or neither")
+        return self
+
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.home / 'dlapp.db'}"
@@ -203,7 +302,15 @@ class ServerSettings(BaseModel):
 
     @property
     def work(self) -> Path:
-        return self.work_dir or self.home / "work"
+        """Where apps' workspaces live on the nodes. Apps' accounts must be able to pass
+        through its parents, which a root server's home (under /root) does not allow: a root
+        server keeps them under /var/lib/dlapp, one directory per data dir."""
+        if self.work_dir is not None:
+            return self.work_dir
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            tag = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:16]
+            return Path("/var/lib/dlapp/work") / tag
+        return self.home / "work"
 
     @property
     def cache(self) -> Path:
@@ -215,8 +322,13 @@ class ServerSettings(BaseModel):
         return self.container.for_home(self.home)
 
     @property
+    def token_lifetime_s(self) -> float | None:
+        return None if self.token_lifetime_days is None else self.token_lifetime_days * 86400.0
+
+    @property
     def url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"
 
 
 class ClientSettings(BaseModel):
@@ -224,6 +336,7 @@ class ClientSettings(BaseModel):
 
     server: str | None = None
     token: SecretStr | None = None  # for ``server``; the embedded cluster uses its admin.token
+    ca_file: Path | None = None  # the CA that signed ``server``'s certificate (else the system's)
     timeout_s: float = 30.0
 
 

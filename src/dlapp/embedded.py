@@ -2,7 +2,9 @@
 
 ``up`` starts ``dlapp server`` detached, with its state under the data directory, and waits
 until it answers; ``down`` stops it (the server ends its apps and its Ray cluster on the way
-out). ``server.json`` in the data directory says where it listens.
+out). ``server.json`` in the data directory says where it listens and, when it serves https
+with a certificate of the cluster's own CA (``up(tls=True)``, see ``dlapp.tls``), where that
+CA's certificate is: what the CLI trusts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from dlapp import tls
 from dlapp.credentials import without_secrets
 from dlapp.errors import DlappError, ServerUnavailable
 
@@ -29,17 +32,29 @@ _spawned: list[subprocess.Popen[bytes]] = []
 class Running:
     url: str
     pid: int
+    ca_file: Path | None = None  # the CA to verify an https server with (None: the system's)
 
 
 def state_path(home: Path) -> Path:
     return home / STATE_FILE
 
 
-def write_state(home: Path, url: str, pid: int) -> None:
+def write_state(home: Path, url: str, pid: int, ca_file: Path | None = None) -> None:
     home.mkdir(parents=True, exist_ok=True)
     tmp = state_path(home).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": pid}))
+    state: dict[str, object] = {"url": url, "pid": pid}
+    if ca_file is not None:
+        state["ca_file"] = str(ca_file)
+    tmp.write_text(json.dumps(state))
     os.replace(tmp, state_path(home))
+
+
+def issuing_ca(home: Path, tls_cert: Path | None) -> Path | None:
+    """The embedded CA's certificate when ``tls_cert`` is the one it issued (``up(tls=True)``)."""
+    files = tls.paths(home)
+    if tls_cert is not None and tls_cert.resolve() == files.cert.resolve() and files.ca.exists():
+        return files.ca
+    return None
 
 
 def clear_state(home: Path, pid: int) -> None:
@@ -65,10 +80,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def healthy(url: str) -> bool:
+def healthy(url: str, ca_file: Path | None = None) -> bool:
     try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
+        verify = tls.client_context(ca_file) if url.startswith("https:") else True
+        return httpx.get(f"{url}/healthz", timeout=2, verify=verify).status_code == 200
+    except (httpx.HTTPError, DlappError):
         return False
 
 
@@ -78,16 +94,22 @@ def running(home: Path) -> Running | None:
         data = json.loads(state_path(home).read_text())
     except (OSError, ValueError):
         return None
-    info = Running(url=str(data["url"]), pid=int(data["pid"]))
-    if not _alive(info.pid) or not healthy(info.url):
+    ca = data.get("ca_file")
+    info = Running(url=str(data["url"]), pid=int(data["pid"]), ca_file=Path(ca) if ca else None)
+    if not _alive(info.pid) or not healthy(info.url, info.ca_file):
         return None
     return info
 
 
 def up(
-    home: Path, gpus: int | None = None, cpus: float | None = None, timeout_s: float = 180.0
+    home: Path,
+    gpus: int | None = None,
+    cpus: float | None = None,
+    timeout_s: float = 180.0,
+    tls_on: bool = False,
 ) -> tuple[Running, bool]:
-    """Start the embedded cluster unless it runs; returns it and whether it was started now."""
+    """Start the embedded cluster unless it runs; returns it and whether it was started now.
+    ``tls_on``: serve https with a certificate of the cluster's own CA (made in ``<home>/tls``)."""
     existing = running(home)
     if existing is not None:
         return existing, False
@@ -97,6 +119,9 @@ def up(
         cmd += ["--gpus", str(gpus)]
     if cpus is not None:
         cmd += ["--cpus", str(cpus)]
+    if tls_on:
+        files = tls.ensure_embedded(home)
+        cmd += ["--tls-cert", str(files.cert), "--tls-key", str(files.key)]
     state_path(home).unlink(missing_ok=True)
     with (home / "server.log").open("ab") as log:
         proc = subprocess.Popen(

@@ -24,6 +24,21 @@ RUNTIMES = ("process", "docker", "podman")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,127}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# a container user: numeric UID[:GID] only (a name could resolve to root inside the image)
+_USER_RE = re.compile(r"^([0-9]{1,32})(?::([0-9]{1,32}))?$", re.ASCII)
+MAX_ID = 2**31 - 1  # larger IDs are refused by runc, or wrap to 0 once cut to 32 bits
+# docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest]
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+_IMAGE_RE = re.compile(
+    rf"^(?:{_DOMAIN}(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+    re.ASCII,
+)
+_NAME_MAX = 255  # docker's longest repository name
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B)?)\s*$", re.IGNORECASE)
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _MEM_UNITS_MB = {"": 1.0 / 1024 / 1024, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
@@ -60,6 +75,43 @@ def parse_memory_mb(value: object) -> int:
     if mb < 1:
         raise ValueError(f"memory must be at least 1M, not {value!r}")
     return round(mb)
+
+
+def image_problem(image: str) -> str | None:
+    """Why ``image`` is not an image reference (``[registry[:port]/]name[:tag][@digest]``,
+    docker's grammar), or None. Whatever passes can never be read as an engine's option."""
+    name = image.split("@")[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    if len(name) > _NAME_MAX or not _IMAGE_RE.match(image):
+        return (
+            f"image {image!r} is not a valid image reference "
+            "([registry[:port]/]name[:tag][@digest]: lowercase name parts, no spaces, "
+            "not starting with '-')"
+        )
+    return None
+
+
+def parse_user(user: str) -> tuple[int, int | None]:
+    """(uid, gid or None) of a container user ``UID[:GID]``: ASCII digits only, each at most
+    ``MAX_ID``; ValueError otherwise. ``"00:0"`` is (0, 0): callers compare numbers."""
+    m = _USER_RE.match(user)
+    ids = None if m is None else [int(g) for g in m.groups() if g is not None]
+    if ids is None or any(i > MAX_ID for i in ids):
+        raise ValueError(
+            f"container.user must be UID[:GID] (numbers up to {MAX_ID}; no names), not {user!r}"
+        )
+    return ids[0], ids[1] if len(ids) > 1 else None
+
+
+def format_user(uid: int, gid: int | None) -> str:
+    return str(uid) if gid is None else f"{uid}:{gid}"
+
+
+def canonical_user(user: str) -> str:
+    """``user`` as numbers without leading zeros ("00:01000" -> "0:1000"); ValueError if it
+    is not ``UID[:GID]``."""
+    return format_user(*parse_user(user))
 
 
 def format_memory(mb: int) -> str:
@@ -150,6 +202,11 @@ class Entry(_Strict):
         p = PurePosixPath(v)
         if p.is_absolute() or ".." in p.parts:
             raise ValueError(f"script {v!r} must be a path inside the workspace")
+        if v.startswith(("-", "+")):
+            raise ValueError(
+                f"script {v!r} starts with {v[0]!r}, so an interpreter would read it as an "
+                f"option; rename it, or write it as './{v}'"
+            )
         return v
 
     @field_validator("args", mode="before")
@@ -185,7 +242,17 @@ class ContainerOptions(_Strict):
     network: Literal["default", "none", "host"] = "default"
     cap_add: tuple[str, ...] = ()
     mounts: tuple[Mount, ...] = ()
-    user: str | None = None  # "UID:GID"; default: the policy's user
+    user: str | None = None  # "UID[:GID]", kept canonical; default: the policy's user
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        """Numbers without leading zeros; anything else is left for the container policy to
+        refuse (a 403 naming the rule, like every other container request)."""
+        try:
+            return None if v is None else canonical_user(v)
+        except ValueError:
+            return v
 
     @field_validator("cap_add", mode="before")
     @classmethod
@@ -226,6 +293,19 @@ class AppSpec(_Strict):
             )
         return v
 
+    @field_validator("image", mode="before")
+    @classmethod
+    def _no_image(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        problem = None if v is None else image_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @field_validator("queue")
     @classmethod
     def _queue(cls, v: str) -> str:
@@ -247,13 +327,19 @@ class AppSpec(_Strict):
                 raise ValueError(f"env name {k!r} is set by dlapp and cannot be overridden")
             if isinstance(value, dict | list):
                 raise ValueError(f"env {k} must be a string, not {type(value).__name__}")
-            out[k] = (
+            text = (
                 ""
                 if value is None
                 else str(value).lower()
                 if isinstance(value, bool)
                 else str(value)
             )
+            if any(c in text for c in "\n\r\x00"):
+                raise ValueError(
+                    f"env {k}: a value may not hold a line break or NUL "
+                    "(containers get their env from a file, one variable a line)"
+                )
+            out[k] = text
         return out
 
     @field_validator("max_runtime_s", mode="before")
@@ -524,6 +610,8 @@ _MODELS_AT: dict[str, type[BaseModel]] = {
     "nodes": NodeSelector,
     "inputs": DataBinding,
     "outputs": DataBinding,
+    "container": ContainerOptions,
+    "mounts": Mount,
 }
 
 
@@ -533,7 +621,7 @@ def _describe(exc: ValidationError) -> list[str]:
         loc = [str(p) for p in err["loc"]]
         where = ".".join(loc)
         if err["type"] == "extra_forbidden":
-            parent = next((p for p in loc[:-1] if not p.isdigit()), "")
+            parent = next((p for p in reversed(loc[:-1]) if not p.isdigit()), "")
             model = _MODELS_AT.get(parent, AppSpec)
             section = f" in {parent}" if parent else ""
             problems.append(

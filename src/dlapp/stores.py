@@ -6,8 +6,14 @@ prefix matches the URL longest wins, else the profile of that protocol with no `
 default). Credentials come only from profiles, never from the spec; a URL holding a password is
 refused, and profiles' options are never logged or answered.
 
-The policy, checked at submit and again on the node: ``file`` URLs only under ``file_roots``,
-and no URL whose host is a link-local or cloud-metadata address.
+The policy, checked at submit and again on the node: ``file`` URLs only under ``file_roots``;
+no URL whose host is a link-local or cloud-metadata address; and no URL whose host is loopback
+or unspecified (``127.0.0.0/8``, ``::1``, ``0.0.0.0``, ``localhost``: the server itself, whose
+own API staging would call) unless a profile's ``urls`` prefix names that very host and port.
+A host is first read as the address it really names: IPv4 inside IPv6 (mapped, translated,
+compatible, NAT64, 6to4, Teredo) and the old numeric IPv4 forms (``2852039166``,
+``0xa9.0xfe.0xa9.0xfe``, ``0251.0376.0251.0376``, ``169.254.43518``), which resolvers still
+accept; a host made of numbers that names no address is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import importlib.util
 import ipaddress
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +61,24 @@ _BLOCKED_NETS = (
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),
 )
+# the server itself: loopback, and the unspecified addresses (connecting to them reaches it too)
+_SELF_NETS = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("0.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+    ipaddress.ip_network("::/128"),
+)
+# IPv6 prefixes whose last 32 bits are an IPv4 address (RFC 4291, 6052, 6145, 8215)
+_V4_IN_LAST_32 = (
+    ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("::ffff:0:0/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+)
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -151,9 +176,14 @@ def problem(url: str, config: DataConfig) -> str | None:
     if scheme == "file":
         return _file_problem(local_path(url), config.file_roots)
     host = parsed.hostname
-    if host and _blocked_host(host, resolve=scheme in _NETWORK_HOSTS):
-        return f"host {host!r} is a link-local or metadata address"
-    return None
+    if not host:
+        return None
+    resolved: list[str] = []
+    if scheme in _NETWORK_HOSTS:
+        # unresolvable here: the node checks again before it connects
+        with contextlib.suppress(OSError, UnicodeError):
+            resolved = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+    return host_problem(host, resolved, served=profile_serves(url, config.profiles))
 
 
 def local_path(url: str) -> str:
@@ -175,21 +205,111 @@ def inside_roots(path: str, roots: Sequence[str] | None) -> bool:
     return _file_problem(path, roots) is None
 
 
-def _blocked_host(host: str, resolve: bool) -> bool:
-    if host.lower().rstrip(".") in _BLOCKED_NAMES:
-        return True
-    addresses = [host]
-    if resolve:
-        # unresolvable here: the node checks again before it connects
-        with contextlib.suppress(OSError, UnicodeError):
-            addresses += [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
-    for a in addresses:
-        try:
-            ip = ipaddress.ip_address(a.split("%")[0])
-        except ValueError:
-            continue
-        if any(ip in net for net in _BLOCKED_NETS):
-            return True
+def host_problem(host: str, resolved: Sequence[str] = (), served: bool = False) -> str | None:
+    """Why a URL may not name ``host`` (which ``resolved`` are the addresses of), or None.
+    Pure. ``served``: an admin's profile names this very host and port, so that it may be the
+    server's own machine (a store on loopback); never the metadata address."""
+    name = host.lower().rstrip(".")
+    if name in _BLOCKED_NAMES:
+        return f"host {host!r} is a link-local or metadata address"
+    own = name == "localhost" or name.endswith(".localhost")
+    addresses: list[IPAddress] = []
+    for text in (name, *resolved):
+        found = host_addresses(text)
+        if found is None:
+            return f"host {host!r} is made of numbers but is not a valid IP address"
+        addresses += found
+    if any(ip in net for ip in addresses for net in _BLOCKED_NETS if ip.version == net.version):
+        return f"host {host!r} is a link-local or metadata address"
+    own = own or any(
+        ip in net for ip in addresses for net in _SELF_NETS if ip.version == net.version
+    )
+    if own and not served:
+        return (
+            f"host {host!r} is a loopback or unspecified address: the server itself; only a "
+            "storage profile whose urls name this host and port may use it"
+        )
+    return None
+
+
+def host_addresses(host: str) -> list[IPAddress] | None:
+    """The addresses ``host`` names, IPv4 inside IPv6 included ([] for a name); None for a
+    host made of numbers that is no address (``1.2.3.4.5``, ``0xa9fe.0xa9fe``)."""
+    text = host.split("%")[0].lower().rstrip(".")
+    try:
+        ip: IPAddress = ipaddress.ip_address(text)
+    except ValueError:
+        labels = text.split(".")
+        if not all(_NUMERIC_LABEL.match(label) for label in labels):
+            return []  # a name
+        v4 = _legacy_ipv4(labels)
+        return None if v4 is None else [v4]
+    if isinstance(ip, ipaddress.IPv4Address):
+        return [ip]
+    return [ip, *_embedded_ipv4(ip)]
+
+
+def _legacy_ipv4(labels: Sequence[str]) -> ipaddress.IPv4Address | None:
+    """``inet_aton``'s reading of 1 to 4 decimal, octal (``0``...) or hex (``0x``...) parts:
+    the last one fills the remaining bytes."""
+    if not 1 <= len(labels) <= 4 or any(len(label) > 34 for label in labels):
+        return None
+    values = []
+    for label in labels:
+        if label.startswith("0x"):
+            values.append(int(label[2:] or "0", 16))
+        elif len(label) > 1 and label.startswith("0"):
+            if any(c in "89" for c in label):
+                return None
+            values.append(int(label, 8))
+        else:
+            values.append(int(label))
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
+        return None
+    number = last
+    for i, v in enumerate(head):
+        number += v << (8 * (3 - i))
+    return ipaddress.IPv4Address(number)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address that ``ip`` may carry to an IPv4 host through a translator."""
+    found: list[ipaddress.IPv4Address] = []
+    value = int(ip)
+    if any(ip in net for net in _V4_IN_LAST_32):
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if ip in _NAT64_LOCAL:  # RFC 6052 formats /48, /56, /64 (bits 64-71 are skipped)
+        b = ip.packed
+        found += [
+            ipaddress.IPv4Address(b[6:8] + b[9:11]),
+            ipaddress.IPv4Address(b[7:8] + b[9:12]),
+            ipaddress.IPv4Address(b[9:13]),
+        ]
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found += list(ip.teredo)
+    return found
+
+
+def profile_serves(url: str, profiles: Sequence[Profile]) -> bool:
+    """Whether a profile's ``urls`` prefix matches ``url`` and names the same scheme, host and
+    port (``sftp://127.0.0.1`` serves ``sftp://127.0.0.1/x``, not ``sftp://127.0.0.1:80/x``)."""
+    try:
+        parsed = urlparse(url)
+        target = (parsed.scheme.lower(), parsed.hostname, parsed.port)
+        for p in profiles:
+            for prefix in p.urls:
+                named = urlparse(prefix)
+                if url.startswith(prefix) and target == (
+                    named.scheme.lower(),
+                    named.hostname,
+                    named.port,
+                ):
+                    return True
+    except ValueError:  # a port that is no number
+        return False
     return False
 
 

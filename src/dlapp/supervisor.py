@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlapp import staging, workspace
+from dlapp import staging, unix_accounts, workspace
 from dlapp.errors import DlappError
 from dlapp.gpu_usage import ContainerMeter, MeterPlan
 from dlapp.runtime import LaunchRequest, Running, get_runtime
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, DataBinding
 from dlapp.stores import DataConfig
+from dlapp.unix_accounts import Account, AccountPlan
 
 logger = logging.getLogger(__name__)
 STREAMS = ("stdout", "stderr")
@@ -52,6 +53,9 @@ class ContainerPlan:
     data: dict[str, Any] = field(default_factory=dict, repr=False)
     container: dict[str, Any] = field(default_factory=dict)  # runtime.policy.ContainerPolicy
     meter: dict[str, Any] = field(default_factory=dict)  # gpu_usage.MeterPlan: GPU sampling
+    # unix_accounts.AccountPlan.to_dict(): the Unix account the app and the staging of its
+    # local data act as; empty: the server's own (the embedded one-person cluster)
+    account: dict[str, Any] = field(default_factory=dict)
 
     @property
     def actor_name(self) -> str:
@@ -88,6 +92,7 @@ class Supervisor:
         self.meter = ContainerMeter(MeterPlan.from_dict(plan.meter))
         self._notes: list[tuple[float, str]] = []  # (time, line) not yet reported
         self._notes_lock = threading.Lock()
+        self.account: Account | None = None  # resolved on the node, in start
 
     # -- life -----------------------------------------------------------------------------------
 
@@ -104,18 +109,21 @@ class Supervisor:
 
     def _start(self, gpu_ids: list[str], node_name: str) -> dict[str, Any]:
         plan, spec = self.plan, self.spec
+        if plan.account:
+            self.account = unix_accounts.resolve(AccountPlan.from_dict(plan.account))
+            unix_accounts.make_passable(Path(plan.work_root))
         if self.root.exists():
             shutil.rmtree(self.root)
-        self.logs.mkdir(parents=True)
+        self.logs.mkdir(parents=True, mode=0o700)
         for stream in STREAMS:
-            (self.logs / stream).touch()
+            (self.logs / stream).touch(mode=0o600)
         workspace.extract_workspace(
             Path(plan.workspace_tarball),
             self.workdir,
             workspace.WorkspaceLimits(max_bytes=plan.max_bytes, max_files=plan.max_files),
         )
         with self.meter.staging("in") as moved:
-            moved.bytes = staging.stage_in(spec.inputs, self.workdir, self._note, config=self.data)
+            moved.bytes = self._stage_in()
         env = {
             # CUDA numbers devices fastest first; Ray, NVML and the GPU map by PCI bus: the same
             # numbers everywhere (an app may still choose otherwise in its env)
@@ -127,10 +135,9 @@ class Supervisor:
             "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
             "DLAPP_WORKSPACE": str(self.workdir),
             "DLAPP_NOTICE_FILE": str(self.notice_file),
-            "DLAPP_CHECKPOINT_DIR": str(self.checkpoint_dir()),
+            "DLAPP_CHECKPOINT_DIR": str(self._checkpoint_in()),
             **plan.rendezvous,
         }
-        self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
         request = LaunchRequest(
             app_id=plan.app_id,
             index=plan.index,
@@ -146,6 +153,8 @@ class Supervisor:
             gpu_ids=tuple(gpu_ids),
             container=spec.container,
             node_id=plan.node_id or None,
+            account=self.account,
+            home=self.root / "home" if self.account else None,
         )
         policy = ContainerPolicy.model_validate(plan.container) if plan.container else None
         with self._lock:
@@ -195,12 +204,11 @@ class Supervisor:
         code: int | None
         code, diagnostics = self._wait_exit(self._running)
         self.meter.stop()
+        self._checkpoint_out()
         if code == 0 and not self._killed:
             try:
                 with self.meter.staging("out") as moved:
-                    moved.bytes = staging.stage_out(
-                        self._outputs(), self.workdir, self._note, config=self.data
-                    )
+                    moved.bytes = self._stage_out(self._outputs())
             except Exception as exc:  # any store's error fails the container, with the reason
                 code_note = str(exc) if isinstance(exc, DlappError) else repr(exc)
                 diagnostics = f"staging out failed: {code_note}"
@@ -209,6 +217,7 @@ class Supervisor:
             self._save_failed_outputs()
         location = self._keep_logs()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.root / "home", ignore_errors=True)
         return ContainerResult(
             code,
             diagnostics,
@@ -222,15 +231,94 @@ class Supervisor:
     def _save_failed_outputs(self) -> None:
         """A failed app's outputs go to ``<url>.failed-<app id>`` (``save_on_failure``)."""
         try:
-            staging.stage_out(
-                self._outputs(),
-                self.workdir,
-                self._note,
-                config=self.data,
-                failed_app_id=self.plan.app_id,
-            )
+            self._stage_out(self._outputs(), failed_app_id=self.plan.app_id)
         except Exception as exc:  # best effort: the app has failed already
             self._note(f"could not save the failed app's outputs: {exc}")
+
+    # -- data, as the app's account --------------------------------------------------------------
+
+    def _stage_in(self) -> int:
+        """Stage the inputs in. With an account, remote inputs first, as the node, into the
+        workspace while only the node can reach it; then the workspace goes to the account,
+        and local inputs are read as the account: a user reaches exactly the files their
+        account could."""
+        inputs = self.spec.inputs
+        if self.account is None:
+            return staging.stage_in(inputs, self.workdir, self._note, config=self.data)
+        local = tuple(b for b in inputs if b.scheme == "file")
+        remote = tuple(b for b in inputs if b.scheme != "file")
+        moved = staging.stage_in(remote, self.workdir, self._note, config=self.data)
+        self._hand_over()
+        if local:
+            workdir, data = self.workdir, self.data
+            moved += unix_accounts.run_as(
+                self.account,
+                lambda say: staging.stage_in(local, workdir, say, config=data),
+                self._note,
+            )
+        return moved
+
+    def _stage_out(self, outputs: tuple[DataBinding, ...], failed_app_id: str | None = None) -> int:
+        """Commit the outputs; local ones written as the app's account, when it has one."""
+        workdir, data = self.workdir, self.data
+        if self.account is None:
+            return staging.stage_out(
+                outputs, workdir, self._note, config=data, failed_app_id=failed_app_id
+            )
+        local = tuple(b for b in outputs if b.scheme == "file")
+        remote = tuple(b for b in outputs if b.scheme != "file")
+        moved = staging.stage_out(
+            remote, workdir, self._note, config=data, failed_app_id=failed_app_id
+        )
+        if local:
+            moved += unix_accounts.run_as(
+                self.account,
+                lambda say: staging.stage_out(
+                    local, workdir, say, config=data, failed_app_id=failed_app_id
+                ),
+                self._note,
+            )
+        return moved
+
+    def _hand_over(self) -> None:
+        """Give the app's account its workspace and a fresh HOME (0700 each); the container's
+        directory and its parents up to the work root may be passed, never listed; the logs
+        stay the node's."""
+        assert self.account is not None
+        unix_accounts.passable(self.root, top=Path(self.plan.work_root))
+        unix_accounts.give_tree(self.workdir, self.account)
+        os.chmod(self.workdir, 0o700)
+        home = unix_accounts.private_dir(self.root / "home", self.account)
+        unix_accounts.private_dir(home / "tmp", self.account)
+
+    def _checkpoint_in(self) -> Path:
+        """The app's checkpoint directory. With an account, the kept one is moved next to the
+        workspace and given to the account (the artifact store stays the node's)."""
+        kept = self.checkpoint_dir()
+        if self.account is None:
+            kept.mkdir(parents=True, exist_ok=True)
+            return kept
+        here = self.root / "checkpoint"
+        if kept.exists():
+            shutil.move(str(kept), str(here))
+        here.mkdir(exist_ok=True)
+        unix_accounts.give_tree(here, self.account)
+        os.chmod(here, 0o700)
+        return here
+
+    def _checkpoint_out(self) -> None:
+        """With an account: the checkpoint directory back into the artifact store, where the
+        next attempt finds it (whatever the exit)."""
+        here = self.root / "checkpoint"
+        if self.account is None or not here.is_dir():
+            return
+        kept = self.checkpoint_dir()
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(str(here), str(kept))
+        except OSError as exc:
+            self._note(f"could not keep the checkpoint directory: {exc}")
 
     def _outputs(self) -> tuple[DataBinding, ...]:
         """The outputs this container writes: in a gang, each container under its own
@@ -290,6 +378,8 @@ class Supervisor:
         tmp = self.notice_file.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(notice))
+            if self.account is not None:  # the app reads it; the directory stays the node's
+                unix_accounts.give(tmp, self.account, 0o600)
             os.replace(tmp, self.notice_file)
         except OSError:
             logger.exception("could not write the notice of %s", self.plan.actor_name)

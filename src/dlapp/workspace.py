@@ -5,6 +5,12 @@ anything that could write outside the destination or exhaust the node. ``extract
 runs it over the whole archive before writing a byte, then extracts with tarfile's ``data``
 filter as a second line of defence, and removes what it wrote if anything fails.
 
+Headers are measured before tarfile reads them: tarfile reads a pax extended header or a GNU
+long name whole into memory (then parses it into more copies), so any one over
+``MAX_EXTENDED_HEADER`` is refused from its size field alone, GNU sparse members (whose maps
+tarfile reads into one Python int per number) are refused, and what the headers leave on each
+member (name, link target, pax records) counts toward ``max_header_bytes`` in all.
+
 Symlink rule (both sides): a target is relative, its leading ``..`` parts must not climb above
 the root, and no ``..`` may follow a name (``a/../b``), since ``a`` could itself be a symlink.
 Under this rule every link resolves inside the root, whatever other links exist.
@@ -26,6 +32,15 @@ from pathlib import Path
 from dlapp.errors import WorkspaceError
 
 RATIO_CHECK_MIN_BYTES = 64 * 1024**2  # the ratio guard only applies above this total
+MAX_EXTENDED_HEADER = 1024**2  # one pax header or GNU long name/link, read whole by tarfile
+MAX_NAME_BYTES = 4096  # a member's name or link target (Linux's PATH_MAX)
+_EXTENDED_KINDS = {
+    tarfile.XHDTYPE: "pax extended",
+    tarfile.SOLARIS_XHDTYPE: "pax extended",
+    tarfile.XGLTYPE: "pax global extended",
+    tarfile.GNUTYPE_LONGNAME: "GNU long name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long link",
+}
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
@@ -34,6 +49,7 @@ class WorkspaceLimits:
     max_bytes: int = 2 * 1024**3  # total uncompressed size of regular files
     max_files: int = 100_000  # member count
     max_ratio: int = 200  # uncompressed/compressed, checked when the total > 64 MiB
+    max_header_bytes: int = 64 * 1024**2  # names, link targets and pax records of all members
 
 
 @dataclass(frozen=True)
@@ -67,10 +83,18 @@ def symlink_problem(link_dir: Sequence[str], target: str) -> str | None:
     return None
 
 
+def header_bytes(m: tarfile.TarInfo) -> int:
+    """What the headers of member ``m`` hold in memory: name, link target, pax records."""
+    records = sum(len(k) + len(v) for k, v in m.pax_headers.items())
+    return len(m.name) + len(m.linkname) + records
+
+
 def _member_problem(m: tarfile.TarInfo, kinds: dict[str, str]) -> str | None:
     """Why member ``m`` is refused; ``kinds`` maps each path seen so far to its kind."""
     if "\0" in m.name:
         return "NUL in name"
+    if max(len(m.name.encode(errors="surrogateescape")), len(m.linkname)) > MAX_NAME_BYTES:
+        return f"name or link target longer than {MAX_NAME_BYTES} bytes"
     if m.name.startswith("/"):
         return "absolute path"
     parts = [p for p in m.name.split("/") if p not in ("", ".")]
@@ -110,11 +134,14 @@ def check_members(
 ) -> tuple[int, int]:
     """Return (regular files, their bytes), or raise WorkspaceError at the first bad member."""
     kinds: dict[str, str] = {}
-    files = total = 0
+    files = total = headers = 0
     for count, m in enumerate(members, 1):
         problem = _member_problem(m, kinds)
         if problem is None and count > limits.max_files:
             problem = f"archive has more than {limits.max_files} members"
+        headers += header_bytes(m)
+        if problem is None and headers > limits.max_header_bytes:
+            problem = f"extended headers exceed {limits.max_header_bytes} bytes in all"
         if problem is None and m.isreg():
             files += 1
             total += m.size
@@ -126,18 +153,47 @@ def check_members(
                     f"the {limits.max_ratio}:1 ratio (decompression bomb)"
                 )
         if problem is not None:
-            raise WorkspaceError(f"workspace member {m.name!r} refused: {problem}")
+            raise WorkspaceError(f"workspace member {_shown(m.name)} refused: {problem}")
     return files, total
 
 
+def _shown(name: str, limit: int = 200) -> str:
+    """A member name for a message: quoted, and cut if long (a name may be megabytes)."""
+    return repr(name) if len(name) <= limit else repr(name[:limit]) + f"... ({len(name)} chars)"
+
+
 # --- extraction: validate everything, then write, then clean up on failure ---------------
+
+
+class _MeasuredTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an oversized extended header, or a sparse member, from the
+    header block alone: before tarfile reads what follows it into memory."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        kind = _EXTENDED_KINDS.get(self.type)
+        if kind is not None and self.size > MAX_EXTENDED_HEADER:
+            raise WorkspaceError(
+                f"workspace refused: a {kind} header of {self.size} bytes is over the "
+                f"{MAX_EXTENDED_HEADER}-byte limit on one extended header"
+            )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            _refuse_sparse()
+        member: tarfile.TarInfo = tarfile.TarInfo._proc_member(self, tar)  # type: ignore[attr-defined]
+        return member
+
+    def _proc_gnusparse_10(self, *args: object) -> None:
+        _refuse_sparse()  # its map is read from the data, one int a number, before any check
+
+
+def _refuse_sparse() -> None:
+    raise WorkspaceError("workspace refused: sparse files (GNU sparse members) are not supported")
 
 
 def _open(tarball: Path) -> tarfile.TarFile:
     if not tarball.is_file():
         raise WorkspaceError(f"workspace tarball {str(tarball)!r} does not exist")
     try:
-        return tarfile.open(tarball, "r:gz")
+        return tarfile.open(tarball, "r:gz", tarinfo=_MeasuredTarInfo)
     except _READ_ERRORS as e:
         raise WorkspaceError(f"{tarball.name}: not a gzip-compressed tar archive ({e})") from e
 
@@ -191,8 +247,8 @@ def extract_workspace(
         except BaseException as e:  # 3. on any failure, leave nothing behind
             _remove_written(dest, keep_dir=existed)
             if isinstance(e, tarfile.FilterError):
-                name = e.tarinfo.name
-                raise WorkspaceError(f"workspace member {name!r} refused: {e}") from e
+                name = _shown(e.tarinfo.name)
+                raise WorkspaceError(f"workspace member {name} refused: {e}") from e
             if isinstance(e, _READ_ERRORS):
                 raise WorkspaceError(f"extracting {tarball.name} failed: {e}") from e
             raise

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -154,6 +157,29 @@ def count_gpus() -> int:
         return 0
 
 
+def private_ray_files(home: Path | None = None) -> list[Path]:
+    """Ray writes its token file 0644: make it 0600, in a 0700 directory. Returns the paths
+    changed."""
+    changed: list[Path] = []
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or (home or Path.home()) / ".ray/auth_token")
+    for path, mode in ((token, 0o600), (token.parent, 0o700)):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            mine = st.st_uid == os.geteuid() and not stat.S_ISLNK(st.st_mode)
+            if mine and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(path, mode)
+                changed.append(path)
+    return changed
+
+
+def private_temp_dir() -> Path:
+    """Where an embedded Ray keeps its sessions (logs, ports, sockets): Ray makes its temp and
+    session directories 0777, again each time a worker starts, so they live inside a fresh
+    0700 directory of our own that no other account can enter. Short: Ray's sockets go under
+    it, and a socket's path has at most 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="dlapp-ray-")) / "r"
+
+
 class RayExecutor(Executor):
     def __init__(self, settings: ServerSettings, environ: Mapping[str, str] = os.environ) -> None:
         if settings.ray_require_auth and environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
@@ -188,7 +214,9 @@ class RayExecutor(Executor):
                     object_store_memory=settings.object_store_mb * MB,
                     log_to_driver=False,
                     logging_level=logging.WARNING,
+                    _temp_dir=str(private_temp_dir()),
                 )
+        private_ray_files()
         super().__init__()
         self._embedded = not settings.ray_address
         self._start_timeout = settings.start_timeout_s

@@ -23,6 +23,7 @@ from dlapp.errors import SpecError, WorkspaceError
 if TYPE_CHECKING:
     from dlapp.runtime.policy import ContainerPolicy
     from dlapp.spec import ContainerOptions
+    from dlapp.unix_accounts import Account
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class LaunchRequest:
     gpu_ids: tuple[str, ...] = ()  # the node's device IDs assigned to this container
     container: ContainerOptions | None = None  # the spec's ``container`` section
     node_id: str | None = None  # the Ray node it runs on: label dlapp.node, for its node's sweep
+    # the Unix account the app runs as (a multi-user server); None: the node's own. ``home`` is
+    # its fresh HOME (the process runtime; a container has its image's)
+    account: Account | None = None
+    home: Path | None = None
 
     @property
     def name(self) -> str:

@@ -20,6 +20,14 @@ admin's ``ContainerPolicy`` and a few decided values (``RunOptions``). Golden fi
   run on every node by the executor), for whatever the rest missed (a guard killed with
   SIGKILL, a node restart).
 
+What reaches the argv is checked again here, whatever the submit path let through: the image
+must be an image reference (never an option such as ``--privileged``), the user numeric, and
+an entry script named like an option (``-c.sh``) is passed as ``./-c.sh``. The container's env
+never reaches the argv, where ``ps`` shows it to every local account: the runtime writes it to
+an env file (``--env-file``, one ``K=V`` a line, mode 0600, in the container's log directory,
+which only the node's own user reads) and removes that file once the container exists or the
+engine gave up.
+
 Inside, the app sees the workspace at ``policy.workspace_path`` (its working directory), its
 checkpoint directory at ``/dlapp/checkpoint`` and the notice file under ``/dlapp/run``; the env
 paths say so. With GPUs passed as devices, CUDA numbers them from 0 inside: CUDA_VISIBLE_DEVICES
@@ -33,19 +41,22 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dlapp.credentials import without_secrets
+from dlapp.errors import Forbidden
 from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
-from dlapp.runtime.policy import ContainerPolicy, Engine
+from dlapp.runtime.policy import ContainerPolicy, Engine, user_problem
+from dlapp.spec import canonical_user, image_problem
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +71,7 @@ LABEL_NODE = "dlapp.node"
 DOCKER_TIMEOUT_S = 30.0
 EXIT_DOCKER_FAILED = 125  # docker run's own failure (bad flag, missing image, ...)
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 Ulimit = tuple[str, int, int]  # name, soft, hard
 
@@ -74,6 +86,9 @@ class RunOptions:
     engine: Engine = "docker"
     ulimits: tuple[Ulimit, ...] = ()  # ``--ulimit NAME=SOFT:HARD`` (podman: the node's own)
     gateway: str | None = None  # the bridge network's gateway here (see ``rendezvous_addr``)
+    # the file that holds the container's env (``--env-file``), so that no value is in argv;
+    # None: ``--env K=V`` (the dev shell, run by its own user on their own machine)
+    env_file: Path | None = None
 
 
 def container_name(app_id: str, index: int) -> str:
@@ -81,12 +96,14 @@ def container_name(app_id: str, index: int) -> str:
 
 
 def entry_command(script: str, args: Sequence[str]) -> list[str]:
-    """The app's argv inside the container, as the process runtime picks it."""
+    """The app's argv inside the container, as the process runtime picks it; a script named
+    like an option (``-c.sh``) goes as ``./-c.sh``, so that no interpreter reads it as one."""
+    path = f"./{script}" if script.startswith(("-", "+")) else script
     if script.endswith(".sh"):
-        return ["bash", script, *args]
+        return ["bash", path, *args]
     if script.endswith(".py"):
-        return ["python3", script, *args]
-    return [script if "/" in script else f"./{script}", *args]
+        return ["python3", path, *args]
+    return [path if "/" in path else f"./{path}", *args]
 
 
 def container_env(req: LaunchRequest, policy: ContainerPolicy) -> dict[str, str]:
@@ -104,6 +121,45 @@ def container_env(req: LaunchRequest, policy: ContainerPolicy) -> dict[str, str]
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("HOME", "/tmp")
     return env
+
+
+def run_env(req: LaunchRequest, policy: ContainerPolicy, opts: RunOptions) -> dict[str, str]:
+    """The container's whole env: ``container_env``, with a gang's MASTER_ADDR as containers on
+    its network reach it."""
+    env = container_env(req, policy)
+    network = container_network(req, policy)
+    if "MASTER_ADDR" in env and network == "bridge":
+        env["MASTER_ADDR"] = rendezvous_addr(req, network, opts.gateway) or env["MASTER_ADDR"]
+    return env
+
+
+def env_file_text(env: Mapping[str, str]) -> str:
+    """``env`` as docker and podman read an env file: ``K=V`` a line, the value verbatim (no
+    quotes, no expansion). A value with a line break or NUL cannot be written: ValueError."""
+    lines = []
+    for key, value in sorted(env.items()):
+        if not _ENV_NAME.match(key):
+            raise ValueError(f"env name {key!r} cannot be written to an env file")
+        if any(c in value for c in "\n\r\x00"):
+            raise ValueError(f"env {key}: a value with a line break or NUL cannot be passed")
+        lines.append(f"{key}={value}\n")
+    return "".join(lines)
+
+
+def env_file_path(req: LaunchRequest) -> Path:
+    """Where the container's env file is written: beside its logs, which only the node's own
+    user reads."""
+    return req.stdout.parent.absolute() / f"{container_name(req.app_id, req.index)}.env"
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> None:
+    """Write ``env`` to ``path`` as a new file of mode 0600 (whatever was there, a link
+    included, is replaced, never written through)."""
+    text = env_file_text(env)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _bind(source: str | Path, target: str, read_only: bool = False) -> list[str]:
@@ -167,10 +223,16 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
 
     The policy was checked at submit (``check_container``); the flags here are the fence all
     the same: whatever the request says, no ``--privileged``, all capabilities dropped but the
-    allowed ones, no new privileges, the given non-root user.
+    allowed ones, no new privileges, the given non-root user; an image that is no image
+    reference (``--privileged``) or a user that is no ``UID[:GID]`` is a ValueError. The env
+    goes to ``opts.env_file`` (written by the caller from ``run_env``), not to the argv.
     """
-    if req.image is None:
+    if not req.image:
         raise ValueError("a container needs an image")
+    problem = image_problem(req.image)
+    if problem:
+        raise ValueError(problem)
+    user = canonical_user(opts.user)
     c = req.container
     podman = opts.engine == "podman"
     args = [policy.command(opts.engine), "run"]
@@ -182,7 +244,7 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         args += ["--label", f"{LABEL_CLUSTER}={policy.cluster_id}"]
     if req.node_id:
         args += ["--label", f"{LABEL_NODE}={req.node_id}"]
-    args += ["--init", "--pull", policy.pull, "--user", opts.user]
+    args += ["--init", "--pull", policy.pull, "--user", user]
     if podman:
         args += ["--userns", policy.userns]
     for name, soft, hard in opts.ulimits:
@@ -219,11 +281,11 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         args += _bind(Path(req.env["DLAPP_NOTICE_FILE"]).parent, RUN_PATH, read_only=True)
     for m in c.mounts if c else ():
         args += _bind(m.host, m.path, m.read_only)
-    env = container_env(req, policy)
-    if "MASTER_ADDR" in env and network == "bridge":
-        env["MASTER_ADDR"] = master
-    for key, value in sorted(env.items()):
-        args += ["--env", f"{key}={value}"]
+    if opts.env_file is not None:
+        args += ["--env-file", str(opts.env_file)]
+    else:
+        for key, value in sorted(run_env(req, policy, opts).items()):
+            args += ["--env", f"{key}={value}"]
     args.append(req.image)
     args += list(opts.command) if opts.command else entry_command(req.script, req.args)
     return args
@@ -295,9 +357,14 @@ def docker_problem(docker: str = "docker") -> str | None:
 
 def resolve_user(req: LaunchRequest, policy: ContainerPolicy) -> str:
     """UID:GID the app runs as: the spec's, else the policy's; ``auto`` is the workspace's
-    owner, or DEFAULT_USER when that is root."""
+    owner, or DEFAULT_USER when that is root. A spec's user the policy refuses (root by any
+    spelling, a name: a spec stored before the submit checks read it as numbers) is
+    ``Forbidden`` here too."""
     if req.container is not None and req.container.user:
-        return req.container.user
+        problem = user_problem(req.container.user, policy)
+        if problem:
+            raise Forbidden(f"container policy: {problem}")
+        return canonical_user(req.container.user)
     if policy.user != "auto":
         return policy.user
     st = req.workdir.stat()
@@ -321,16 +388,47 @@ class DockerRunning(Running):
     """The guard that holds ``docker run``; the container is found by its name."""
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], name: str, docker: str, req: LaunchRequest
+        self,
+        popen: subprocess.Popen[bytes],
+        name: str,
+        docker: str,
+        req: LaunchRequest,
+        env_file: Path | None = None,
     ) -> None:
         self._popen = popen
         self.pid = popen.pid
         self.name = name
         self._docker = docker
         self._req = req
+        self._env_file = env_file
         self._note: str | None = None
         self._finished = False
         self._lock = threading.Lock()
+        if env_file is not None:
+            threading.Thread(
+                target=self._remove_env_file_once_created, name=f"env-file {name}", daemon=True
+            ).start()
+
+    def _remove_env_file_once_created(self) -> None:
+        """The engine reads the env file before it creates the container: remove it as soon as
+        the container exists, or the ``run`` client has exited (started or failed)."""
+        pause = 0.05
+        while self._popen.poll() is None:
+            try:
+                done = _run(
+                    [self._docker, "container", "inspect", "--format", "{{.Id}}", self.name]
+                )
+                if done.returncode == 0:
+                    break
+            except (OSError, subprocess.SubprocessError):
+                pass
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        self._remove_env_file()
+
+    def _remove_env_file(self) -> None:
+        if self._env_file is not None:
+            self._env_file.unlink(missing_ok=True)
 
     def signal(self, sig: int) -> None:
         _quiet([self._docker, "kill", "--signal", str(int(sig)), self.name])
@@ -344,6 +442,7 @@ class DockerRunning(Running):
         except subprocess.TimeoutExpired:
             return None
         code = exit_code_from_returncode(returncode)
+        self._remove_env_file()
         with self._lock:
             if not self._finished:
                 self._finished = True
@@ -425,23 +524,30 @@ class DockerRuntime(Runtime):
         opts = self.run_options(user)
         if needs_gateway(req, container_network(req, policy)):
             opts = replace(opts, gateway=self.bridge_gateway())
+        env_file = env_file_path(req)
+        opts = replace(opts, env_file=env_file)
         argv = docker_run_args(req, policy, opts)
+        for log in (req.stdout, req.stderr):
+            log.parent.mkdir(parents=True, exist_ok=True)
+        write_env_file(env_file, run_env(req, policy, opts))
         cleanup = json.dumps([command, "rm", "--force", name])
         cmd = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(os.getpid())]
         cmd += ["--cleanup", cleanup, "--", *argv]
-        for log in (req.stdout, req.stderr):
-            log.parent.mkdir(parents=True, exist_ok=True)
-        with open(req.stdout, "ab") as out, open(req.stderr, "ab") as err:
-            popen = subprocess.Popen(
-                cmd,
-                cwd=req.workdir,
-                env=without_secrets(os.environ),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        return DockerRunning(popen, name, command, req)
+        try:
+            with open(req.stdout, "ab") as out, open(req.stderr, "ab") as err:
+                popen = subprocess.Popen(
+                    cmd,
+                    cwd=req.workdir,
+                    env=without_secrets(os.environ),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+        except BaseException:
+            env_file.unlink(missing_ok=True)
+            raise
+        return DockerRunning(popen, name, command, req, env_file)
 
 
 # -- orphans ------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The guard: first process of a container started by the ``process`` runtime.
 
-Run as ``python -I .../dlapp/runtime/guard.py --parent PID [--cleanup JSON] -- CMD...``
-(``python -m dlapp.runtime.guard`` works too). It leads the container's process group and:
+Run as ``python -I .../dlapp/runtime/guard.py --parent PID [--user UID:GID] [--cleanup JSON]
+-- CMD...`` (``python -m dlapp.runtime.guard`` works too). It leads the container's process
+group and:
 
-1. starts CMD in that same group, inheriting stdio, and waits for it;
+1. starts CMD in that same group, inheriting stdio, and waits for it; with ``--user``, CMD runs
+   as that uid and gid with no supplementary groups and umask 077, while the guard stays the
+   node's (the app can neither signal it nor stop it from cleaning up);
 2. keeps waiting through SIGTERM and SIGINT: a no-op handler (not SIG_IGN, which an exec'd
    program would inherit) lets a signal sent to the group reach the app while the guard stays;
 3. fate-shares with the supervisor: once its parent is no longer PID (the supervisor died and
@@ -34,14 +37,20 @@ STRAGGLER_PAUSE_S = 0.02
 
 CLEANUP_TIMEOUT_S = 30.0
 
-USAGE = "usage: guard.py --parent PID [--cleanup JSON-ARGV] -- CMD [ARG...]"
+USAGE = "usage: guard.py --parent PID [--user UID:GID] [--cleanup JSON-ARGV] -- CMD [ARG...]"
 
 
-def _parse(argv: list[str]) -> tuple[int, list[str], list[str]]:
-    """(parent PID, cleanup argv or [], CMD)."""
+def _parse(argv: list[str]) -> tuple[int, tuple[int, int] | None, list[str], list[str]]:
+    """(parent PID, (uid, gid) to run CMD as or None, cleanup argv or [], CMD)."""
     if len(argv) < 4 or argv[0] != "--parent" or not argv[1].isdigit():
         raise ValueError(USAGE)
     parent, rest = int(argv[1]), argv[2:]
+    user: tuple[int, int] | None = None
+    if rest[:1] == ["--user"] and len(rest) >= 2:
+        uid, _, gid = rest[1].partition(":")
+        if not (uid.isdigit() and gid.isdigit()) or int(uid) == 0 or int(gid) == 0:
+            raise ValueError(USAGE)
+        user, rest = (int(uid), int(gid)), rest[2:]
     cleanup: list[str] = []
     if rest[:1] == ["--cleanup"] and len(rest) >= 2:
         try:
@@ -53,7 +62,7 @@ def _parse(argv: list[str]) -> tuple[int, list[str], list[str]]:
         rest = rest[2:]
     if len(rest) < 2 or rest[0] != "--":
         raise ValueError(USAGE)
-    return parent, cleanup, rest[1:]
+    return parent, user, cleanup, rest[1:]
 
 
 def _kill_group(cleanup: list[str] | None = None) -> None:
@@ -111,7 +120,7 @@ def _kill_stragglers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parent, cleanup, cmd = _parse(sys.argv[1:] if argv is None else argv)
+        parent, user, cleanup, cmd = _parse(sys.argv[1:] if argv is None else argv)
     except ValueError as exc:
         print(f"dlapp guard: {exc}", file=sys.stderr)
         return 2
@@ -131,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         _kill_group(cleanup)
     if received:
         return 128 + received[0]
+    as_user: dict[str, object] = {}
+    if user is not None:
+        as_user = {"user": user[0], "group": user[1], "extra_groups": [], "umask": 0o077}
     try:
-        child = subprocess.Popen(cmd)
+        child: subprocess.Popen[bytes] = subprocess.Popen(cmd, **as_user)  # type: ignore[call-overload]
     except OSError as exc:
         print(f"dlapp guard: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126

@@ -8,12 +8,14 @@ at once and no container is ever created for it. The same policy travels to the 
 - never ``--privileged`` (not even for an admin: there is no setting for it);
 - ``--cap-drop ALL``; an app may add back only capabilities in ``allowed_caps``;
 - ``--security-opt no-new-privileges``; a non-root user (``user``), root only with
-  ``allow_root``;
+  ``allow_root``. A user is numeric ``UID[:GID]``, read as numbers (``"00"``, ``"1000:0"``
+  are root: uid or gid 0); no names, which could resolve to root inside the image;
 - no host mounts but paths under ``allowed_mounts``, and never ``/``, ``/etc``, ``/proc``,
   ``/sys``, ``/dev``, ``/boot``, ``/root``, ``/run``, ``/var/run`` or a docker socket, even if
   an admin lists them;
 - the default bridge network; ``none`` on request; ``host`` only with ``allow_host_network``;
-- images matching one of ``images`` (shell patterns); ``pull: never`` (default) or ``missing``.
+- images matching one of ``images`` (shell patterns), each a valid image reference (never an
+  engine option such as ``--privileged``); ``pull: never`` (default) or ``missing``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlapp.errors import Forbidden, SpecError
-from dlapp.spec import AppSpec
+from dlapp.spec import AppSpec, canonical_user, parse_user
 
 CONTAINER_RUNTIMES = ("docker", "podman")
 # host paths never mounted, whatever the allow list says (each one and everything under it)
@@ -42,7 +44,6 @@ DENIED_MOUNTS = (
     "/var/run",
     "/var/lib/docker",
 )
-_USER_RE = re.compile(r"^\d+(:\d+)?$")
 _USERNS_RE = re.compile(r"^(host|nomap|(keep-id|auto)(:[\w=,/-]+)?)$")
 Engine = Literal["docker", "podman"]
 
@@ -63,7 +64,9 @@ class ContainerPolicy(BaseModel):
         description="UID:GID apps run as; auto: the workspace owner, or 1000:1000 when that is "
         "root (the workspace is then given to 1000:1000)",
     )
-    allow_root: bool = Field(default=False, description="let a spec ask for container.user 0")
+    allow_root: bool = Field(
+        default=False, description="let a spec ask for container.user with uid or gid 0"
+    )
     allowed_caps: tuple[str, ...] = Field(
         default=(), description="capabilities a spec may add back (all are dropped)"
     )
@@ -115,9 +118,12 @@ class ContainerPolicy(BaseModel):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
-        if v != "auto" and not _USER_RE.match(v):
-            raise ValueError(f"user must be 'auto' or UID[:GID], not {v!r}")
-        return v
+        if v == "auto":
+            return v
+        try:
+            return canonical_user(v)
+        except ValueError:
+            raise ValueError(f"user must be 'auto' or UID[:GID], not {v!r}") from None
 
     @field_validator("userns")
     @classmethod
@@ -198,11 +204,27 @@ def container_problems(spec: AppSpec, policy: ContainerPolicy) -> list[str]:
         if _under(m.path, policy.workspace_path) or _under(m.path, "/dlapp"):
             problems.append(f"mount target {m.path!r} is inside the workspace or /dlapp")
     if c.user is not None:
-        if not _USER_RE.match(c.user):
-            problems.append(f"container.user must be UID[:GID], not {c.user!r}")
-        elif c.user.split(":")[0] == "0" and not policy.allow_root:
-            problems.append("running as root (container.user 0) is not allowed")
+        problem = user_problem(c.user, policy)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def is_root(user: str) -> bool:
+    """Whether ``UID[:GID]`` runs with uid 0 or gid 0 (ValueError if it is no such user)."""
+    uid, gid = parse_user(user)
+    return uid == 0 or gid == 0
+
+
+def user_problem(user: str, policy: ContainerPolicy) -> str | None:
+    """Why a spec may not run its container as ``user``, or None."""
+    try:
+        root = is_root(user)
+    except ValueError as exc:
+        return str(exc)
+    if root and not policy.allow_root:
+        return f"running as root (container.user {user!r}: uid or gid 0) is not allowed"
+    return None
 
 
 def check_container(spec: AppSpec, policy: ContainerPolicy) -> None:

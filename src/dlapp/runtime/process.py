@@ -5,9 +5,17 @@ process group: the container's process group. The guard starts the app in that g
 its exit code, kills what the app leaves behind, and kills the whole group if the supervisor
 dies. The runtime signals the container with ``killpg``.
 
-No isolation: the app sees the node's filesystem and the devices named in CUDA_VISIBLE_DEVICES
-are a convention, not a fence. An app that leaves the process group (``setsid``) escapes the
-guard; the container runtimes (docker, podman) close that hole.
+With an account (a multi-user server: ``LaunchRequest.account``), the guard stays the node's
+and starts the app as that account, with no supplementary groups, umask 077, and a clean
+environment: the account's login variables, a fresh HOME, and the request's variables; none of
+the node's (no Ray, no dlapp server variables). The account reaches its own workspace and
+whatever the node lets every account read; not the server's data, not other users' apps.
+Without one (the embedded one-person cluster), the app runs as the node's own user with its
+environment less dlapp's secrets.
+
+No other isolation: the devices named in CUDA_VISIBLE_DEVICES are a convention, not a fence,
+and an app that leaves the process group (``setsid``) escapes the guard; the container runtimes
+(docker, podman) close those holes.
 """
 
 from __future__ import annotations
@@ -29,12 +37,15 @@ GUARD_PATH = Path(__file__).resolve().with_name("guard.py")
 
 
 def app_command(req: LaunchRequest) -> list[str]:
-    """The app's argv: ``bash`` for ``.sh``, this interpreter for ``.py``, else the script."""
+    """The app's argv: ``bash`` for ``.sh``, this interpreter for ``.py``, else the script. A
+    script named like an option (``-c.sh``, ``+O.sh``) goes as ``./-c.sh``, so that neither
+    interpreter reads it as one."""
     script = req.script
+    path = os.path.join(".", script) if script.startswith(("-", "+")) else script
     if script.endswith(".sh"):
-        return ["bash", script, *req.args]
+        return ["bash", path, *req.args]
     if script.endswith(".py"):
-        return [sys.executable, script, *req.args]
+        return [sys.executable, path, *req.args]
     if not os.access(req.workdir / script, os.X_OK):
         raise WorkspaceError(
             f"entry script {script!r} is not executable; make it executable or name it *.sh or *.py"
@@ -43,9 +54,15 @@ def app_command(req: LaunchRequest) -> list[str]:
 
 
 def app_env(req: LaunchRequest) -> dict[str, str]:
-    """The node's environment (less dlapp's secrets), then the request's, with this interpreter
-    first on PATH."""
-    env = without_secrets(os.environ)
+    """The node's environment (less dlapp's secrets), or with an account a clean login
+    environment of its own; then the request's, with this interpreter first on PATH."""
+    if req.account is not None:
+        env = req.account.env(req.home or req.workdir)
+        for name in ("LANG", "LC_ALL", "TZ"):  # how text and time read, nothing of the node's
+            if name in os.environ:
+                env[name] = os.environ[name]
+    else:
+        env = without_secrets(os.environ)
     env.update(req.env)
     bindir = os.path.dirname(sys.executable)
     path = env.get("PATH", "")
@@ -54,9 +71,13 @@ def app_env(req: LaunchRequest) -> dict[str, str]:
     return env
 
 
-def guard_command(cmd: list[str], parent: int) -> list[str]:
+def guard_command(cmd: list[str], parent: int, req: LaunchRequest | None = None) -> list[str]:
+    """The guard's argv; with an account, the guard starts ``cmd`` as it (``--user``)."""
     # -I: the guard's own imports never come from the workspace (its cwd) or PYTHONPATH.
-    return [sys.executable, "-I", str(GUARD_PATH), "--parent", str(parent), "--", *cmd]
+    argv = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(parent)]
+    if req is not None and req.account is not None:
+        argv += ["--user", f"{req.account.uid}:{req.account.gid}"]
+    return [*argv, "--", *cmd]
 
 
 class ProcessRunning(Running):
@@ -84,7 +105,7 @@ class ProcessRuntime(Runtime):
     def _launch(self, req: LaunchRequest) -> Running:
         if req.image is not None:
             logger.warning("%s: the process runtime ignores image %r", req.name, req.image)
-        cmd = guard_command(app_command(req), parent=os.getpid())
+        cmd = guard_command(app_command(req), parent=os.getpid(), req=req)
         env = app_env(req)
         for log in (req.stdout, req.stderr):
             log.parent.mkdir(parents=True, exist_ok=True)

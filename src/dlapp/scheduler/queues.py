@@ -40,6 +40,7 @@ QUEUE_KEYS = (
     "preemptible",
     "ordering",
     "max_pending",
+    "runtimes",
     "children",
 )
 ORDERINGS = ("backfill", "fifo")
@@ -112,6 +113,7 @@ class Queue:
     preemptible: bool = True
     ordering: str = "backfill"
     max_pending: int | None = None  # apps waiting in it (and its children) at once; None: no cap
+    runtimes: frozenset[str] | None = None  # runtimes its apps may use; None: its parent's
     children: tuple[Queue, ...] = ()
 
     @property
@@ -162,6 +164,15 @@ class QueueTree:
             parts = path.split(".")
             chain = self._chains[path] = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
         return chain
+
+    def runtimes(self, path: str) -> frozenset[str] | None:
+        """The runtimes apps of queue ``path`` may use: the nearest ``runtimes`` set on it or
+        an ancestor; None when none is set (any the cluster allows)."""
+        for p in self.ancestors(path):
+            q = self.by_path.get(p)
+            if q is not None and q.runtimes is not None:
+                return q.runtimes
+        return None
 
     def leaf(self, name: str) -> Queue:
         """The leaf queue ``name`` refers to: a full path, a path without ``root.``, or a
@@ -352,6 +363,12 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
     ):
         problems.append(f"{path}: max_pending must be a whole number >= 0, not {max_pending!r}")
         max_pending = None
+    runtimes = spec.get("runtimes")
+    if runtimes is not None and (
+        not isinstance(runtimes, list) or not all(isinstance(r, str) for r in runtimes)
+    ):
+        problems.append(f"{path}: runtimes must be a list such as [docker], not {runtimes!r}")
+        runtimes = None
     children_spec = spec.get("children") or {}
     if not isinstance(children_spec, Mapping):
         problems.append(f"{path}: children must map names to queue settings")
@@ -368,6 +385,7 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
         preemptible=bool(spec.get("preemptible", True)),
         ordering=ordering,
         max_pending=max_pending,
+        runtimes=None if runtimes is None else frozenset(runtimes),
         children=children,
     )
 

@@ -22,6 +22,9 @@ class NewUser(BaseModel):
     name: str = Field(description="login name: letters, digits, '.', '_', '-'")
     admin: bool = Field(False, description="a cluster admin")
     groups: list[str] = Field(default_factory=list, description="groups, for queue ACLs")
+    expires_in_days: float | None = Field(
+        None, gt=0, description="the first token expires this many days from now"
+    )
 
 
 @me_router.get("/me", tags=["users"])
@@ -39,32 +42,43 @@ def rotate_my_token(
 
 
 @router.get("/users", tags=["admin"])
-def list_users(session: Db) -> dict[str, Any]:
-    return {"users": [accounts.user_view(session, u) for u in users.list_users(session)]}
+def list_users(ctx: Ctx, session: Db) -> dict[str, Any]:
+    return {"users": [accounts.user_view(ctx, session, u) for u in users.list_users(session)]}
 
 
 @router.post("/users", status_code=201, tags=["admin"])
 def add_user(ctx: Ctx, session: Db, caller: Admin, body: NewUser) -> dict[str, Any]:
     """Make a user and their first token. The token is in this answer only."""
-    return accounts.add_user(ctx, session, caller, body.name, body.admin, body.groups)
+    return accounts.add_user(
+        ctx, session, caller, body.name, body.admin, body.groups, body.expires_in_days
+    )
 
 
 @router.post("/users/{name}/disable", tags=["admin"])
 def disable_user(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
     user = accounts.set_disabled(ctx, session, caller, name, disabled=True)
-    return {"user": accounts.user_view(session, user)}
+    return {"user": accounts.user_view(ctx, session, user)}
 
 
 @router.post("/users/{name}/enable", tags=["admin"])
 def enable_user(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
     user = accounts.set_disabled(ctx, session, caller, name, disabled=False)
-    return {"user": accounts.user_view(session, user)}
+    return {"user": accounts.user_view(ctx, session, user)}
 
 
 @router.post("/users/{name}/token", tags=["admin"])
-def rotate_token(ctx: Ctx, session: Db, caller: Admin, name: str) -> dict[str, Any]:
-    """A new token for the user; the old one stops working. The token is in this answer only."""
-    return {"user": name, "token": accounts.rotate_token(ctx, session, caller, name)}
+def rotate_token(
+    ctx: Ctx,
+    session: Db,
+    caller: Admin,
+    name: str,
+    expires_in_days: Annotated[float | None, Query(gt=0)] = None,
+) -> dict[str, Any]:
+    """A new token for the user (expiring ``expires_in_days`` from now, if given); the old one
+    stops working. The token is in this answer only."""
+    token = accounts.rotate_token(ctx, session, caller, name, expires_in_days)
+    view = accounts.user_view(ctx, session, users.get_user(session, name))
+    return {"user": name, "token": token, "token_expires": view["token_expires"]}
 
 
 @router.post("/users/{name}/token/revoke", tags=["admin"])

@@ -1,4 +1,9 @@
-"""The FastAPI application: store, executor and scheduler wired together at start."""
+"""The FastAPI application: store, executor and scheduler wired together at start.
+
+Blocking work runs on ``api_threads`` worker threads (AnyIO's default limiter, set at start),
+the store's pool is sized for them, and every request but ``/healthz`` is admitted first
+(``server.admission``): one user's flood is refused, not queued in front of everyone else.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -13,15 +19,16 @@ from dlapp import __version__
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import Executor
-from dlapp.server import admin_routes, dashboard, insight_routes, metrics
+from dlapp.server import admin_routes, dashboard, files, insight_routes, metrics
+from dlapp.server.admission import AdmissionMiddleware
 from dlapp.server.auth import AuthMiddleware, bootstrap_admin
 from dlapp.server.context import Context
-from dlapp.server.limits import BodyLimitMiddleware, BodyTooLarge
+from dlapp.server.limits import BodyLimitMiddleware, BodyTooLarge, SubmitRateMiddleware
 from dlapp.server.queue_config import QueueConfig
 from dlapp.server.routes import router
 from dlapp.server.scheduling import Scheduler
 from dlapp.server.usage_monitor import UsageMonitor
-from dlapp.store.db import make_engine, migrate, session_factory
+from dlapp.store.db import make_engine, migrate, pool_for_threads, session_factory
 
 logger = logging.getLogger(__name__)
 ExecutorFactory = Callable[[ServerSettings], Executor]
@@ -38,9 +45,11 @@ def create_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.home.mkdir(parents=True, exist_ok=True)
+        files.harden(settings)  # data dir, artifacts, cache 0700; its files 0600
         settings.artifacts.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.database_url)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        pool = pool_for_threads(settings.api_threads, settings.max_requests)
+        engine = make_engine(settings.database_url, pool)
         migrate(engine)
         executor = executor_factory(settings)
         ctx = Context(
@@ -83,7 +92,7 @@ def create_app(
         return JSONResponse(status_code=413, content={"error": exc.error.to_dict()})
 
     @app.get("/healthz", tags=["meta"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:  # on the event loop: no thread, no store, no slot
         return {"status": "ok", "version": __version__}
 
     app.include_router(router, prefix="/api/v1")
@@ -92,6 +101,9 @@ def create_app(
     app.include_router(insight_routes.router, prefix="/api/v1")  # usage, an app's spec
     app.include_router(metrics.router)  # /metrics, for Prometheus
     dashboard.install(app)  # /dashboard/: static files only; the page calls /api/v1
+    # the last added runs first: admission, the token, the submission rate, the body's size
     app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(AuthMiddleware)  # added last, so it runs first: 401 before anything else
+    app.add_middleware(SubmitRateMiddleware)  # before the upload is read
+    app.add_middleware(AuthMiddleware)  # 401 before anything but admission
+    app.add_middleware(AdmissionMiddleware)  # 429 / 503 before a thread or the store is used
     return app

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dlapp.config import ServerSettings
 from dlapp.executor import Executor, NodeInfo
 from dlapp.server.queue_config import QueueConfig
-from dlapp.server.ratelimit import RateLimiter
+from dlapp.server.ratelimit import RateLimiter, Slots
 
 
 @dataclass
@@ -22,11 +22,13 @@ class Context:
     queues: QueueConfig
     clock: Callable[[], float] = time.time
     submit_limiter: RateLimiter = field(init=False)  # per user, from submit_rate_per_min
+    follows: Slots = field(init=False)  # log follows open per user, max_follows_per_user
     _nodes: list[NodeInfo] = field(default_factory=list)
     _nodes_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.submit_limiter = RateLimiter(self.settings.submit_rate_per_min)
+        self.follows = Slots(self.settings.max_follows_per_user)
 
     def nodes(self, max_age_s: float = 2.0) -> list[NodeInfo]:
         """The executor's node list, cached for a moment (it is asked on every cycle)."""

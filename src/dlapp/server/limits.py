@@ -1,8 +1,9 @@
 """Per-user, per-queue and per-request limits: request body size, submission rate, apps waiting.
 
 The body limit is checked before the body is read (``Content-Length``) and again while it
-streams in, so an oversized upload never reaches the disk beyond the limit.
-"""
+streams in, so an oversized upload never reaches the disk beyond the limit. The submission rate
+is taken before the body is read too: every submission counts, an invalid one as well, and a
+throttled sender's upload is not read at all."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dlapp.config import ServerSettings
 from dlapp.errors import PayloadTooLarge, TooManyRequests
 from dlapp.scheduler import QueueTree
+from dlapp.server.auth import CALLER_KEY, Caller
 from dlapp.server.context import Context
 from dlapp.status import AppState
 from dlapp.store.models import App
@@ -82,11 +84,43 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
-def check_submit(ctx: Context, session: Session, user: str) -> None:
-    """Refuse a submission over the caller's limits: apps waiting, then the submission rate.
+class SubmitRateMiddleware:
+    """429 for a submission over the caller's rate (``submit_rate_per_min``), before its body
+    is read or its spec looked at: every submission takes a token, refused or not."""
 
-    Every submit that gets this far takes a token from the caller's bucket, refused or not.
-    """
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx: Context | None = (
+            getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" else None
+        )
+        caller = scope.get(CALLER_KEY)
+        if ctx is None or not isinstance(caller, Caller) or not is_upload(scope):
+            await self.app(scope, receive, send)
+            return
+        wait = ctx.submit_limiter.take(caller.name)
+        if wait > 0:
+            error = TooManyRequests(
+                f"{caller.name} is over {ctx.settings.submit_rate_per_min:g} submissions a minute "
+                f"(submit_rate_per_min); try again in {math.ceil(wait)}s",
+                retry_after_s=wait,
+            )
+            response = JSONResponse(
+                {"error": error.to_dict()}, status_code=error.http_status, headers=error.headers()
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def is_upload(scope: Scope) -> bool:
+    return (scope["method"], scope["path"].rstrip("/")) == UPLOAD_ROUTE
+
+
+def check_submit(ctx: Context, session: Session, user: str) -> None:
+    """Refuse a submission when the caller already has their most apps waiting (the rate was
+    taken before the upload was read: ``SubmitRateMiddleware``)."""
     s = ctx.settings
     if s.max_pending_per_user:
         q = select(func.count()).where(App.user == user, App.state == AppState.ACCEPTED.value)
@@ -96,13 +130,6 @@ def check_submit(ctx: Context, session: Session, user: str) -> None:
                 f"{user} already has {pending} apps waiting, the most allowed "
                 "(max_pending_per_user); kill some or wait until they start"
             )
-    wait = ctx.submit_limiter.take(user)
-    if wait > 0:
-        raise TooManyRequests(
-            f"{user} is over {s.submit_rate_per_min:g} submissions a minute "
-            f"(submit_rate_per_min); try again in {math.ceil(wait)}s",
-            retry_after_s=wait,
-        )
 
 
 def pending_limit(

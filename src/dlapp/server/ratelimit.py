@@ -1,4 +1,5 @@
-"""A token bucket per key (a user), in memory, with an injected clock."""
+"""Per-key limits in memory: a token bucket (a rate, with an injected clock) and slots (how
+many at once). The key is a user."""
 
 from __future__ import annotations
 
@@ -36,3 +37,33 @@ class RateLimiter:
                 return 0.0
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate_per_s
+
+
+class Slots:
+    """At most ``limit`` slots per key in use at once; thread-safe, no clock, no I/O."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> bool:
+        """Take a slot for ``key``: False when it already holds ``limit``."""
+        with self._lock:
+            used = self._used.get(key, 0)
+            if used >= self.limit:
+                return False
+            self._used[key] = used + 1
+            return True
+
+    def give_back(self, key: str) -> None:
+        with self._lock:
+            used = self._used.get(key, 0) - 1
+            if used > 0:
+                self._used[key] = used
+            else:
+                self._used.pop(key, None)
+
+    def in_use(self, key: str) -> int:
+        with self._lock:
+            return self._used.get(key, 0)

@@ -1,6 +1,8 @@
 """REST routes under /api/v1: thin; each validates and calls a service.
 
 Every route needs a caller (``get_caller``): the ``AuthMiddleware`` has resolved the token.
+Routes that touch the store are plain functions, run on the API's bounded worker threads
+(``api_threads``); a log follow streams from the event loop and holds no thread while it waits.
 """
 
 from __future__ import annotations
@@ -8,15 +10,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
 
-from dlapp.errors import Forbidden, SpecError
+from dlapp.errors import Forbidden, SpecError, TooManyRequests
 from dlapp.scheduler import QueueConfigError
 from dlapp.server import queue_service, services
 from dlapp.server.auth import Caller, get_caller
@@ -27,9 +30,10 @@ from dlapp.status import AppState
 from dlapp.store import repo
 
 router = APIRouter(dependencies=[Depends(get_caller)])
+UPLOAD_NAME = "workspace.tar.gz"  # an upload's name on the server: all its errors may show
 
 
-def get_ctx(request: Request) -> Context:
+async def get_ctx(request: Request) -> Context:  # async: no worker thread for a lookup
     ctx: Context = request.app.state.ctx
     return ctx
 
@@ -58,10 +62,12 @@ def submit_app(
     except json.JSONDecodeError as exc:
         raise SpecError(f"spec is not valid JSON: {exc}") from None
     app_spec = AppSpec.from_dict(data)
-    with tempfile.NamedTemporaryFile(dir=ctx.settings.home, suffix=".upload") as tmp:
-        shutil.copyfileobj(workspace.file, tmp)
-        tmp.flush()
-        view = services.submit(ctx, session, user.name, app_spec, Path(tmp.name))
+    # a private directory of its own, so that an error about the tarball names only UPLOAD_NAME
+    with tempfile.TemporaryDirectory(dir=ctx.settings.home, suffix=".upload") as tmp:
+        upload = Path(tmp) / UPLOAD_NAME
+        with upload.open("wb") as f:
+            shutil.copyfileobj(workspace.file, f)
+        view = services.submit(ctx, session, user.name, app_spec, upload)
     request.app.state.scheduler.wake()
     return view
 
@@ -135,9 +141,15 @@ def get_logs(
     app = services.get(ctx, session, app_id, me)
     if follow:
         services.read_log(ctx, session, app, container, stream, 0, 1)  # validates the request
-        return StreamingResponse(
+        if not ctx.follows.take(me.name):
+            raise TooManyRequests(
+                f"{me.name} already follows {ctx.follows.limit} logs, the most allowed "
+                "(max_follows_per_user); stop one first",
+                retry_after_s=1.0,
+            )
+        return FollowResponse(
             services.follow_log(ctx, app_id, container, stream, offset),
-            media_type="text/plain; charset=utf-8",
+            release=lambda: ctx.follows.give_back(me.name),
         )
     chunk = services.read_log(ctx, session, app, container, stream, offset, length)
     return Response(
@@ -171,3 +183,18 @@ def reload_queues(request: Request, ctx: Ctx, session: Db, caller: User) -> dict
         raise QueueConfigError(result.error)
     request.app.state.scheduler.wake()
     return queue_service.queues_view(ctx, session)
+
+
+class FollowResponse(StreamingResponse):
+    """A followed log, streamed; its follow slot is given back when the stream ends, however
+    it ends (finished, the client gone, the server stopping), or if it never starts."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/plain; charset=utf-8")
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

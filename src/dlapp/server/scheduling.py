@@ -37,7 +37,7 @@ from dlapp.scheduler import (
     Wait,
     decide,
 )
-from dlapp.server import nodes
+from dlapp.server import nodes, tenancy
 from dlapp.server.context import Context
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
@@ -46,8 +46,9 @@ from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import lease as lease_store
 from dlapp.store import repo
 from dlapp.store.models import App, Container
-from dlapp.stores import data_config
+from dlapp.stores import DataConfig
 from dlapp.supervisor import KILLED_BY_REQUEST, ContainerPlan
+from dlapp.unix_accounts import AccountPlan
 
 logger = logging.getLogger(__name__)
 ORPHAN_SWEEP_CYCLES = 20  # remove orphan containers every this many cycles
@@ -479,8 +480,11 @@ class Scheduler:
             f"admitted on {', '.join(names.get(n, n) for n in admit.nodes)}",
             now,
         )
+        account = tenancy.account_plan(self.ctx, session, app.user)  # gives a uid, kept now
+        data = tenancy.data(self.ctx, session)
         self._commit(session)  # fenced: a server that lost the lease never starts anything
-        plans = _plans(self.ctx, app, spec, [names.get(n, n) for n in admit.nodes], admit.nodes)
+        node_names = [names.get(n, n) for n in admit.nodes]
+        plans = _plans(self.ctx, app, spec, node_names, admit.nodes, data, account)
         try:
             self.ctx.executor.start(
                 plans, admit.nodes, Resources(app.cpus, app.memory_mb, app.gpus)
@@ -520,12 +524,19 @@ def rendezvous(app_id: str, attempt: int, node_names: list[str]) -> list[dict[st
 
 
 def _plans(
-    ctx: Context, app: App, spec: AppSpec, node_names: list[str], node_ids: Sequence[str]
+    ctx: Context,
+    app: App,
+    spec: AppSpec,
+    node_names: list[str],
+    node_ids: Sequence[str],
+    data_config: DataConfig,
+    account: AccountPlan | None,
 ) -> list[ContainerPlan]:
     s = ctx.settings
     env = rendezvous(app.id, app.attempt, node_names)
     # the same for every container of the app: worked out once (data_config resolves paths)
-    spec_dict, data = spec.to_dict(), data_config(s).to_dict()
+    spec_dict, data = spec.to_dict(), data_config.to_dict()
+    account_dict = account.to_dict() if account else {}
     container = s.container_policy.model_dump(mode="json")
     meter = MeterPlan(s.gpu_sampler, s.gpu_sample_interval_s, s.gpu_idle_below).to_dict()
     return [
@@ -545,6 +556,7 @@ def _plans(
             data=data,
             container=container,
             meter=meter,
+            account=account_dict,
         )
         for i in range(app.num_containers)
     ]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy.orm import Session
 
 from dlapp import staging, workspace
@@ -17,7 +18,7 @@ from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
 from dlapp.runtime import get_runtime
 from dlapp.runtime.policy import check_container
 from dlapp.scheduler import NodeView, QueueTree, Resources, check_feasible
-from dlapp.server import limits
+from dlapp.server import limits, tenancy
 from dlapp.server import nodes as node_states
 from dlapp.server.auth import Caller, may_see
 from dlapp.server.context import Context
@@ -27,7 +28,6 @@ from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import audit, repo, users
 from dlapp.store.models import App
-from dlapp.stores import data_config
 from dlapp.supervisor import STREAMS, log_dir
 
 MB = 1024 * 1024
@@ -63,10 +63,11 @@ def submit(
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
     limits.check_queue_pending(ctx, session, ctx.queues.tree, spec.queue)
+    tenancy.check_submit(ctx, session, user, spec)  # runtimes allowed, the server's own files
     policy = ctx.settings.container_policy
     get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run is refused now
     check_container(spec, policy)  # and so are privileged, host mounts, disallowed images
-    data = data_config(ctx.settings)
+    data = tenancy.data(ctx, session)
     staging.check_urls(spec, config=data)
     staging.check_outputs_writable(spec, config=data)
     workspace.inspect_tarball(upload, _limits(ctx))
@@ -179,23 +180,26 @@ def _read_file(path: Path, offset: int, length: int) -> bytes:
         return b""
 
 
-def follow_log(
+async def follow_log(
     ctx: Context, app_id: str, index: int, stream: str, offset: int, poll_s: float = 0.3
-) -> Iterator[bytes]:
-    """Yield log bytes as they appear until the container has ended and all was read."""
-    import time
-
+) -> AsyncIterator[bytes]:
+    """Yield log bytes as they appear until the container has ended and all was read. Each
+    read takes a worker thread for a moment; between reads the follower holds none."""
     while True:
-        with ctx.sessions() as session:
-            app = repo.get_app(session, app_id)
-            chunk = read_log(ctx, session, app, index, stream, offset, 256 * 1024)
+        chunk = await anyio.to_thread.run_sync(_read_next, ctx, app_id, index, stream, offset)
         if chunk.data:
             yield chunk.data
             offset = chunk.next_offset
         if chunk.complete:
             return
         if not chunk.data:
-            time.sleep(poll_s)
+            await anyio.sleep(poll_s)
+
+
+def _read_next(ctx: Context, app_id: str, index: int, stream: str, offset: int) -> LogChunk:
+    with ctx.sessions() as session:
+        app = repo.get_app(session, app_id)
+        return read_log(ctx, session, app, index, stream, offset, 256 * 1024)
 
 
 def cluster(ctx: Context, session: Session) -> dict[str, Any]:

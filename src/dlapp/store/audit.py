@@ -1,7 +1,10 @@
 """The audit log: who did what to what, and when. Rows are only ever added.
 
 Actions: ``submit``, ``kill``, ``softkill`` (target: the app), ``user.add``, ``user.disable``,
-``user.enable``, ``token.rotate``, ``token.revoke`` (target: the user). Never a token's text.
+``user.enable``, ``token.rotate``, ``token.revoke`` (target: the user); ``login.failed``
+(target: the client's address; user: the token's owner when it is known, else ``-``; detail:
+why, the token's fingerprint, and how many more were refused from that address without an
+entry of their own). Never a token's text.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dlapp.store.models import Audit
+
+LOGIN_FAILED = "login.failed"
+NO_USER = "-"  # the user of an entry whose actor is unknown (a token that matches no one)
 
 
 def record(

@@ -142,6 +142,8 @@ class Token(Base):
     created: Mapped[float] = mapped_column(Float)
     revoked: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_used: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # set at creation (``--expires-in``); the server's token_lifetime_days applies on top of it
+    expires: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Audit(Base):

@@ -3,15 +3,22 @@
 A token is ``dlapp_`` + 32 random bytes (URL-safe base64). It is shown once, when it is made;
 the store keeps only its SHA-256, looked up by that hash and compared in constant time. A user
 has at most one live token: issuing a new one revokes the old.
+
+A token expires at its own ``expires`` (set when it is made) or ``lifetime_s`` after it was
+made (the server's ``token_lifetime_days``), whichever comes first; ``check_token`` says why a
+token is refused (``Refusal``), and ``fingerprint`` names a token in the audit log without
+giving anything that could be used to log in.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,6 +30,27 @@ TOKEN_PREFIX = "dlapp_"
 MAX_TOKEN_LENGTH = 256
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 LAST_USED_EVERY_S = 60.0  # how stale ``last_used`` may get: not one write per request
+FINGERPRINT_HEX = 8  # hex digits of a token's SHA-256 shown in the audit log
+
+
+class Refusal(enum.Enum):
+    """Why a token was not let in."""
+
+    MALFORMED = "malformed"  # not a dlapp token at all
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    DISABLED = "disabled"  # a live token of a disabled user
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """What a token turned out to be: its user (when the token is known) and, unless it was
+    let in, why not; ``expires`` is when the token stops (or stopped) working."""
+
+    user: User | None
+    refusal: Refusal | None
+    expires: float | None = None
 
 
 def new_token() -> str:
@@ -31,6 +59,23 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", errors="replace")).hexdigest()
+
+
+def fingerprint(token: str) -> str:
+    """A short name for a dlapp token: the first hex digits of its SHA-256. It matches the
+    start of the stored ``token_hash``, so an admin can tell whose token it was; it cannot be
+    used to log in. Anything that is not a dlapp token (a password pasted by mistake) gets no
+    fingerprint at all."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
+        return "(not a dlapp token)"
+    return "sha256:" + hash_token(token)[:FINGERPRINT_HEX]
+
+
+def expiry(token: Token, lifetime_s: float | None) -> float | None:
+    """When ``token`` stops working: its own expiry or its creation plus ``lifetime_s``,
+    whichever comes first; None: never."""
+    ends = [token.expires, None if lifetime_s is None else token.created + lifetime_s]
+    return min((t for t in ends if t is not None), default=None)
 
 
 def check_name(name: str, what: str = "user name") -> str:
@@ -72,9 +117,16 @@ def list_users(session: Session) -> list[User]:
 
 
 def add_user(
-    session: Session, name: str, now: float, *, is_admin: bool = False, groups: Iterable[str] = ()
+    session: Session,
+    name: str,
+    now: float,
+    *,
+    is_admin: bool = False,
+    groups: Iterable[str] = (),
+    expires: float | None = None,
 ) -> tuple[User, str]:
-    """A new user with a first token; returns the user and the token's text (shown once)."""
+    """A new user with a first token (that expires at ``expires``: None, never of itself);
+    returns the user and the token's text (shown once)."""
     check_name(name)
     if session.get(User, name) is not None:
         raise ConflictError(f"user {name} already exists")
@@ -83,7 +135,7 @@ def add_user(
     )
     session.add(user)
     session.flush()
-    return user, issue_token(session, name, now)
+    return user, issue_token(session, name, now, expires)
 
 
 def set_disabled(session: Session, name: str, disabled: bool) -> User:
@@ -115,24 +167,48 @@ def revoke_tokens(session: Session, name: str, now: float) -> int:
     return len(tokens)
 
 
-def issue_token(session: Session, name: str, now: float) -> str:
-    """A new token for ``name`` (the old one is revoked); returns its text, shown once."""
+def issue_token(session: Session, name: str, now: float, expires: float | None = None) -> str:
+    """A new token for ``name`` (the old one is revoked), expiring at ``expires`` (None: not of
+    itself); returns its text, shown once."""
+    if expires is not None and expires <= now:
+        raise BadRequest("a token must expire in the future")
     revoke_tokens(session, name, now)
     token = new_token()
-    session.add(Token(user=name, token_hash=hash_token(token), created=now))
+    session.add(Token(user=name, token_hash=hash_token(token), created=now, expires=expires))
     session.flush()
     return token
 
 
-def authenticate(session: Session, token: str, now: float) -> User | None:
-    """The user a live token belongs to, or None. Disabled users are returned: check them."""
+def check_token(
+    session: Session, token: str, now: float, lifetime_s: float | None = None
+) -> TokenCheck:
+    """Whom ``token`` lets in, or why it does not. A token let in has its ``last_used`` moved
+    (at most once a ``LAST_USED_EVERY_S``)."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
-        return None
+        return TokenCheck(None, Refusal.MALFORMED)
     digest = hash_token(token)
     row = session.scalars(select(Token).where(Token.token_hash == digest)).first()
-    if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked is not None:
-        return None
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return TokenCheck(None, Refusal.UNKNOWN)
     user = session.get(User, row.user)
-    if user is not None and (row.last_used is None or now - row.last_used > LAST_USED_EVERY_S):
+    if user is None:
+        return TokenCheck(None, Refusal.UNKNOWN)
+    ends = expiry(row, lifetime_s)
+    if row.revoked is not None:
+        return TokenCheck(user, Refusal.REVOKED, ends)
+    if ends is not None and now >= ends:
+        return TokenCheck(user, Refusal.EXPIRED, ends)
+    if user.disabled:
+        return TokenCheck(user, Refusal.DISABLED, ends)
+    if row.last_used is None or now - row.last_used > LAST_USED_EVERY_S:
         row.last_used = now
-    return user
+    return TokenCheck(user, None, ends)
+
+
+def authenticate(
+    session: Session, token: str, now: float, lifetime_s: float | None = None
+) -> User | None:
+    """The user a live, unexpired token belongs to, or None. Disabled users are returned:
+    check them."""
+    check = check_token(session, token, now, lifetime_s)
+    return check.user if check.refusal in (None, Refusal.DISABLED) else None
