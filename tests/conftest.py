@@ -32,6 +32,36 @@ CLUSTER_CPUS = 4
 GPU_UTILISATION_FILE = "gpu-utilisation.json"  # in the server's home: {"<gpu id>": percent}
 
 
+_ACCOUNTS_AT_START: set[str] | None = None
+
+
+def _remove_made_accounts() -> None:
+    """Remove the ``dlapp-*`` Unix accounts made since the test session began."""
+    import pwd
+
+    global _ACCOUNTS_AT_START
+    names = {p.pw_name for p in pwd.getpwall() if p.pw_name.startswith("dlapp-")}
+    if _ACCOUNTS_AT_START is None:
+        _ACCOUNTS_AT_START = names
+    for name in sorted(names - _ACCOUNTS_AT_START):
+        subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
+        subprocess.run(["groupdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_unix_accounts_left_behind() -> Iterator[None]:
+    """A server under the multi-user rules makes Unix accounts (``dlapp-<user>``, uids from
+    its store). Each test starts and ends without those made during the session (one made
+    late, by a supervisor still starting after its test, goes at the next test's start), so
+    the next test's store can give the same uids to other users, and CI's machine is left as
+    it was."""
+    if os.geteuid() == 0:
+        _remove_made_accounts()
+    yield
+    if os.geteuid() == 0:
+        _remove_made_accounts()
+
+
 @pytest.fixture
 def ray_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
     """The address of a one-node Ray cluster of the test's own; its GPU count is the indirect

@@ -1,23 +1,30 @@
 """Floods: one user's requests cannot starve another user or the health check (issue 14).
 
-A real server (uvicorn on a loopback port, over the in-process executor) and a hostile user A:
-a thousand concurrent requests of each expensive route, sent again as soon as each is answered,
-with 64 log follows held open. While that flood is in flight, user B's ``GET /api/v1/me``,
-``/healthz`` and submissions must answer; no request may get a 500; every accepted app must
-be kept; afterwards the server serves A again by itself. Nothing is timed: timeouts here are
-hang guards only.
+A real server (uvicorn on a loopback port, over the in-process executor) and a hostile user A.
+For each expensive route in turn, a second process (``bench/flood.py --hostile``, raw asyncio
+HTTP/1.1, so that the flood does not share this process's interpreter lock with the server)
+keeps a thousand of A's requests in flight, each sent again the moment it is answered, and
+holds 64 follows of A's log open. While that flood is in flight, user B's ``GET /api/v1/me``,
+``/healthz`` and a submission must answer; none of A's requests may get a 500 or go
+unanswered; every accepted app must be kept; afterwards the server serves A again by itself.
+Nothing is timed: the timeouts here are hang guards only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
+import subprocess
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
@@ -26,25 +33,29 @@ from dlapp.scheduler import Resources
 from dlapp.spec import AppSpec
 from dlapp.workspace import pack_workspace
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from inprocess import admin_token, bearer, live
 
-FLOOD = 1000  # concurrent requests of each route
-FOLLOWS = 64
+FLOOD = 1000  # A's requests in flight, on one route at a time
+FOLLOWS = 64  # A's log follows, held open during each flood
 ROUTES = ("/api/v1/cluster", "/api/v1/apps", "/api/v1/queues")
 PROBES = 5  # B's requests of each kind while a flood is in flight
 HANG_GUARD_S = 120.0
-ANSWERED = {200, 429, 503}  # what a flooded route may answer: served, or refused cleanly
+ANSWERED = {"200", "429", "503", "follow 200", "follow 429"}  # served, or refused cleanly
 
 
 @dataclass
 class Users:
     url: str
+    settings: ServerSettings
     a: dict[str, str]
     b: dict[str, str]
-    tarball: bytes  # echo ok
-    sleeper: bytes  # echo ok, then sleep
+    quick: bytes  # a workspace whose app echoes and ends
+    sleeper: bytes  # one whose app echoes, then sleeps
     accepted: list[tuple[dict[str, str], str]] = field(default_factory=list)  # (who, app id)
+
+    def token(self, who: dict[str, str]) -> str:
+        return who["Authorization"].removeprefix("Bearer ")
 
 
 def workspace(tmp: Path, name: str, script: str) -> bytes:
@@ -72,6 +83,7 @@ def users(tmp_path: Path) -> Iterator[Users]:
                 tokens[name] = bearer(resp.json()["token"])
         yield Users(
             url,
+            settings,
             tokens["alice"],
             tokens["bob"],
             workspace(tmp_path, "quick", "echo ok\n"),
@@ -79,102 +91,16 @@ def users(tmp_path: Path) -> Iterator[Users]:
         )
 
 
-async def submit(c: httpx.AsyncClient, u: Users, who: dict[str, str], spec: str) -> int:
-    resp = await c.post(
+def submit(c: httpx.Client, u: Users, who: dict[str, str], name: str, ws: bytes) -> int:
+    resp = c.post(
         "/api/v1/apps",
         headers=who,
-        data={"spec": spec},
-        files={"workspace": ("workspace.tar.gz", u.tarball, "application/gzip")},
+        data={"spec": spec_json(name)},
+        files={"workspace": ("workspace.tar.gz", ws, "application/gzip")},
     )
     if resp.status_code == 201:
         u.accepted.append((who, resp.json()["id"]))
     return resp.status_code
-
-
-async def hammer(c: httpx.AsyncClient, path: str, stop: anyio.Event, seen: Counter[Any]) -> None:
-    """One hostile client: the same request again as soon as it is answered, until ``stop``."""
-    while not stop.is_set():
-        try:
-            seen[(await c.get(path)).status_code] += 1
-        except httpx.HTTPError as exc:  # no answer at all: counted, and asserted against
-            seen[type(exc).__name__] += 1
-
-
-async def follow(
-    c: httpx.AsyncClient,
-    path: str,
-    held: anyio.Event,
-    opened: Counter[Any],
-    done: Callable[[], None],
-) -> None:
-    """One log follow, held open (after its first bytes) until ``held`` is set."""
-    try:
-        async with c.stream("GET", path, params={"follow": "true"}) as resp:
-            opened[resp.status_code] += 1
-            if resp.status_code == 200:
-                async for _ in resp.aiter_raw():
-                    break  # the log's first bytes came: the follow is streaming
-            done()
-            await held.wait()
-    except httpx.HTTPError as exc:
-        opened[type(exc).__name__] += 1
-        done()
-
-
-async def probe(c: httpx.AsyncClient, u: Users, checks: Counter[Any]) -> None:
-    """User B, while A floods: who am I, the health check, and a submission."""
-    for _ in range(PROBES):
-        me = await c.get("/api/v1/me", headers=u.b)
-        checks[("me", me.status_code, me.json().get("name"))] += 1
-        health = await c.get("/healthz")
-        checks[("healthz", health.status_code)] += 1
-    checks[("submit", await submit(c, u, u.b, spec_json("b")))] += 1
-
-
-def limits(n: int) -> httpx.Limits:
-    return httpx.Limits(max_connections=n, max_keepalive_connections=n)
-
-
-async def flood_all_routes(u: Users, a_app: str) -> tuple[Counter[Any], Counter[Any], Counter[Any]]:
-    seen: Counter[Any] = Counter()  # A's answers, by status code
-    opened: Counter[Any] = Counter()  # A's follows, by status code
-    checks: Counter[Any] = Counter()  # B's answers
-    timeout = httpx.Timeout(HANG_GUARD_S)
-    async with (
-        httpx.AsyncClient(base_url=u.url, headers=u.a, timeout=timeout, limits=limits(FLOOD)) as a,
-        httpx.AsyncClient(
-            base_url=u.url, headers=u.a, timeout=timeout, limits=limits(FOLLOWS)
-        ) as af,
-        httpx.AsyncClient(base_url=u.url, timeout=timeout) as b,
-        anyio.create_task_group() as follows,
-    ):
-        held = anyio.Event()
-        started = 0
-
-        def one_started() -> None:
-            nonlocal started
-            started += 1
-
-        for _ in range(FOLLOWS):  # 1. A holds its follows open for the whole flood
-            path = f"/api/v1/apps/{a_app}/logs"
-            follows.start_soon(follow, af, path, held, opened, one_started)
-        with anyio.fail_after(HANG_GUARD_S):
-            while started < FOLLOWS:
-                await anyio.sleep(0.05)
-        for route in ROUTES:  # 2. each expensive route in turn, a thousand at once
-            stop = anyio.Event()
-            before = sum(seen.values())
-            async with anyio.create_task_group() as flood:
-                for _ in range(FLOOD):
-                    flood.start_soon(hammer, a, route, stop, seen)
-                with anyio.fail_after(HANG_GUARD_S):  # 3. until the flood is answered...
-                    while sum(seen.values()) - before < FLOOD:
-                        await anyio.sleep(0.05)
-                await probe(b, u, checks)  # 4. ...B is served while it goes on
-                checks[("a submits", await submit(b, u, u.a, spec_json("a")))] += 1
-                stop.set()
-        held.set()
-    return seen, opened, checks
 
 
 def app_state(c: httpx.Client, who: dict[str, str], app_id: str) -> dict[str, Any]:
@@ -184,29 +110,57 @@ def app_state(c: httpx.Client, who: dict[str, str], app_id: str) -> dict[str, An
     return body
 
 
+@contextmanager
+def flood(u: Users, route: str, followed: str) -> Iterator[Counter[str]]:
+    """A's flood of ``route`` and follows of ``followed``'s log, in flight (every connection
+    answered once) for the body of the ``with``; yields A's answers by status, filled in when
+    the flood has stopped."""
+    tally: Counter[str] = Counter()
+    command = [sys.executable, str(ROOT / "bench" / "flood.py"), "--hostile", u.url, followed]
+    command += ["--routes", route, "--concurrency", str(FLOOD), "--follows", str(FOLLOWS)]
+    env = {**os.environ, "DLAPP_TOKEN": u.token(u.a)}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stdout is not None
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], HANG_GUARD_S)
+            assert ready and proc.stdout.readline().strip() == "ready", "the flood did not start"
+            yield tally
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=HANG_GUARD_S)
+        tally.update(json.loads(out.strip().splitlines()[-1])["tally"])
+
+
 def test_one_users_flood_starves_neither_another_user_nor_the_health_check(users: Users) -> None:
     u = users
     with httpx.Client(base_url=u.url, timeout=HANG_GUARD_S) as c:
-        a_app = c.post(  # A's app logs, then waits: its followers stay open
-            "/api/v1/apps",
-            headers=u.a,
-            data={"spec": spec_json("a-follow")},
-            files={"workspace": ("w.tar.gz", u.sleeper, "application/gzip")},
-        )
-        assert a_app.status_code == 201, a_app.text
-        a_id = a_app.json()["id"]
-        wait_for(lambda: app_state(c, u.a, a_id)["state"] == "RUNNING", HANG_GUARD_S, "a-follow")
-
-    seen, opened, checks = anyio.run(flood_all_routes, u, a_id)
+        assert submit(c, u, u.a, "followed", u.sleeper) == 201  # A's app: its log is followed
+        followed = u.accepted.pop()[1]
+        wait_for(lambda: app_state(c, u.a, followed)["state"] == "RUNNING", HANG_GUARD_S, "it")
+    b_answers: Counter[Any] = Counter()
+    a_answers: Counter[str] = Counter()
+    for route in ROUTES:
+        with (
+            flood(u, route, followed) as tally,
+            httpx.Client(base_url=u.url, timeout=HANG_GUARD_S) as c,
+        ):
+            for _ in range(PROBES):  # B, while A's flood is in flight
+                me = c.get("/api/v1/me", headers=u.b)
+                b_answers[("me", me.status_code, me.json().get("name"))] += 1
+                b_answers[("healthz", c.get("/healthz").status_code)] += 1
+            b_answers[("submit", submit(c, u, u.b, "b", u.quick))] += 1
+            submit(c, u, u.a, "a", u.quick)  # A too: accepted or refused, never lost
+        a_answers.update(tally)
 
     # B was served throughout, and so was the health check
-    assert checks[("me", 200, "bob")] == PROBES * len(ROUTES), checks
-    assert checks[("healthz", 200)] == PROBES * len(ROUTES), checks
-    assert checks[("submit", 201)] == len(ROUTES), checks
-    # every one of A's requests was answered: served or refused, never a 500 or silence
-    assert set(seen) <= ANSWERED, seen
-    assert seen[200] > 0 and seen[429] > 0, seen  # A is slowed down, not shut out
-    assert set(opened) <= {200, 429} and opened[200] > 0 and opened[429] > 0, opened
+    assert b_answers[("me", 200, "bob")] == PROBES * len(ROUTES), b_answers
+    assert b_answers[("healthz", 200)] == PROBES * len(ROUTES), b_answers
+    assert b_answers[("submit", 201)] == len(ROUTES), b_answers
+    # every one of A's requests was answered, served or refused: never a 500, never silence
+    assert set(a_answers) <= ANSWERED, a_answers
+    assert a_answers["200"] > 0 and a_answers["429"] > 0, a_answers  # slowed down, not shut out
+    assert 0 < a_answers["follow 200"] <= len(ROUTES) * u.settings.max_follows_per_user
+    assert a_answers["follow 429"] > 0, a_answers
     # no accepted app is lost, and the server serves A again by itself
     with httpx.Client(base_url=u.url, timeout=HANG_GUARD_S) as c:
         for who, app_id in u.accepted:
@@ -217,9 +171,8 @@ def test_one_users_flood_starves_neither_another_user_nor_the_health_check(users
             )
         for route in ROUTES:
             assert c.get(route, headers=u.a).status_code == 200
-        path, follow = f"/api/v1/apps/{a_id}/logs", {"follow": "true"}
-        with c.stream("GET", path, headers=u.a, params=follow) as r:
-            assert r.status_code == 200 and next(r.iter_raw()) == b"ok\n"
-        assert c.post(f"/api/v1/apps/{a_id}/kill", headers=u.a).status_code == 200
-        wait_for(lambda: app_state(c, u.a, a_id)["final_status"] == "KILLED", HANG_GUARD_S, "kill")
+        path, follow = f"/api/v1/apps/{followed}/logs", {"follow": "true"}
+        with c.stream("GET", path, headers=u.a, params=follow) as r:  # the follows' slots
+            assert r.status_code == 200 and next(r.iter_raw()) == b"ok\n"  # came back
+        assert c.post(f"/api/v1/apps/{followed}/kill", headers=u.a).status_code == 200
         assert c.get("/healthz").status_code == 200

@@ -61,7 +61,7 @@ def test_app_with_sftp_input_and_s3_output(sshd: Sshd, s3_server: S3Server, tmp_
         app = finish(api, token, resp.json()["id"])
         log = stderr(api, token, app["id"])
         events = api.get(f"/api/v1/apps/{app['id']}/events", headers=bearer(token)).json()
-    assert app["final_status"] == "SUCCEEDED", app
+    assert app["final_status"] == "SUCCEEDED", (app, log)
     assert fs.cat(f"{bucket}/runs/r1/copy.txt") == b"from sftp"
     assert fs.exists(f"{bucket}/runs/r1/{MARKER}")
     assert "[dlapp] staging in: sftp://" in log and "[dlapp] staging out done: 1 files" in log

@@ -34,6 +34,10 @@ from dlapp.errors import DlappError
 from dlapp.spec import AppSpec
 from docker_support import MINIMAL, require_docker, require_podman
 
+from storage_servers import S3Server, s3_server
+
+__all__ = ["s3_server"]  # fixtures
+
 from conftest import pack, wait_for, wait_running
 
 pytestmark = [
@@ -114,7 +118,7 @@ def _free_range(start: int, size: int = 100) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Cluster]:
     home = tmp_path_factory.mktemp("tenants-home")
     shared = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="dlapp-tenants-"))
     shared.chmod(0o711)
@@ -129,6 +133,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "file_roots": ["/"],
         "container": {"gpus": "none"},
         "softkill_grace_s": 2.0,
+        "storage_profiles": {"lab": {"protocol": "s3", "options": s3_server.options}},
     }
     (home / "server.yaml").write_text(yaml.safe_dump(settings))
     info, started = embedded.up(home, gpus=2, cpus=4)
@@ -328,3 +333,22 @@ def test_the_servers_files_are_its_own(cluster: Cluster) -> None:
     if token.exists():
         assert mode(token) == 0o600
     assert mode(cluster.work) == 0o711  # apps' accounts pass through, never list
+
+
+def test_a_remote_output_is_committed_as_the_account(
+    cluster: Cluster, s3_server: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.new_bucket()
+    spec = _app(
+        tmp_path,
+        "remote",
+        "mkdir -p out/sub && echo one > out/a && echo two > out/sub/b\n",
+        outputs=[{"path": "out", "url": f"s3://{bucket}/run"}],
+    )
+    with cluster.client("bob") as bob:
+        app_id = _submit(bob, spec, tmp_path)
+        done = bob.wait(app_id, timeout_s=60)
+        assert done["final_status"] == "SUCCEEDED", (done, bob.logs(app_id))
+    fs = s3_server.filesystem()
+    assert fs.cat(f"{bucket}/run/a") == b"one\n"
+    assert fs.cat(f"{bucket}/run/sub/b") == b"two\n"

@@ -143,16 +143,16 @@ class ServerSettings(BaseModel):
         "store's connection pool is sized from it and max_requests",
     )
     max_requests: int = Field(
-        64, ge=2, le=4096, description="API requests served at once; more wait request_wait_s"
+        64, ge=2, le=4096, description="API requests served at once; more wait, then 503"
     )
     request_wait_s: float = Field(
-        2.0, ge=0, description="how long a request waits for a free slot before a 503"
+        2.0, ge=0, description="how long a request waits for a slot before its 429 or 503"
     )
     max_requests_per_user: int = Field(
         8,
         ge=1,
-        description="API requests one user may have in flight; more: 429 with Retry-After "
-        "(below api_threads and max_requests, so no user holds them all)",
+        description="API requests one user may have in flight; more wait request_wait_s, then "
+        "429 (below api_threads and max_requests, so that no user holds them all)",
     )
     max_follows_per_user: int = Field(
         8, ge=1, description="log follows (logs?follow=true) one user may hold open; more: 429"

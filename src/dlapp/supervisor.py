@@ -21,6 +21,7 @@ from typing import Any
 from dlapp import staging, unix_accounts, workspace
 from dlapp.errors import DlappError
 from dlapp.gpu_usage import ContainerMeter, MeterPlan
+from dlapp.progress import Progress
 from dlapp.runtime import LaunchRequest, Running, get_runtime
 from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, DataBinding
@@ -259,26 +260,20 @@ class Supervisor:
         return moved
 
     def _stage_out(self, outputs: tuple[DataBinding, ...], failed_app_id: str | None = None) -> int:
-        """Commit the outputs; local ones written as the app's account, when it has one."""
+        """Commit the outputs; with an account, every output is read from the workspace and
+        local ones written as the account (a link the app swaps in meanwhile leads nowhere the
+        account could not go). The helper is not dumpable: the account's other processes
+        cannot read the storage credentials out of it."""
         workdir, data = self.workdir, self.data
-        if self.account is None:
+
+        def commit(say: Progress | None) -> int:
             return staging.stage_out(
-                outputs, workdir, self._note, config=data, failed_app_id=failed_app_id
+                outputs, workdir, say, config=data, failed_app_id=failed_app_id
             )
-        local = tuple(b for b in outputs if b.scheme == "file")
-        remote = tuple(b for b in outputs if b.scheme != "file")
-        moved = staging.stage_out(
-            remote, workdir, self._note, config=data, failed_app_id=failed_app_id
-        )
-        if local:
-            moved += unix_accounts.run_as(
-                self.account,
-                lambda say: staging.stage_out(
-                    local, workdir, say, config=data, failed_app_id=failed_app_id
-                ),
-                self._note,
-            )
-        return moved
+
+        if self.account is None:
+            return commit(self._note)
+        return unix_accounts.run_as(self.account, commit, self._note)
 
     def _hand_over(self) -> None:
         """Give the app's account its workspace and a fresh HOME (0700 each); the container's

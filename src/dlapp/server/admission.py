@@ -1,18 +1,23 @@
 """Admission of API requests: no user's flood can starve another user or the health check.
 
 Every request but ``/healthz`` takes two slots before anything else runs, the token check
-included: one of the user's own (``max_requests_per_user``; over it, 429 at once) and one of
-the server's (``max_requests``; when all are taken it waits up to ``request_wait_s``, then 503).
-Both are given back when the answer starts, so a log follow, which answers at once and then
-streams, holds neither: it holds one of the user's follow slots instead
+included: one of its user's (``max_requests_per_user``) and one of the server's
+(``max_requests``). A request whose user holds all theirs waits for one, in order, up to
+``request_wait_s``, then gets 429; one that finds every server slot taken waits as long, then
+gets 503; both with ``Retry-After``. Waiting costs no thread and no store connection, and it
+paces a flood: a client that sends again the moment it is refused is refused at most once per
+``request_wait_s`` per connection, so the event loop keeps time for everyone else.
+
+Both slots are given back when the answer starts, so a log follow, which answers at once and
+then streams, holds neither: it holds one of the user's follow slots instead
 (``max_follows_per_user``, taken by the route). The user is known by their token (a user has
 one live token), hashed, before it is checked, so that refusing a flood costs no worker thread
-and no database connection. Requests without a token share one slot set; the dashboard's
+and no database connection. Requests without a token share one set of slots; the dashboard's
 static files take only a server slot.
 
 Blocking work (the store, the executor) runs on ``api_threads`` worker threads, and the
-store's connection pool is sized from that number (``store.db.pool_for_threads``), so a thread
-never waits long for a connection; if one ever does, the answer is 503, never a 500.
+store's connection pool is sized from them (``store.db.pool_for_threads``), so a thread never
+waits long for a connection; if one ever does, the answer is 503, never a 500.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dlapp.config import ServerSettings
 from dlapp.errors import DlappError, ServerUnavailable, TooManyRequests
 from dlapp.server.auth import is_open
-from dlapp.server.ratelimit import Slots
 
 logger = logging.getLogger(__name__)
 HEALTH_PATH = "/healthz"  # never waits for anything: not even a slot
@@ -64,8 +68,9 @@ def requester(scope: Scope) -> str:
 
 def too_many_requests(settings: ServerSettings) -> TooManyRequests:
     return TooManyRequests(
-        f"this user already has {settings.max_requests_per_user} requests in flight, the most "
-        "allowed (max_requests_per_user); wait for their answers",
+        f"this user has had {settings.max_requests_per_user} requests in flight, the most "
+        f"allowed (max_requests_per_user), for {settings.request_wait_s:g}s; wait for their "
+        "answers",
         retry_after_s=RETRY_AFTER_S,
     )
 
@@ -74,12 +79,59 @@ def unavailable(why: str) -> DlappError:
     return ServerUnavailable(f"the server is busy ({why}); try again in a moment")
 
 
+class Gates:
+    """A semaphore of ``limit`` slots per key, on one event loop (not thread-safe): made when
+    a key first comes, dropped when nothing holds or waits on it, so that keys that come once
+    (a flood of made-up tokens) leave nothing behind."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._gates: dict[str, tuple[anyio.Semaphore, list[int]]] = {}  # key -> (gate, users)
+
+    async def enter(self, key: str, wait_s: float) -> bool:
+        """A slot for ``key``, waited for in order up to ``wait_s``: False if none came."""
+        gate, users = self._gates.setdefault(key, (anyio.Semaphore(self.limit), [0]))
+        users[0] += 1
+        if await take(gate, wait_s):
+            return True
+        self._drop(key, users)
+        return False
+
+    def leave(self, key: str) -> None:
+        gate, users = self._gates[key]
+        gate.release()
+        self._drop(key, users)
+
+    def waiting_or_held(self, key: str) -> int:
+        entry = self._gates.get(key)
+        return entry[1][0] if entry else 0
+
+    def _drop(self, key: str, users: list[int]) -> None:
+        users[0] -= 1
+        if users[0] == 0:
+            del self._gates[key]
+
+
+async def take(gate: anyio.Semaphore, wait_s: float) -> bool:
+    """One of ``gate``'s slots: at once when one is free (no trip round the event loop, which a
+    flood keeps busy), else waited for up to ``wait_s``."""
+    try:
+        gate.acquire_nowait()
+        return True
+    except anyio.WouldBlock:
+        pass
+    with anyio.move_on_after(wait_s):
+        await gate.acquire()
+        return True
+    return False
+
+
 class AdmissionMiddleware:
     """Admit each request against its user's slots and the server's (module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.users: Slots | None = None  # made on the first request, from the settings
+        self.users: Gates | None = None  # made on the first request, from the settings
         self.server: anyio.Semaphore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,29 +141,26 @@ class AdmissionMiddleware:
             return
         settings: ServerSettings = ctx.settings
         if self.users is None or self.server is None:
-            self.users = Slots(settings.max_requests_per_user)
+            self.users = Gates(settings.max_requests_per_user)
             self.server = anyio.Semaphore(settings.max_requests)
         users, server = self.users, self.server
-        # 1. the user's own slot: over the limit, 429 at once
+        wait_s = settings.request_wait_s
+        # 1. one of the user's slots, waited for briefly, else 429
         key = None if is_open(scope["path"]) else requester(scope)
-        if key is not None and not users.take(key):
+        if key is not None and not await users.enter(key, wait_s):
             await _answer(scope, receive, send, too_many_requests(settings))
             return
-        # 2. a server slot: wait briefly for one, else 503
-        admitted = False
-        with anyio.move_on_after(settings.request_wait_s):
-            await server.acquire()
-            admitted = True
-        if not admitted:
+        # 2. one of the server's, likewise, else 503
+        if not await take(server, wait_s):
             if key is not None:
-                users.give_back(key)
+                users.leave(key)
             await _answer(scope, receive, send, unavailable("every request slot is taken"))
             return
 
         def give_back() -> None:
             server.release()
             if key is not None:
-                users.give_back(key)
+                users.leave(key)
 
         held = Held(give_back)
         started = False
