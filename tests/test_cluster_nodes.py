@@ -31,7 +31,11 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[tuple[Any, TestClient, str]]:
+def two_nodes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Any, TestClient, str]]:
+    """Two Ray nodes, a server on them, and a user besides the admin: the multi-user rules
+    apply (``tenancy`` is the indirect parameter, ``auto`` by default)."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
@@ -51,6 +55,7 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[Any, TestClient, str]]:
         ray_address=cluster.address,
         schedule_interval_s=0.2,
         file_roots=(tmp_path,),  # a cluster of its own: local data only under allowed roots
+        tenancy=getattr(request, "param", "auto"),
     )
     try:
         with TestClient(create_app(settings)) as api:
@@ -130,7 +135,7 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
         "the scheduler's reason",
     )
     # a new node joins: the app runs again (attempt 2) and completes
-    ckpt = home_of(api) / "artifacts" / "checkpoints" / app_id
+    ckpt = api.app.state.ctx.settings.checkpoints / app_id  # type: ignore[attr-defined]
     (ckpt / "second").write_text("x")
     cluster.add_node(num_cpus=2, num_gpus=1)
     done = wait_for(
@@ -148,6 +153,9 @@ def home_of(api: TestClient) -> Path:
     return home
 
 
+# a Python app: an app's own account could not run this machine's interpreter (under /root),
+# so its apps run as the server's user here
+@pytest.mark.parametrize("two_nodes", ["single"], indirect=True)
 def test_ddp_across_two_nodes_and_the_exclude_list(
     two_nodes: tuple[Any, TestClient, str], tmp_path: Path
 ) -> None:

@@ -450,3 +450,19 @@ def test_fake_runtime_stop_follows_the_term_script(tmp_path: Path) -> None:
     assert stubborn.stop(grace=0.05) == 137
     polite = FakeRuntime(duration=None).launch(app.request())
     assert polite.stop(grace=5) == 143
+
+
+def test_the_container_dies_when_ray_kills_only_the_supervisors_direct_child(
+    tmp_path: Path,
+) -> None:
+    # Ray SIGKILLs a worker's direct children when the worker exits: the guard's stand-in. The
+    # app, its children and the watcher (its grandchildren) must not outlive it: found by the
+    # head-loss test, where the first attempt's app ran on after the Ray head was gone.
+    app = make_app(tmp_path).write("sleep 300 &\ntouch ready\nwait\n")
+    running = app.launch()
+    assert eventually(lambda: (app.workdir / "ready").exists())
+    assert eventually(lambda: len(live_pids_in_group(running.pid)) >= 4)  # 2 guards, bash, sleep
+    os.kill(running.pid, signal.SIGKILL)  # the stand-in alone, as Ray does
+    assert running.wait(10) == 128 + signal.SIGKILL
+    assert eventually(lambda: not live_pids_with_marker(app.marker), 3)
+    assert live_pids_in_group(running.pid) == []

@@ -335,7 +335,7 @@ def test_the_servers_files_are_its_own(cluster: Cluster) -> None:
     assert mode(cluster.work) == 0o711  # apps' accounts pass through, never list
 
 
-def test_a_remote_output_is_committed_as_the_account(
+def test_a_remote_output_of_an_app_with_an_account_is_committed(
     cluster: Cluster, s3_server: S3Server, tmp_path: Path
 ) -> None:
     bucket = s3_server.new_bucket()
@@ -348,7 +348,7 @@ def test_a_remote_output_is_committed_as_the_account(
     with cluster.client("bob") as bob:
         app_id = _submit(bob, spec, tmp_path)
         done = bob.wait(app_id, timeout_s=60)
-        assert done["final_status"] == "SUCCEEDED", (done, bob.logs(app_id))
+        assert done["final_status"] == "SUCCEEDED", (done["diagnostics"], bob.logs(app_id))
     fs = s3_server.filesystem()
     assert fs.cat(f"{bucket}/run/a") == b"one\n"
     assert fs.cat(f"{bucket}/run/sub/b") == b"two\n"

@@ -128,6 +128,7 @@ def test_dlapp_usage_and_the_dashboard_urls_of_launch_and_status(
         gpu_sampler=f"test-file:{gpus}",
         gpu_sample_interval_s=0.1,
         gpu_idle_after_s=0.5,
+        tenancy="single",  # usage and staging figures; the multi-user rules: test_tenancy.py
     )
     with live(settings) as url:
         admin = admin_token(home)

@@ -64,6 +64,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         gpu_sample_interval_s=0.1,
         gpu_idle_after_s=0.6,
         timeseries_interval_s=0.2,
+        tenancy="single",  # usage and staging figures; the multi-user rules: test_tenancy.py
     )
     with serve(settings) as api:  # LocalExecutor: 2 declared GPUs, ids 0 and 1
         yield Server(api, home, gpus, add_user(api, home, "alice"), admin_token(home))

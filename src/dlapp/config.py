@@ -73,6 +73,11 @@ class ServerSettings(BaseModel):
     work_dir: Path | None = Field(
         None, description="node-local app workspaces (default: home/work)"
     )
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="apps' checkpoint directories, kept across attempts (default: "
+        "artifacts/checkpoints; work/checkpoints for a root server); see docs/security.md",
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster to join; unset starts an embedded one"
     )
@@ -311,6 +316,18 @@ class ServerSettings(BaseModel):
             tag = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:16]
             return Path("/var/lib/dlapp/work") / tag
         return self.home / "work"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where each app's checkpoint directory is kept across attempts. Apps' accounts must
+        reach theirs, so a root server (whose artifacts stay its own) keeps them beside the
+        workspaces unless ``checkpoint_dir`` says where (a path every node sees, for them to
+        outlive a node)."""
+        if self.checkpoint_dir is not None:
+            return self.checkpoint_dir
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            return self.work / "checkpoints"
+        return self.artifacts / "checkpoints"
 
     @property
     def cache(self) -> Path:

@@ -45,6 +45,7 @@ class ContainerPlan:
     workspace_tarball: str  # path in the artifact store
     artifact_root: str
     work_root: str
+    checkpoint_root: str = ""  # where checkpoints are kept; empty: <artifact_root>/checkpoints
     max_files: int = 100_000
     max_bytes: int = 4 * 1024**3
     node_name: str = field(default_factory=socket.gethostname)
@@ -136,7 +137,7 @@ class Supervisor:
             "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids),
             "DLAPP_WORKSPACE": str(self.workdir),
             "DLAPP_NOTICE_FILE": str(self.notice_file),
-            "DLAPP_CHECKPOINT_DIR": str(self._checkpoint_in()),
+            "DLAPP_CHECKPOINT_DIR": str(self._checkpoints()),
             **plan.rendezvous,
         }
         request = LaunchRequest(
@@ -205,7 +206,6 @@ class Supervisor:
         code: int | None
         code, diagnostics = self._wait_exit(self._running)
         self.meter.stop()
-        self._checkpoint_out()
         if code == 0 and not self._killed:
             try:
                 with self.meter.staging("out") as moved:
@@ -260,20 +260,24 @@ class Supervisor:
         return moved
 
     def _stage_out(self, outputs: tuple[DataBinding, ...], failed_app_id: str | None = None) -> int:
-        """Commit the outputs; with an account, every output is read from the workspace and
-        local ones written as the account (a link the app swaps in meanwhile leads nowhere the
-        account could not go). The helper is not dumpable: the account's other processes
-        cannot read the storage credentials out of it."""
+        """Commit the outputs. With an account, local outputs are read and written as the
+        account (a forked helper: it runs only code already loaded here, so it imports no
+        store client); remote ones are uploaded by the node with the profiles' credentials,
+        after the container has ended."""
         workdir, data = self.workdir, self.data
 
-        def commit(say: Progress | None) -> int:
+        def commit(bindings: tuple[DataBinding, ...], say: Progress | None) -> int:
             return staging.stage_out(
-                outputs, workdir, say, config=data, failed_app_id=failed_app_id
+                bindings, workdir, say, config=data, failed_app_id=failed_app_id
             )
 
         if self.account is None:
-            return commit(self._note)
-        return unix_accounts.run_as(self.account, commit, self._note)
+            return commit(outputs, self._note)
+        local = tuple(b for b in outputs if b.scheme == "file")
+        moved = commit(tuple(b for b in outputs if b.scheme != "file"), self._note)
+        if local:
+            moved += unix_accounts.run_as(self.account, lambda say: commit(local, say), self._note)
+        return moved
 
     def _hand_over(self) -> None:
         """Give the app's account its workspace and a fresh HOME (0700 each); the container's
@@ -286,34 +290,21 @@ class Supervisor:
         home = unix_accounts.private_dir(self.root / "home", self.account)
         unix_accounts.private_dir(home / "tmp", self.account)
 
-    def _checkpoint_in(self) -> Path:
-        """The app's checkpoint directory. With an account, the kept one is moved next to the
-        workspace and given to the account (the artifact store stays the node's)."""
+    def _checkpoints(self) -> Path:
+        """The app's checkpoint directory, kept across attempts; with an account, its own
+        (0700), its parents up to the checkpoint root passable, never listable."""
         kept = self.checkpoint_dir()
         if self.account is None:
             kept.mkdir(parents=True, exist_ok=True)
             return kept
-        here = self.root / "checkpoint"
-        if kept.exists():
-            shutil.move(str(kept), str(here))
-        here.mkdir(exist_ok=True)
-        unix_accounts.give_tree(here, self.account)
-        os.chmod(here, 0o700)
-        return here
-
-    def _checkpoint_out(self) -> None:
-        """With an account: the checkpoint directory back into the artifact store, where the
-        next attempt finds it (whatever the exit)."""
-        here = self.root / "checkpoint"
-        if self.account is None or not here.is_dir():
-            return
-        kept = self.checkpoint_dir()
-        try:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(kept, ignore_errors=True)
-            shutil.move(str(here), str(kept))
-        except OSError as exc:
-            self._note(f"could not keep the checkpoint directory: {exc}")
+        top = kept.parent.parent
+        unix_accounts.make_passable(top)
+        kept.parent.mkdir(exist_ok=True)
+        unix_accounts.passable(kept.parent, top=top)
+        kept.mkdir(exist_ok=True)
+        unix_accounts.give_tree(kept, self.account)
+        os.chmod(kept, 0o700)
+        return kept
 
     def _outputs(self) -> tuple[DataBinding, ...]:
         """The outputs this container writes: in a gang, each container under its own
@@ -365,9 +356,8 @@ class Supervisor:
 
     def checkpoint_dir(self) -> Path:
         """Kept across attempts of the app (in the artifact store): where to checkpoint."""
-        return (
-            Path(self.plan.artifact_root) / "checkpoints" / self.plan.app_id / str(self.plan.index)
-        )
+        root = self.plan.checkpoint_root or str(Path(self.plan.artifact_root) / "checkpoints")
+        return Path(root) / self.plan.app_id / str(self.plan.index)
 
     def _write_notice(self, notice: dict[str, Any]) -> None:
         tmp = self.notice_file.with_suffix(".tmp")

@@ -16,6 +16,12 @@ group and:
 4. when CMD exits, SIGKILLs whatever is left in the group (background children), then exits
    with CMD's exit code, ``128 + N`` if CMD was killed by signal N, as a shell reports it.
 
+The guard is two processes of the group: a stand-in that the supervisor started, and the
+watcher it forks, which does all of the above with the stand-in as its parent. Ray SIGKILLs a
+worker's direct children when the worker exits: that reaches the stand-in alone, and the
+watcher, seeing its parent gone, kills the whole group. The stand-in watches the supervisor
+too, and exits with the watcher's exit code.
+
 Standard library only and no import of the rest of dlapp: it starts fast, and (run with ``-I``)
 never imports a module from the app's workspace or ``PYTHONPATH``.
 """
@@ -105,11 +111,12 @@ def _live_group_members(pgid: int) -> list[int]:
     return pids
 
 
-def _kill_stragglers() -> None:
-    """SIGKILL the rest of the group (the app's background children) until none is left."""
+def _kill_stragglers(spare: int) -> None:
+    """SIGKILL the rest of the group (the app's background children) until none is left,
+    sparing ``spare`` (the stand-in, which is waiting for this process's exit code)."""
     pgid = os.getpgrp()
     for _ in range(STRAGGLER_ROUNDS):
-        pids = _live_group_members(pgid)
+        pids = [p for p in _live_group_members(pgid) if p != spare]
         if not pids:
             return
         for pid in pids:
@@ -135,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     if os.getpgrp() != os.getpid():  # started without a session of its own: lead a group
         os.setpgid(0, 0)
 
-    # 1. Start the app, unless the supervisor is already gone or the stop came first.
+    # 0. The stand-in stays the supervisor's child; the watcher goes on as its child.
+    if os.getppid() != parent:
+        _kill_group(cleanup)
+    watcher = os.fork()
+    if watcher:
+        return _stand_in(watcher, parent, cleanup)
+    parent = os.getppid()  # the stand-in
+
+    # 1. Start the app, unless the stand-in is already gone or the stop came first.
     if os.getppid() != parent:
         _kill_group(cleanup)
     if received:
@@ -159,8 +174,25 @@ def main(argv: list[str] | None = None) -> int:
                 _kill_group(cleanup)
 
     # 3. Nothing of the container outlives its main process.
-    _kill_stragglers()
+    _kill_stragglers(spare=parent)
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _stand_in(watcher: int, supervisor: int, cleanup: list[str]) -> int:
+    """Wait for the watcher and give its exit code; kill the group if the supervisor goes.
+    SIGCHLD is blocked here and waited for, so the exit code comes as soon as it is there."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    while True:
+        try:
+            pid, status = os.waitpid(watcher, os.WNOHANG)
+        except ChildProcessError:  # reaped already: nothing left to report
+            return 128 + signal.SIGKILL
+        if pid == watcher:
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+        if os.getppid() != supervisor:
+            _kill_group(cleanup)
+        signal.sigtimedwait({signal.SIGCHLD}, POLL_S)
 
 
 if __name__ == "__main__":

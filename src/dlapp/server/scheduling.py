@@ -549,6 +549,7 @@ def _plans(
             workspace_tarball=app.workspace,
             artifact_root=str(s.artifacts),
             work_root=str(s.work),
+            checkpoint_root=str(s.checkpoints),
             max_files=s.workspace_max_files,
             max_bytes=s.workspace_max_mb * 1024 * 1024,
             rendezvous=env[i],
