@@ -48,7 +48,7 @@ from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
 from dlapp.spec import AppSpec
-from dlapp.stats import percentile
+from dlapp.stats import machine, percentile
 from dlapp.workspace import pack_workspace
 
 ROUTES = ("/api/v1/cluster", "/api/v1/apps", "/api/v1/queues")
@@ -255,22 +255,6 @@ async def hostile(
 
 
 # -- the run -----------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({cpu or 'unknown'}), {mem:.0f} GiB, "
-        f"Python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f} at start"
-    )
 
 
 def timed(fn: Callable[[], httpx.Response], n: int) -> list[float]:

@@ -58,7 +58,7 @@ from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
 from dlapp.spec import AppSpec
-from dlapp.stats import percentile
+from dlapp.stats import machine, percentile
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
 from dlapp.store.db import make_engine, migrate, session_factory
@@ -274,22 +274,6 @@ def history(
 
 
 # -- the server under test ---------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({cpu or 'unknown'}), {mem:.0f} GiB, "
-        f"Python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f} at start"
-    )
 
 
 def dlapp_command() -> list[str]:

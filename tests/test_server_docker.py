@@ -4,6 +4,7 @@ real supervisor, real docker runtime over the LocalExecutor) and a real dockerd.
 from __future__ import annotations
 
 import json
+import pwd
 import subprocess
 import time
 import uuid
@@ -102,7 +103,10 @@ def test_a_docker_app_succeeds_with_its_gpus_as_non_root(api: TestClient, tmp_pa
     assert app["final_status"] == "SUCCEEDED", app
     gpu_ids = app["containers"][0]["gpu_ids"]
     out = _stdout(api, app_id)
-    assert f"user=1000 gpus={','.join(gpu_ids)} app={app_id} cwd=/workspace" in out
+    # two users (the admin, bob): the multi-user rules run it as bob's own account, not root
+    uid = pwd.getpwnam("dlapp-bob").pw_uid
+    assert uid >= 1000
+    assert f"user={uid} gpus={','.join(gpu_ids)} app={app_id} cwd=/workspace" in out
     assert len(gpu_ids) == 1 and "sees-host" not in out
     assert containers(f"dlapp.app={app_id}") == []
 
