@@ -22,6 +22,7 @@ from dlapp.server.app import create_app
 from dlapp.spec import AppSpec
 from dlapp.workspace import pack_workspace
 
+from conftest import wait_for
 from inprocess import add_user, bearer
 
 HEADERS: dict[str, str] = {}  # the api fixture authenticates every request as bob
@@ -89,8 +90,15 @@ def test_app_succeeds_and_its_logs_stay(api: TestClient, tmp_path: Path) -> None
 def test_waiting_app_says_why_and_where(api: TestClient, tmp_path: Path) -> None:
     first = _submit(api, tmp_path, "sleep 30\n", resources={"gpus": 2, "memory": "128M"})
     second = _submit(api, tmp_path, "true\n", resources={"gpus": 1, "memory": "128M"})
-    time.sleep(0.5)
-    waiting = api.get(f"/api/v1/apps/{second['id']}").json()
+    # the first is admitted (its account made, under the multi-user rules) before a cycle
+    # gives the second its reason
+    waiting = wait_for(
+        lambda: (
+            "GPU" in (a := api.get(f"/api/v1/apps/{second['id']}").json())["pending_reason"] and a
+        ),
+        10,
+        "the second app's reason",
+    )
     assert waiting["state"] == "ACCEPTED"
     assert (
         "GPU" in waiting["pending_reason"]
