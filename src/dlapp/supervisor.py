@@ -246,8 +246,7 @@ class Supervisor:
         inputs = self.spec.inputs
         if self.account is None:
             return staging.stage_in(inputs, self.workdir, self._note, config=self.data)
-        local = tuple(b for b in inputs if b.scheme == "file")
-        remote = tuple(b for b in inputs if b.scheme != "file")
+        local, remote = _local_and_remote(inputs)
         moved = staging.stage_in(remote, self.workdir, self._note, config=self.data)
         self._hand_over()
         if local:
@@ -273,8 +272,8 @@ class Supervisor:
 
         if self.account is None:
             return commit(outputs, self._note)
-        local = tuple(b for b in outputs if b.scheme == "file")
-        moved = commit(tuple(b for b in outputs if b.scheme != "file"), self._note)
+        local, remote = _local_and_remote(outputs)
+        moved = commit(remote, self._note)
         if local:
             moved += unix_accounts.run_as(self.account, lambda say: commit(local, say), self._note)
         return moved
@@ -285,8 +284,7 @@ class Supervisor:
         stay the node's."""
         assert self.account is not None
         unix_accounts.passable(self.root, top=Path(self.plan.work_root))
-        unix_accounts.give_tree(self.workdir, self.account)
-        os.chmod(self.workdir, 0o700)
+        unix_accounts.hand_over(self.workdir, self.account)
         home = unix_accounts.private_dir(self.root / "home", self.account)
         unix_accounts.private_dir(home / "tmp", self.account)
 
@@ -302,8 +300,7 @@ class Supervisor:
         kept.parent.mkdir(exist_ok=True)
         unix_accounts.passable(kept.parent, top=top)
         kept.mkdir(exist_ok=True)
-        unix_accounts.give_tree(kept, self.account)
-        os.chmod(kept, 0o700)
+        unix_accounts.hand_over(kept, self.account)
         return kept
 
     def _outputs(self) -> tuple[DataBinding, ...]:
@@ -417,6 +414,15 @@ class Supervisor:
         with self._notes_lock:
             notes, self._notes = tuple(self._notes), []
         return notes
+
+
+def _local_and_remote(
+    bindings: tuple[DataBinding, ...],
+) -> tuple[tuple[DataBinding, ...], tuple[DataBinding, ...]]:
+    """(local paths and file:// URLs, the rest): what the app's account stages, what the node
+    does."""
+    local = tuple(b for b in bindings if b.scheme == "file")
+    return local, tuple(b for b in bindings if b.scheme != "file")
 
 
 def log_dir(artifact_root: str, app_id: str, attempt: int, index: int) -> Path:

@@ -11,8 +11,9 @@ container's plan); the node resolves the plan to an ``Account`` here:
    created on the node the first time it is needed (``groupadd`` + ``useradd``: no home, no
    login shell, no password), the same uid on every node.
 
-Then ``prepare`` hands the app its directories and ``run_as`` runs a function as the account
-in a forked child (staging of local files), with no supplementary groups and umask 077.
+Then ``hand_over`` and ``private_dir`` give the app its directories, and ``run_as`` runs a
+function as the account in a forked child (staging of local files), with no supplementary
+groups and umask 077.
 Switching accounts needs the node to run as root; ``AccountError`` says so otherwise.
 """
 
@@ -201,14 +202,22 @@ def give(path: Path, account: Account, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def give_tree(root: Path, account: Account) -> None:
-    """Every entry under ``root`` (links themselves, never their targets) to ``account``."""
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    """As root: ``root`` and every entry under it (links themselves, never their targets) to
+    ``uid:gid``; nothing when ``root`` does not exist."""
     if not root.exists():
         return
-    os.lchown(root, account.uid, account.gid)
+    os.lchown(root, uid, gid)
     for base, dirs, files in os.walk(root):
         for name in dirs + files:
-            os.lchown(os.path.join(base, name), account.uid, account.gid)
+            os.lchown(os.path.join(base, name), uid, gid)
+
+
+def hand_over(root: Path, account: Account) -> None:
+    """A tree the node filled (a workspace, a kept checkpoint directory) to ``account``, its
+    top only the account may enter (0700)."""
+    chown_tree(root, account.uid, account.gid)
+    os.chmod(root, 0o700)
 
 
 def private_dir(path: Path, account: Account) -> Path:

@@ -57,6 +57,7 @@ from dlapp.errors import Forbidden
 from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
 from dlapp.runtime.policy import ContainerPolicy, Engine, user_problem
 from dlapp.spec import canonical_user, image_problem
+from dlapp.unix_accounts import chown_tree
 
 logger = logging.getLogger(__name__)
 
@@ -374,14 +375,8 @@ def resolve_user(req: LaunchRequest, policy: ContainerPolicy) -> str:
 def give_to(paths: Iterable[Path], user: str) -> None:
     """As root: chown each tree to ``user`` so that the container can write it."""
     uid, _, gid = user.partition(":")
-    owner, group = int(uid), int(gid or uid)
     for root in paths:
-        if not root.exists():
-            continue
-        os.lchown(root, owner, group)
-        for base, dirs, files in os.walk(root):
-            for name in dirs + files:
-                os.lchown(os.path.join(base, name), owner, group)
+        chown_tree(root, int(uid), int(gid or uid))
 
 
 class DockerRunning(Running):

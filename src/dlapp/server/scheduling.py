@@ -480,8 +480,9 @@ class Scheduler:
             f"admitted on {', '.join(names.get(n, n) for n in admit.nodes)}",
             now,
         )
-        account = tenancy.account_plan(self.ctx, session, app.user)  # gives a uid, kept now
-        data = tenancy.data(self.ctx, session)
+        multi = tenancy.multi_user(self.ctx, session)
+        account = tenancy.account_plan(self.ctx, session, app.user, multi)
+        data = tenancy.data(self.ctx, multi)  # the account's uid, given now, is kept below
         self._commit(session)  # fenced: a server that lost the lease never starts anything
         node_names = [names.get(n, n) for n in admit.nodes]
         plans = _plans(self.ctx, app, spec, node_names, admit.nodes, data, account)

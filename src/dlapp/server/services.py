@@ -67,7 +67,7 @@ def submit(
     policy = ctx.settings.container_policy
     get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run is refused now
     check_container(spec, policy)  # and so are privileged, host mounts, disallowed images
-    data = tenancy.data(ctx, session)
+    data = tenancy.data(ctx, tenancy.multi_user(ctx, session))
     staging.check_urls(spec, config=data)
     staging.check_outputs_writable(spec, config=data)
     workspace.inspect_tarball(upload, _limits(ctx))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from urllib.parse import urlparse
 
 from sqlalchemy.orm import Session
 
@@ -27,7 +26,7 @@ from dlapp.errors import Forbidden, SpecError
 from dlapp.server.context import Context
 from dlapp.spec import AppSpec
 from dlapp.store import accounts
-from dlapp.stores import DataConfig, data_config
+from dlapp.stores import DataConfig, data_config, inside_roots, local_path
 from dlapp.unix_accounts import AccountPlan, can_switch
 
 
@@ -48,10 +47,13 @@ def notice_on_new_user(ctx: Context, session: Session) -> str | None:
     )
 
 
-def account_plan(ctx: Context, session: Session, user: str) -> AccountPlan | None:
-    """The account ``user``'s apps act as, or None under the one-person rules. Gives the user
-    a uid from the range the first time (the leading scheduler's transaction keeps it)."""
-    if not multi_user(ctx, session):
+def account_plan(
+    ctx: Context, session: Session, user: str, multi: bool | None = None
+) -> AccountPlan | None:
+    """The account ``user``'s apps act as, or None under the one-person rules (``multi``:
+    whether the multi-user rules apply, when the caller knows already). Gives the user a uid
+    from the range the first time (the leading scheduler's transaction keeps it)."""
+    if not (multi_user(ctx, session) if multi is None else multi):
         return None
     s = ctx.settings
     first, last = s.app_uid_range
@@ -63,11 +65,11 @@ def account_plan(ctx: Context, session: Session, user: str) -> AccountPlan | Non
     )
 
 
-def data(ctx: Context, session: Session) -> DataConfig:
-    """The data settings for an app submitted or started now: with several users, unset
-    ``file_roots`` allow no local path."""
+def data(ctx: Context, multi: bool) -> DataConfig:
+    """The data settings for an app submitted or started now: under the multi-user rules
+    (``multi``), unset ``file_roots`` allow no local path."""
     config = data_config(ctx.settings)
-    if ctx.settings.file_roots is None and multi_user(ctx, session):
+    if ctx.settings.file_roots is None and multi:
         config = replace(config, file_roots=())
     return config
 
@@ -120,10 +122,7 @@ def _check_local_paths(ctx: Context, spec: AppSpec) -> None:
         for b in bindings:
             if b.scheme != "file":
                 continue
-            path = urlparse(b.url).path if b.url.startswith("file:") else b.url
-            real = os.path.realpath(os.path.expanduser(path))
-            for d in forbidden:
-                if real == d or real.startswith(d.rstrip("/") + "/") or d.startswith(real + "/"):
-                    raise Forbidden(
-                        f"{kind} {b.url}: the server's own files are never an app's data"
-                    )
+            path = os.path.expanduser(local_path(b.url))
+            real = os.path.realpath(path).rstrip("/") + "/"
+            if inside_roots(path, forbidden) or any(d.startswith(real) for d in forbidden):
+                raise Forbidden(f"{kind} {b.url}: the server's own files are never an app's data")
