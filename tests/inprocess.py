@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
@@ -72,11 +73,23 @@ def serve(settings: ServerSettings, resources: Resources | None = None) -> Itera
 @contextmanager
 def live(settings: ServerSettings, resources: Resources | None = None) -> Iterator[str]:
     """The app behind a real uvicorn on a free loopback port, in a thread; yields its URL."""
+    with live_app(settings, resources) as (url, _app):
+        yield url
+
+
+@contextmanager
+def live_app(
+    settings: ServerSettings, resources: Resources | None = None
+) -> Iterator[tuple[str, FastAPI]]:
+    """``settings`` served by uvicorn on a free loopback port, in a thread, with the options
+    ``dlapp server`` gives it (TLS, proxy headers); yields its URL and the app."""
     import socket
     import threading
     import time
 
     import uvicorn
+
+    from dlapp.server.run import uvicorn_options
 
     res = resources or Resources(4, 8192, 2)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -84,15 +97,17 @@ def live(settings: ServerSettings, resources: Resources | None = None) -> Iterat
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"port": port})
     app = create_app(settings, lambda s: LocalExecutor(res))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options(settings))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
+    scheme = "https" if settings.tls_cert else "http"
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{scheme}://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(20)
