@@ -153,6 +153,18 @@ def make_app(tmp_path: Path) -> AppFactory:
     return factory
 
 
+def load_bench(name: str) -> Any:
+    """``bench/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def pack(path: Path, tmp: Path) -> Path:
     """The workspace tarball the CLI would send."""
     from dlapp.workspace import pack_workspace

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
-
 import pytest
 
-from conftest import ROOT
+from conftest import load_bench
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_flood", ROOT / "bench" / "flood.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench()
+bench = load_bench("flood")
 
 
 def test_a_response_head_gives_status_length_and_close() -> None:
