@@ -17,7 +17,8 @@ from dlapp.server.context import Context
 from dlapp.store import accounts
 from dlapp.unix_accounts import AccountPlan
 
-from inprocess import add_user, admin_token, serve, submit
+from conftest import wait_for
+from inprocess import add_user, admin_token, bearer, serve, submit
 
 
 def settings(tmp: Path, **kw: Any) -> ServerSettings:
@@ -38,7 +39,21 @@ def test_a_second_user_brings_the_multi_user_rules(tmp_path: Path) -> None:
         owner = admin_token(ctx.settings.home)
         # one person: their own local files, apps as the server's user
         local = {"inputs": [{"url": f"file://{data}/x", "path": "x"}]}
-        assert submit(api, tmp_path, owner, "true\n", **local).status_code == 201
+        mine = submit(api, tmp_path, owner, "true\n", **local)
+        assert mine.status_code == 201, mine.text
+        # finished (as the server's user) before a second user exists: no uid is given to it
+        done = wait_for(
+            lambda: (
+                (a := api.get(f"/api/v1/apps/{mine.json()['id']}", headers=bearer(owner)).json())[
+                    "state"
+                ]
+                == "FINISHED"
+                and a
+            ),
+            30,
+            "the owner's app",
+        )
+        assert done["final_status"] == "SUCCEEDED", done
         with ctx.sessions() as s:
             assert not tenancy.multi_user(ctx, s)
             assert tenancy.account_plan(ctx, s, "anyone") is None
