@@ -15,7 +15,7 @@ from dlapp.config import ServerSettings
 from dlapp.server import files, tenancy
 from dlapp.server.context import Context
 from dlapp.store import accounts
-from dlapp.unix_accounts import AccountPlan
+from dlapp.unix_accounts import AccountPlan, uid_free_for
 
 from conftest import wait_for
 from inprocess import add_user, admin_token, bearer, serve, submit
@@ -65,9 +65,51 @@ def test_a_second_user_brings_the_multi_user_rules(tmp_path: Path) -> None:
         with ctx.sessions() as s:
             assert tenancy.multi_user(ctx, s)
             plan = tenancy.account_plan(ctx, s, "alice")
-            assert plan == AccountPlan("alice", 200_000, "dlapp-", True)
+            # the range's first uid, unless this machine holds it for another account already
+            first = next(u for u in range(200_000, 300_000) if uid_free_for("dlapp-alice", u))
+            assert plan == AccountPlan("alice", first, "dlapp-", True)
             s.commit()
-            assert accounts.uids(s) == {"alice": 200_000}
+            assert accounts.uids(s) == {"alice": first}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making Unix accounts needs root")
+def test_an_account_left_on_the_range_s_first_uid_is_stepped_over(tmp_path: Path) -> None:
+    """CI's machine once kept an account a former run made (dlapp-chaos on uid 200000): every
+    app of a new server's first user failed 'uid 200000 belongs to dlapp-chaos'."""
+    import subprocess
+
+    first = next(u for u in range(243_000, 244_000) if all(uid_free_for("", v) for v in (u, u + 1)))
+    left = f"dlt-left{os.getpid()}"
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--uid", str(first), "--user-group", left],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        with serve(settings(tmp_path, app_uid_range=(first, first + 9))) as api:
+            ctx = _ctx(api)
+            token = add_user(api, ctx.settings.home, "alice")
+            add_user(api, ctx.settings.home, "bob")
+            resp = submit(api, tmp_path, token, "id -u\n")
+            assert resp.status_code == 201, resp.text
+            app_id = resp.json()["id"]
+            done = wait_for(
+                lambda: (
+                    (a := api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json())["state"]
+                    == "FINISHED"
+                    and a
+                ),
+                60,
+                "alice's app",
+            )
+            assert done["final_status"] == "SUCCEEDED", done
+            with ctx.sessions() as s:
+                assert accounts.uids(s) == {"alice": first + 1}
+            log = api.get(f"/api/v1/apps/{app_id}/logs", headers=bearer(token))
+            assert log.text.strip().splitlines()[-1] == str(first + 1), log.text
+    finally:
+        subprocess.run(["userdel", left], capture_output=True, check=False)
+        subprocess.run(["groupdel", left], capture_output=True, check=False)
 
 
 def test_a_single_tenancy_server_keeps_the_one_person_rules(tmp_path: Path) -> None:

@@ -210,6 +210,26 @@ def test_uids_are_given_once_each_from_the_range(session: object) -> None:
     assert account_store.user_count(session) == 3
 
 
+def test_a_uid_held_on_this_machine_is_skipped_when_uids_are_given(session: object) -> None:
+    from sqlalchemy.orm import Session
+
+    assert isinstance(session, Session)
+    held = {5000: "dlapp-left-behind"}  # an account a former server made, say
+    usable = lambda uid: held.get(uid, "dlapp-a") == "dlapp-a"  # noqa: E731
+    assert account_store.uid_for(session, "a", 5000, 5002, usable) == 5001
+    assert account_store.uid_for(session, "b", 5000, 5002, usable) == 5002
+
+
+@needs_root
+def test_a_uid_is_free_for_its_own_account_only(made_accounts: list[str]) -> None:
+    left = AccountPlan(user="left1", uid=_free_uid(242_000), prefix="dlt-", map_existing=False)
+    made_accounts.append(left.made_name)
+    assert unix_accounts.uid_free_for("dlt-other1", left.uid)
+    unix_accounts.resolve(left)
+    assert unix_accounts.uid_free_for(left.made_name, left.uid)  # its own: given again
+    assert not unix_accounts.uid_free_for("dlt-other1", left.uid)  # someone else's: skipped
+
+
 def _exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)

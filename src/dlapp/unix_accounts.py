@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import json
 import os
 import pwd
@@ -138,6 +139,19 @@ def _made(plan: AccountPlan) -> Account | None:
     if by_name.pw_gid < plan.min_uid:
         raise AccountError(f"account {name!r} has the system group {by_name.pw_gid}")
     return Account(by_name.pw_name, by_name.pw_uid, by_name.pw_gid)
+
+
+def uid_free_for(name: str, uid: int) -> bool:
+    """Whether ``uid`` may be given to the account ``name`` on this machine: no other account
+    or group holds it (one left by a former server on the same machine, say)."""
+    holder = _get(pwd.getpwuid, uid)
+    if holder is not None and holder.pw_name != name:
+        return False
+    try:
+        group = grp.getgrgid(uid)
+    except KeyError:
+        return True
+    return group.gr_name == name
 
 
 def _get(fn: Callable[[Any], pwd.struct_passwd], key: Any) -> pwd.struct_passwd | None:

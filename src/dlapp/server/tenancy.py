@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from sqlalchemy.orm import Session
 
+from dlapp import unix_accounts
 from dlapp.errors import Forbidden, SpecError
 from dlapp.server.context import Context
 from dlapp.spec import AppSpec
@@ -57,9 +58,12 @@ def account_plan(
         return None
     s = ctx.settings
     first, last = s.app_uid_range
+    name = AccountPlan(user=user, uid=first, prefix=s.app_account_prefix).made_name
     return AccountPlan(
         user=user,
-        uid=accounts.uid_for(session, user, first, last),
+        uid=accounts.uid_for(
+            session, user, first, last, lambda uid: unix_accounts.uid_free_for(name, uid)
+        ),
         prefix=s.app_account_prefix,
         map_existing=s.map_unix_accounts,
     )

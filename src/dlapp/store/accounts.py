@@ -8,6 +8,7 @@ app), one at a time, in the transaction that admits the app.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,13 +24,21 @@ def uids(session: Session) -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(row.value).items()} if row else {}
 
 
-def uid_for(session: Session, user: str, first: int, last: int) -> int:
-    """``user``'s uid: the one given before, else the lowest free one in [first, last]."""
+def uid_for(
+    session: Session,
+    user: str,
+    first: int,
+    last: int,
+    usable: Callable[[int], bool] = lambda _uid: True,
+) -> int:
+    """``user``'s uid: the one given before, else the lowest one in [first, last] given to no
+    other user and ``usable`` (not held on the server's machine by an account of someone
+    else's, such as one a former server left behind)."""
     given = uids(session)
     if user in given:
         return given[user]
     taken = set(given.values())
-    uid = next((u for u in range(first, last + 1) if u not in taken), None)
+    uid = next((u for u in range(first, last + 1) if u not in taken and usable(u)), None)
     if uid is None:
         raise DlappError(
             f"no free uid left in app_uid_range [{first}, {last}] for user {user!r}: "
