@@ -45,9 +45,9 @@ import yaml
 
 from dlapp import embedded
 from dlapp.client import DlappClient
+from dlapp.data.workspace import pack_workspace
 from dlapp.errors import DlappError
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from invariants import assert_running_matches
@@ -104,7 +104,7 @@ class Server:
         with (self.home / "server.log").open("ab") as log:
             argv = ["server", "--home", str(self.home), "--port", "0"]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dlapp.cli", *argv, "--ray-address", self.ray_address],
+                [sys.executable, "-m", "dlapp.cli.main", *argv, "--ray-address", self.ray_address],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -43,13 +43,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import yaml
+from stats import machine, percentile
 
 from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
+from dlapp.data.workspace import pack_workspace
 from dlapp.spec import AppSpec
-from dlapp.stats import machine, percentile
-from dlapp.workspace import pack_workspace
 
 ROUTES = ("/api/v1/cluster", "/api/v1/apps", "/api/v1/queues")
 READY = "ready"  # the hostile process's line once every connection had its first answer

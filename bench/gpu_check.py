@@ -39,9 +39,9 @@ import httpx
 from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
-from dlapp.gpu_usage import NvmlSampler
+from dlapp.data.workspace import pack_workspace
+from dlapp.node.gpu_usage import NvmlSampler
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 APP = """\
 import os, sys, time

@@ -55,8 +55,7 @@ from peers.systems import (
     make_workspace,
     require_token_auth,
 )
-
-from dlapp.stats import percentile
+from stats import percentile
 
 SYSTEMS = ("dlapp-process", "dlapp-docker", "spawn", "docker-run", "ray-jobs", "slurm")
 SUBJECTS = ("dlapp-process", "dlapp-docker")  # the rows of the ratio table are the other four

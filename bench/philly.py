@@ -1,12 +1,19 @@
 """Replay the Philly trace with `dlapp simulate` under each policy, and compare the runs.
 
-    .venv/bin/python bench/philly.py [--scenario vc quota small] [--parallel 2] [--limit N]
-                                     [--out /tmp/dlapp-philly] [--figures docs/benchmarks]
+    .venv/bin/python bench/philly.py [--scenario n48 n52 n96 vc quota small] [--parallel 2]
+                                     [--limit N] [--out /tmp/dlapp-philly]
+                                     [--figures docs/benchmarks]
 
 Every run is one `dlapp simulate` command, printed before it starts, writing
 OUT/<scenario>/<run>/report.json and its PNGs. Then, per scenario, a markdown table of the
 runs side by side and OUT/<scenario>/compare.png (copied to FIGURES/philly-<scenario>.png
 with --figures). The trace and the virtual clusters come from ../shared/traces/.
+
+The saturated scenarios (n48, n52, n96) replay every ordering with and without preemption,
+the jobs stating their duration as max_runtime (`--runtime-estimate 1`), and the
+duration-aware reference of bench/reference.py on the same cluster in the same run: their
+tables give each run's JCT as a ratio to the reference's. n52 also replays each queue alone
+on its guarantee (`--fairness`: finish-time fairness).
 
 Scenarios:
   vc     352 nodes x 8 GPUs; a queue per virtual cluster, guaranteed its share of the nodes,
@@ -33,13 +40,28 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from dlapp.cli_sim import _duration  # noqa: E402
-from dlapp.sim.plots import write_comparison  # noqa: E402
+from dlapp.cli.sim import _duration  # noqa: E402
+from dlapp.sim import load_trace  # noqa: E402
+from dlapp.sim.plots import write_compare, write_comparison  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "traces"
 DLAPP = str(Path(sys.executable).parent / "dlapp")
 
+ORDERINGS = ("fifo", "fifo-skip", "las", "srtf")
+SATURATED = [
+    (
+        f"{o}{'+preemption' if pre else ''}",
+        ["--policy", o, "--preemption" if pre else "--no-preemption"],
+    )
+    for o in ORDERINGS
+    for pre in (False, True)
+]
+EXACT = ["--runtime-estimate", "1"]  # every job states its duration as its max_runtime
+
 SCENARIOS: dict[str, tuple[list[str], list[tuple[str, list[str]]]]] = {
+    "n48": (["--nodes", "48", "--queues-from-vc", "{vc}", *EXACT], SATURATED),
+    "n52": (["--nodes", "52", "--queues-from-vc", "{vc}", *EXACT, "--fairness"], SATURATED),
+    "n96": (["--nodes", "96", "--queues-from-vc", "{vc}", *EXACT], SATURATED),
     "vc": (
         ["--nodes", "352", "--queues-from-vc", "{vc}"],
         [
@@ -112,10 +134,59 @@ HEADER = (
     "|---|" + "---:|" * 15
 )
 
+SATURATED_HEADER = (
+    "| run | JCT mean | / ref. | p50 | / ref. | queueing mean | GPU alloc. | preemptions "
+    "| Jain (norm. delay) | worst queue | worst FTF | longest starved | decide() calls x mean "
+    "| wall (CPU) |\n"
+    "|---|" + "---:|" * 13
+)
+
+
+def saturated_row(
+    label: str, times: tuple[float, float] | None, r: dict[str, Any], ref: dict[str, Any]
+) -> str:
+    """One run against the reference of the same run: JCT mean and p50 as ratios."""
+    o, f = r["overall"], r["fairness"]
+    mean, p50 = o["jct_s"]["mean"], o["jct_s"]["p50"]
+    ref_mean, ref_p50 = ref["overall"]["jct_s"]["mean"], ref["overall"]["jct_s"]["p50"]
+    ftf = f.get("worst_finish_time_fairness")
+    starved = f.get("longest_starved_h")
+    d = r.get("decide")
+    cells = [
+        label,
+        _duration(mean),
+        f"{mean / ref_mean:.2f}x",
+        _duration(p50),
+        f"{p50 / ref_p50:.2f}x",
+        _duration(o["queueing_s"]["mean"]),
+        f"{r['allocation']['mean_share']:.1%}",
+        str(o.get("preemptions", 0)),
+        f"{f['jain_normalised_delay']}",
+        f"{f['worst_normalised_delay']}",
+        "-" if ftf is None else f"{ftf:g}",
+        "-" if starved is None else _duration(starved * 3600),
+        "-" if d is None else f"{d['calls']} x {d['mean_ms']:g} ms",
+        "-" if times is None else f"{times[0]:.0f} s ({times[1]:.0f} s CPU)",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def reference_report(scenario: str, limit: int | None) -> dict[str, Any]:
+    """The duration-aware reference (bench/reference.py) on the scenario's cluster."""
+    import reference  # bench/reference.py, beside this script
+
+    base, _ = SCENARIOS[scenario]
+    nodes = int(base[base.index("--nodes") + 1])
+    trace = load_trace(TRACES / "philly.csv")
+    jobs = list(trace.jobs[:limit] if limit else trace.jobs)
+    return reference.replay(jobs, nodes, 8, 60.0, reference.vc_names(TRACES / "philly_vc.csv"))
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument(
+        "--scenario", nargs="+", choices=list(SCENARIOS), default=["n48", "n52", "n96"]
+    )
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (one core each)")
     parser.add_argument("--limit", type=int, help="replay only the first N jobs")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "dlapp-philly")
@@ -130,13 +201,19 @@ def main() -> None:
         walls = list(pool.map(run, [argv for _, _, argv in runs]))
     for scenario in args.scenario:
         reports = []
-        print(f"\n### {scenario}\n\n{HEADER}")
+        saturated = scenario.startswith("n")
+        ref = reference_report(scenario, args.limit) if saturated else None
+        print(f"\n### {scenario}\n\n{SATURATED_HEADER if ref else HEADER}")
         for (s, label, _), wall in zip(runs, walls, strict=True):
             if s == scenario:
                 report = json.loads((args.out / s / label / "report.json").read_text())
                 reports.append((label, report))
-                print(row(label, wall, report))
-        png = write_comparison(reports, args.out / scenario / "compare.png")
+                print(saturated_row(label, wall, report, ref) if ref else row(label, wall, report))
+        if ref is not None:
+            print(saturated_row(f"reference ({ref['wall_s']:.0f} s)", None, ref, ref))
+            png = write_compare(reports, args.out / scenario / "compare.png")
+        else:
+            png = write_comparison(reports, args.out / scenario / "compare.png")
         if args.figures:
             args.figures.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, args.figures / f"philly-{scenario}.png")

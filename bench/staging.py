@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dlapp import staging
+from dlapp.data import staging
+from dlapp.data.locations import DataConfig, Profile
 from dlapp.spec import DataBinding
-from dlapp.stores import DataConfig, Profile
 
 
 def make_tree(root: Path, size_mb: int) -> int:

@@ -53,17 +53,17 @@ from typing import Any
 import yaml
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session
+from stats import machine, percentile
 
 from dlapp import embedded
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
+from dlapp.data.workspace import pack_workspace
 from dlapp.spec import AppSpec
-from dlapp.stats import machine, percentile
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
 from dlapp.store.db import make_engine, migrate, session_factory
 from dlapp.store.models import App, Container, Event
-from dlapp.workspace import pack_workspace
 
 SUBMITTER = "bench"
 HISTORY_USERS = 100  # the submitter and 99 others
@@ -277,9 +277,9 @@ def history(
 
 
 def dlapp_command() -> list[str]:
-    """The ``dlapp`` console script beside this interpreter, else ``python -m dlapp.cli``."""
+    """The ``dlapp`` console script beside this interpreter, else ``python -m dlapp.cli.main``."""
     script = Path(sys.executable).parent / "dlapp"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dlapp.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dlapp.cli.main"]
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dlapp.client import DlappClient
+from dlapp.data.workspace import pack_workspace
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 # Ray declares a node dead after these fail: seconds, not the default half a minute
 FAST_HEALTH_CHECKS = {

@@ -154,9 +154,12 @@ def make_app(tmp_path: Path) -> AppFactory:
 
 
 def load_bench(name: str) -> Any:
-    """``bench/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    """``bench/<name>.py`` as a module (the benchmarks are scripts, not a package); the bench
+    folder goes on ``sys.path`` as it does for a script, for its own modules (``stats``)."""
     import importlib.util
 
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -167,7 +170,7 @@ def load_bench(name: str) -> Any:
 
 def pack(path: Path, tmp: Path) -> Path:
     """The workspace tarball the CLI would send."""
-    from dlapp.workspace import pack_workspace
+    from dlapp.data.workspace import pack_workspace
 
     return pack_workspace(path, tmp / f"{path.name}.tar.gz").path
 
@@ -248,7 +251,7 @@ def start_server(home: Path, ray_address: str) -> tuple[subprocess.Popen[bytes],
             [
                 sys.executable,
                 "-m",
-                "dlapp.cli",
+                "dlapp.cli.main",
                 "server",
                 "--home",
                 str(home),

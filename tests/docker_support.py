@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from dlapp import images
+from dlapp.cli import images
+from dlapp.config import ContainerPolicy
 from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import docker_problem
-from dlapp.runtime.policy import ContainerPolicy
 
 MINIMAL = "dlapp/minimal:latest"
 
@@ -129,17 +129,22 @@ HANDSHAKE = textwrap.dedent(
         conn.sendall(b"hello from rank 0")
         print("rank 0 got:", conn.recv(64).decode(), flush=True)
     else:
+        # as torch's TCPStore client does, retry until rank 0 answers: where docker publishes
+        # through its userland proxy, a connection is taken (then closed) before rank 0 listens
         deadline = time.monotonic() + 120
         while True:
             try:
                 conn = socket.create_connection((addr, port), timeout=5)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        conn.sendall(b"hello from rank 1")
-        print("rank 1 got:", conn.recv(64).decode(), flush=True)
+                conn.sendall(b"hello from rank 1")
+                got = conn.recv(64)
+                if got:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("rank 0 never answered")
+            time.sleep(0.5)
+        print("rank 1 got:", got.decode(), flush=True)
     """
 )
 

@@ -18,15 +18,30 @@ from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
 from dlapp.credentials import ADMIN_TOKEN_FILE
+from dlapp.data.workspace import pack_workspace
 from dlapp.executor import LocalExecutor
 from dlapp.scheduler import Resources
 from dlapp.server.app import create_app
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def wait_finished(
+    api: TestClient, app_id: str, token: str | None = None, timeout: float = 30
+) -> dict[str, Any]:
+    """The app once it is FINISHED (as ``token``'s user, or the client's own headers); an
+    AssertionError with its last state when it is not within ``timeout`` seconds."""
+    headers = bearer(token) if token is not None else None
+    deadline = time.monotonic() + timeout
+    while True:
+        app: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}", headers=headers).json()
+        if app["state"] == "FINISHED":
+            return app
+        assert time.monotonic() < deadline, f"{app_id} did not finish: {app}"
+        time.sleep(0.05)
 
 
 def admin_token(home: Path) -> str:

@@ -11,6 +11,24 @@ from typing import Any
 
 from dlapp.spec import AppSpec
 
+# Verbatim from SEED.md, "The app spec (dl_app.properties)".
+REFERENCE_PROPERTIES = """\
+[application]
+username=tony
+appname='c3 deeplearning app caffe mnist example'
+docker_image=naver/c3_dl-caffe
+user_dev_workspace_path=./user_dev_workspace
+user_shell_script=dl_app_start.sh
+user_shell_args='-gpu all'
+[from_hdfs]
+hdfs=/user/tony/caffe_test/*
+input_path=data
+[to_hdfs]
+output_path=output
+hdfs=/user/tony/caffe_mnist_example_output
+overwrite=true
+"""
+
 
 class SpecBuilder:
     def __init__(self, name: str) -> None:
@@ -44,6 +62,22 @@ class SpecBuilder:
 
     def output(self, url: str, path: str = "out") -> SpecBuilder:
         return self._with(outputs=[*self._data.get("outputs", []), {"url": url, "path": path}])
+
+    def resources(self, **resources: Any) -> SpecBuilder:
+        return self._with(resources={**self._data.get("resources", {}), **resources})
+
+    def gpus(self, gpus: Any) -> SpecBuilder:
+        """Whole GPUs, a fraction (``0.25``), or MIG (``{"mig": "1g.18gb", "count": 1}``)."""
+        return self.resources(gpus=gpus)
+
+    def containers(self, n: int) -> SpecBuilder:
+        return self._with(num_containers=n)
+
+    def max_attempts(self, n: int) -> SpecBuilder:
+        return self._with(max_attempts=n)
+
+    def queue(self, queue: str) -> SpecBuilder:
+        return self._with(queue=queue)
 
     def data(self) -> dict[str, Any]:
         return copy.deepcopy(self._data)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from dlapp.stores import DataConfig, Profile
+from dlapp.data.locations import DataConfig, Profile
 
 SSHD = "/usr/sbin/sshd"
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlapp import cli, embedded
+from dlapp import embedded
+from dlapp.cli import main as cli
 from dlapp.client import DlappClient
 from dlapp.config import ServerSettings, load_client_settings
 from dlapp.credentials import read_private, write_private

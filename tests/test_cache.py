@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dlapp.cache import InputCache, Outcome, version_of
+from dlapp.data.cache import InputCache, Outcome, version_of
 
 
 def downloader(data: bytes, calls: list[str], delay: float = 0.0):  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dlapp import cli
+from dlapp.cli import main as cli
 from dlapp.client import DlappClient
 
 from conftest import AppFactory, wait_running
@@ -34,7 +34,9 @@ def test_launch_wait_exits_0_on_success(
     assert f"workspace path: {spec.parent / 'ws-ok'}" in out
     assert "exclude list: *.tmp" in out
     assert "workspace size:" in out and "in 1 files" in out
-    assert f"{use_server}/api/v1/apps/{app_id}" in out
+    assert f"API:       {use_server}/api/v1/apps/{app_id}" in out
+    # what a browser opens (the API's URLs need a token: 401 there)
+    assert f"its log:   {use_server}/dashboard/#/apps/{app_id}/logs/0/stdout" in out
     assert f"dlapp status {app_id}" in out
     assert "FINISHED SUCCEEDED" in out
 
@@ -102,7 +104,10 @@ def test_reference_tool_names(
     wait_running(client, app_id)
     assert cli.status_main([app_id]) == 0
     status = capsys.readouterr().out
-    assert "RUNNING" in status and app_id in status and "container 0 stdout: http" in status
+    assert "RUNNING" in status and app_id in status
+    dashboard = f"{use_server}/dashboard/#/apps/{app_id}"
+    assert f"container 0 stdout: {dashboard}/logs/0/stdout" in status
+    assert f"container 0 stderr: {dashboard}/logs/0/stderr" in status
     assert cli.list_main(["alice"]) == 0
     assert app_id in capsys.readouterr().out
     assert cli.softkill_main(["alice", app_id]) == 0
@@ -121,8 +126,10 @@ def test_list_json_and_filters(
     assert cli.main(["list", "--all", "--json", "--user", "alice"]) == 0
     apps = json.loads(capsys.readouterr().out)
     assert app_id in [a["id"] for a in apps] and {a["user"] for a in apps} == {"alice"}
-    assert cli.main(["list", "--json", "--user", "nobody-else"]) == 0
+    assert cli.main(["list", "--json", "--user", "bob"]) == 0  # not alice's to see
     assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["list", "--json", "--user", "nobody-else"]) == 1
+    assert "no user 'nobody-else' on this server" in capsys.readouterr().err
 
 
 def test_logs_command(

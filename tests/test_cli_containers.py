@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlapp import cli
-from dlapp.devshell import hold_gpus
+from dlapp.cli import main as cli
+from dlapp.cli.devshell import hold_gpus
 from dlapp.errors import InfeasibleError
 from docker_support import MINIMAL, require_docker
 
@@ -103,10 +103,13 @@ def test_the_shell_on_a_pseudo_terminal_runs_a_command_in_the_workspace(
 ) -> None:
     require_docker()
     spec = _spec(tmp_path)
-    command = "cat notes.txt; echo user=$(id -u) spec=$(grep -c /workspace $DLAPP_SPEC); exit 7"
+    command = (
+        "cat notes.txt; echo user=$(id -u) spec=$(grep -c /workspace $DLAPP_SPEC); "
+        "touch /workspace/made && echo writable; exit 7"
+    )
     main, secondary = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from dlapp.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from dlapp.cli.main import main; sys.exit(main())",
          "shell", str(spec), "--", "sh", "-c", command],
         stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ},
     )  # fmt: skip
@@ -131,4 +134,6 @@ def test_the_shell_on_a_pseudo_terminal_runs_a_command_in_the_workspace(
         proc.kill()
         os.close(main)
     text = output.decode(errors="replace")
-    assert "workspace file" in text and "user=1000 spec=1" in text, text
+    # the shell runs as its user (here, the test's), whose workspace it can write
+    assert "workspace file" in text and f"user={os.getuid()} spec=1" in text, text
+    assert "writable" in text and (tmp_path / "project" / "made").stat().st_uid == os.getuid()

@@ -1,5 +1,6 @@
 """Data through the real server and Ray: the data settings reach the node's supervisor, a failed
-app's output is kept beside its URL, and the stage-in lines reach the container's log."""
+app's output is kept beside its URL (and `dlapp status` says where), and the stage-in lines reach
+the container's log."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dlapp.cli import main as cli
 from dlapp.client import DlappClient
 from dlapp.spec import AppSpec
 
@@ -16,7 +18,11 @@ pytestmark = pytest.mark.cluster
 
 
 def test_failed_app_output_is_kept_and_staging_is_logged(
-    client: DlappClient, make_app: AppFactory, tmp_path: Path
+    client: DlappClient,
+    make_app: AppFactory,
+    tmp_path: Path,
+    use_server: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.txt").write_text("x")
@@ -36,3 +42,6 @@ def test_failed_app_output_is_kept_and_staging_is_logged(
     assert (tmp_path / f"out.failed-{app['id']}" / "partial.txt").read_text() == "x"
     log = client.logs(app["id"], stream="stderr")
     assert "[dlapp] staging in: file://" in log and "[dlapp] staging in done: 1 files" in log
+    assert cli.main(["status", app["id"]]) == 0  # and status says where the output went
+    shown = capsys.readouterr().out
+    assert f"Output kept at : file://{tmp_path}/out.failed-{app['id']}\n" in shown, shown

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dlapp.client import DlappClient
-from dlapp.server.scheduling import rendezvous
+from dlapp.server.scheduling.plans import rendezvous
 from dlapp.spec import AppSpec
 
 from conftest import ROOT, pack

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dlapp import cli, images
+from dlapp.cli import images
+from dlapp.cli import main as cli
 from dlapp.client import DlappClient
 from dlapp.errors import DlappError, Forbidden
 from dlapp.spec import AppSpec

@@ -16,10 +16,9 @@ import pytest
 import ray
 from fastapi.testclient import TestClient
 
-from dlapp import images
-from dlapp.config import ServerSettings
+from dlapp.cli import images
+from dlapp.config import ContainerPolicy, ServerSettings
 from dlapp.executor import sweep
-from dlapp.runtime.policy import ContainerPolicy
 from dlapp.server.app import create_app
 from docker_support import HANDSHAKE, MINIMAL, PYTHON, containers, require_docker
 

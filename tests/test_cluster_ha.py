@@ -2,7 +2,8 @@
 
 A leader stalled with SIGSTOP is replaced once its lease runs out; when it wakes, its writes
 are fenced off (rolled back). Then the new leader is killed with SIGKILL and the first takes
-over again. No app is admitted twice, and every acknowledged app completes."""
+over again. No app is admitted twice, and every acknowledged app completes. Once with a shared
+SQLite file, once with a real PostgreSQL server (test_store_lease.py races the lease itself)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from databases import DATABASES, fresh_database
 from dlapp.client import DlappClient
 
 from clusters import submit_spec
@@ -24,11 +26,11 @@ pytestmark = pytest.mark.cluster
 LEASE_S = 3.0
 
 
-def _home(root: Path, name: str, shared: Path) -> Path:
+def _home(root: Path, name: str, shared: Path, db_url: str) -> Path:
     home = root / name
     home.mkdir()
     config = {
-        "db_url": f"sqlite:///{shared / 'store.db'}",
+        "db_url": db_url,
         "artifact_dir": str(shared / "artifacts"),
         "lease_ttl_s": LEASE_S,
         "schedule_interval_s": 0.3,
@@ -38,12 +40,21 @@ def _home(root: Path, name: str, shared: Path) -> Path:
 
 
 @pytest.mark.parametrize("ray_cluster", [2], indirect=True)
+@pytest.mark.parametrize("database", DATABASES)
 def test_one_scheduler_at_a_time_with_fencing_and_takeover(
-    ray_cluster: str, tmp_path: Path, make_app: AppFactory
+    ray_cluster: str,
+    database: str,
+    tmp_path: Path,
+    make_app: AppFactory,
+    request: pytest.FixtureRequest,
 ) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
-    a_home, b_home = _home(tmp_path, "a", shared), _home(tmp_path, "b", shared)
+    if database == "postgresql":  # a real cluster's store: the lease is a row both servers lock
+        db_url = fresh_database(request.getfixturevalue("postgres"))
+    else:  # the servers share one SQLite file
+        db_url = f"sqlite:///{shared / 'store.db'}"
+    a_home, b_home = _home(tmp_path, "a", shared, db_url), _home(tmp_path, "b", shared, db_url)
     a, a_url = start_server(a_home, ray_cluster)  # first: it leads, and makes the first admin
     b, b_url = start_server(b_home, ray_cluster)
     try:

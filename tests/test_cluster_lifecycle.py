@@ -74,6 +74,25 @@ def test_logs_are_readable_live_and_after(
     assert client.logs(app["id"], offset=7) == "line-2\nline-3\n"
 
 
+def test_a_running_logs_end_and_the_whole_of_it(
+    client: DlappClient, make_app: AppFactory, tmp_path: Path
+) -> None:
+    spec = AppSpec.from_file(
+        make_app('for i in $(seq 1 50); do echo "row-$i"; done; sleep 60\n', name="rows")
+    )
+    app_id = client.submit(spec, pack(Path(spec.workspace.path), tmp_path))["id"]
+    try:
+        wait_for(lambda: "row-50" in client.logs(app_id), 30, "the 50 rows")
+        end = client.log_lines(app_id, tail=3)  # read live, through the supervisor
+        assert end.text == "row-48\nrow-49\nrow-50\n"
+        whole = "".join(f"row-{i}\n" for i in range(1, 51))
+        assert end.size == len(whole) and end.offset == len(whole) - len(end.text)
+        assert not end.complete  # it still runs
+        assert b"".join(client.download_logs(app_id)).decode() == whole
+    finally:
+        client.kill(app_id)
+
+
 def test_gang_gets_distinct_gpus_and_later_apps_queue(
     client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:

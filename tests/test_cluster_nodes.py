@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
+from dlapp.contract import log_dir
 from dlapp.server.app import create_app
 
 from clusters import FAST_HEALTH_CHECKS
@@ -54,6 +55,7 @@ def two_nodes(
         home=home,
         ray_address=cluster.address,
         schedule_interval_s=0.2,
+        log_ship_interval_s=0.5,
         file_roots=(tmp_path,),  # a cluster of its own: local data only under allowed roots
         tenancy=getattr(request, "param", "auto"),
     )
@@ -106,8 +108,16 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
         "both containers to run",
     )
     assert len({c["node_id"] for c in running["containers"]}) == 2  # one per node
-    # kill the worker node's raylet, as a machine failure would
     worker = next(n for n in cluster.worker_nodes)
+    lost = next(c for c in running["containers"] if c["node_id"] == worker.node_id)
+    # its log so far reaches the artifact store while it runs (shipped through Ray)
+    kept = log_dir(str(home_of(api) / "artifacts"), app_id, 1, lost["index"]) / "stdout"
+    wait_for(
+        lambda: kept.exists() and f"rank {lost['index']} of 2" in kept.read_text(),
+        30,
+        "the log so far to be kept",
+    )
+    # kill the worker node's raylet, as a machine failure would
     os.kill(worker.all_processes["raylet"][0].process.pid, signal.SIGKILL)
     t0 = time.monotonic()
     requeued = wait_for(
@@ -119,6 +129,14 @@ def test_a_dead_node_requeues_its_apps_and_they_complete_on_a_new_node(
     assert detected_in < 60
     events = api.get(f"/api/v1/apps/{app_id}/events", headers=bearer(token)).json()["events"]
     assert any("lost with its node" in e["reason"] for e in events)
+    # the lost container's log outlives its node: attempt 1's, as it was written
+    lost_log = api.get(
+        f"/api/v1/apps/{app_id}/logs",
+        params={"container": lost["index"], "attempt": 1},
+        headers=bearer(token),
+    )
+    assert lost_log.status_code == 200, lost_log.text
+    assert lost_log.text.startswith(f"rank {lost['index']} of 2 on ")
     # the survivor was ended and no GPU stays held; the app waits for 2 GPUs on 2 nodes
     wait_for(lambda: processes_with_env("DLAPP_APP_ID", app_id) == [], 30, "no process of the app")
     assert_running_matches(lambda: _all_apps(api))
@@ -162,8 +180,8 @@ def test_ddp_across_two_nodes_and_the_exclude_list(
     import json
     import shutil
 
+    from dlapp.data.workspace import pack_workspace
     from dlapp.spec import AppSpec
-    from dlapp.workspace import pack_workspace
 
     from conftest import ROOT
 

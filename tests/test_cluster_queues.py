@@ -3,7 +3,9 @@ queue file reloaded live, and a preemption whose victim checkpoints and resumes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,18 @@ def test_preemption_gives_a_queue_its_guarantee_and_the_victim_resumes_from_its_
     assert states == ["ACCEPTED", "RUNNING", "ACCEPTED", "RUNNING", "FINISHED"]
     log = client.logs(hog)  # the current (second) attempt's log
     assert "resumed from step" in log and "finished after resuming" in log
+    # the first attempt's log: what its notice file said when SIGTERM came
+    first = client.logs(hog, attempt=1)
+    assert "checkpointed at step" in first and "finished" not in first
+    notice = json.loads(first.split("notice: ", 1)[1].splitlines()[0])
+    assert set(notice) == {"reason", "detail", "deadline", "deadline_iso"}
+    assert notice["reason"] == "preempted"
+    assert notice["detail"] == preempted[0]["reason"]  # why, as the app's event says
+    asked = datetime.fromisoformat(preempted[0]["time"]).timestamp()
+    assert notice["deadline"] == pytest.approx(asked + QUEUES["preemption"]["grace_s"], abs=0.01)
+    deadline = datetime.fromisoformat(notice["deadline_iso"])
+    assert deadline.utcoffset() == timedelta(0)  # UTC, as ISO 8601 says it
+    assert deadline.timestamp() == pytest.approx(notice["deadline"], abs=0.001)
     assert processes_with_env("DLAPP_APP_ID", hog) == []
 
 

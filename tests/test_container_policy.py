@@ -8,22 +8,15 @@ from typing import Any
 
 import pytest
 
-from dlapp.config import load_server_settings
+from dlapp.config import ContainerPolicy, load_server_settings
 from dlapp.errors import Forbidden, SpecError
-from dlapp.runtime.policy import ContainerPolicy, check_container, container_problems
+from dlapp.runtime.policy import check_container, container_problems
 from dlapp.spec import AppSpec
+from spec_builders import make_spec
 
 
 def docker_spec(image: str | None = "dlapp/minimal", **container: Any) -> AppSpec:
-    return AppSpec.from_dict(
-        {
-            "name": "c",
-            "runtime": "docker",
-            "image": image,
-            "entry": {"script": "run.sh"},
-            "container": container,
-        }
-    )
+    return make_spec("c").docker(image).container(**container).build()
 
 
 ALLOWING = ContainerPolicy(allowed_mounts=("/datasets",), allowed_caps=("SYS_PTRACE",))
@@ -38,7 +31,7 @@ def test_a_plain_app_in_an_allowed_image_passes() -> None:
 
 
 def test_the_process_runtime_is_not_a_container() -> None:
-    spec = AppSpec.from_dict({"name": "p", "entry": {"script": "run.sh"}, "image": "any/thing"})
+    spec = make_spec("p").image("any/thing").build()
     assert container_problems(spec, ContainerPolicy()) == []
 
 

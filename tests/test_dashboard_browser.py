@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
+from dlapp.cli import main as cli
 from dlapp.config import ServerSettings
+from dlapp.data.workspace import pack_workspace
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 from inprocess import admin_token, bearer, live
 
@@ -167,6 +169,74 @@ def test_sign_in_launch_see_the_gpu_and_the_log_then_kill(page: Page, site: Site
 
     page.click('#nav a[data-page="cluster"]')
     expect(page.locator(".gpu.busy")).to_have_count(0, timeout=WAIT_MS)
+
+
+def test_the_log_urls_the_cli_prints_open_that_log_in_a_browser(
+    page: Page,
+    site: Site,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`dlapp status` prints each container's log URLs; a browser opening one (no token: it
+    signs in) lands on the app's page with that log shown. The API's URLs answered 401."""
+    app_id = site.submit("alice", 'echo "to stdout"\necho "to stderr" >&2\n')
+    monkeypatch.setenv("DLAPP_SERVER", site.url)
+    monkeypatch.setenv("DLAPP_TOKEN", site.tokens["alice"])
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-client-config"))
+    with httpx.Client(base_url=site.url, headers=bearer(site.tokens["alice"])) as api:
+        deadline = time.monotonic() + 30
+        while api.get(f"/api/v1/apps/{app_id}").json()["state"] != "FINISHED":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert cli.main(["status", app_id]) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"container 0 stderr: (\S+)", printed)
+    assert found, printed
+    url = found.group(1)
+    assert url == f"{site.url}/dashboard/#/apps/{app_id}/logs/0/stderr"
+    assert httpx.get(url).status_code == 200  # no token needed to open it
+
+    page.goto(url)
+    help_text = page.locator("#signin-help")
+    expect(help_text).to_contain_text("admin.token")
+    assert "`" not in help_text.inner_text()  # commands in <code>, not literal backticks
+    page.fill("#token", site.tokens["alice"])
+    page.click("#signin button")
+    expect(page.locator("#log")).to_contain_text("to stderr", timeout=WAIT_MS)
+    expect(page.locator("#log")).not_to_contain_text("to stdout")
+    expect(page.locator("#log-stream")).to_have_value("0:stderr")
+    shot(page, "12-app-log-from-the-cli")
+
+
+def test_a_long_log_shows_its_end_says_what_is_not_shown_and_downloads_whole(
+    page: Page, site: Site, tmp_path: Path
+) -> None:
+    rows = 30_000  # about 600 KB: more than the view keeps (200,000 characters)
+    script = (
+        f"awk 'BEGIN {{ for (i = 1; i <= {rows}; i++) printf \"row %05d of the log\\n\", i }}'\n"
+    )
+    app_id = site.submit("alice", script)
+    whole = "".join(f"row {i:05d} of the log\n" for i in range(1, rows + 1))
+    sign_in(page, site, "alice")
+    page.goto(f"{site.url}/dashboard/#/apps/{app_id}")
+    log = page.locator("#log")
+    expect(log).to_contain_text(f"row {rows:05d} of the log", timeout=WAIT_MS)
+    shown = log.text_content() or ""
+    assert whole.endswith(shown) and shown.startswith("row ")  # its end, in whole lines
+    assert len(shown) <= 200_000
+    notice = page.locator("#log-notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("are not shown")
+    expect(notice).to_contain_text("Download has all of it")
+    shot(page, "12-app-long-log")
+    with page.expect_download() as caught:
+        page.click("#log-download")
+    download = caught.value
+    assert download.suggested_filename == f"{app_id}.attempt-1.container-0.stdout.log"
+    saved = tmp_path / "saved.log"
+    download.save_as(saved)
+    assert saved.read_text() == whole
 
 
 def test_plots_over_time_and_an_apps_gpu_use_then_its_idle_flag(page: Page, site: Site) -> None:

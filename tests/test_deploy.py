@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dlapp import cli
+from dlapp.cli import main as cli
 
 from conftest import ROOT
 

@@ -12,17 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from dlapp.devshell import shell_args
+from dlapp.cli.devshell import ShellFiles, shell_args
+from dlapp.config import ContainerPolicy
 from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import (
     RunOptions,
     container_env,
     docker_run_args,
     env_file_path,
+    gateway_of,
+    node_gpu_policy,
     publish_arg,
     run_env,
 )
-from dlapp.runtime.policy import ContainerPolicy
 from dlapp.spec import AppSpec, ContainerOptions, Mount
 
 GOLDEN = Path(__file__).parent / "golden" / "docker"
@@ -264,9 +266,22 @@ def test_the_dev_shell_is_the_same_container_interactive(tmp_path: Path) -> None
         }
     )
     policy = POLICY.model_copy(update={"user": "1000:1000"})
-    argv = shell_args(spec, policy, Path("/tmp/dlapp-shell-x/spec.yaml"), ("1",), ("bash",), "s1")
+    tmp = Path("/tmp/dlapp-shell-x")
+    files = ShellFiles(tmp / "spec.yaml", tmp / "relay", tmp / "relay.sh", "/bin")
+    argv = shell_args(spec, policy, files, ("1",), "1000:1000", ("bash",), "s1")
     check_golden("dev-shell", argv)
     assert "dlapp.cluster=c0ffee" not in " ".join(argv)  # an orphan sweep never takes a shell
+    # `dlapp` inside is the relay's script; no server address or token goes in
+    assert "PATH=/dlapp/bin:/bin" in argv and not any("DLAPP_SERVER" in a for a in argv)
+
+
+def test_gpus_auto_asks_for_devices_only_where_the_node_has_gpus() -> None:
+    auto = ContainerPolicy()
+    assert auto.gpus == "auto"
+    assert node_gpu_policy(auto, lambda: 2).gpus == "nvidia"
+    assert node_gpu_policy(auto, lambda: 0).gpus == "none"  # declared GPUs: no device
+    cdi = ContainerPolicy(gpus="cdi")
+    assert node_gpu_policy(cdi, lambda: 0) is cdi  # the admin's explicit choice stands
 
 
 @pytest.mark.parametrize("script,expected", [("run.sh", "bash"), ("t.py", "python3")])
@@ -290,6 +305,14 @@ def test_the_guard_takes_a_cleanup_command() -> None:
     ):
         with pytest.raises(ValueError, match="usage"):
             guard._parse(bad)
+
+
+def test_the_bridge_gateway_is_the_subnets_first_address_where_docker_names_none() -> None:
+    # docker 20.10 (Debian 12's docker.io) leaves the default bridge's Gateway unset
+    assert gateway_of("|172.17.0.0/16 ") == "172.17.0.1"
+    assert gateway_of("172.18.0.254|172.18.0.0/16 ") == "172.18.0.254"
+    assert gateway_of("|fd00::/64 |10.88.0.0/16 ") == "10.88.0.1"  # IPv4 only
+    assert gateway_of("") is None and gateway_of("nonsense|x ") is None
 
 
 def test_a_gang_on_a_loopback_cluster_meets_at_the_bridge_gateway() -> None:

@@ -16,3 +16,16 @@ def test_every_setting_is_documented() -> None:
         if f"`{name}`" not in text or f"DLAPP_{name.upper()}" not in text
     ]
     assert missing == [], f"settings missing from docs/configuration.md: {missing}"
+
+
+def test_every_module_is_in_the_architecture_map() -> None:
+    """docs/architecture.md names every module of the package (its path under src/dlapp)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    package = ROOT / "src" / "dlapp"
+    modules = [
+        p.relative_to(package).as_posix()
+        for p in sorted(package.rglob("*.py"))
+        if p.name != "__init__.py" and "migrations" not in p.parts
+    ]
+    missing = [m for m in modules if f"`{m}`" not in text]
+    assert missing == [], f"modules missing from docs/architecture.md: {missing}"

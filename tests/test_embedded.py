@@ -6,9 +6,11 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
-from dlapp import cli, embedded
+from dlapp import embedded
+from dlapp.cli import main as cli
 
 from conftest import AppFactory, wait_for
 
@@ -68,7 +70,12 @@ def test_up_declares_gpus_on_a_machine_without_any(
     monkeypatch.delenv("DLAPP_SERVER", raising=False)
     try:
         assert cli.main(["up", "--gpus", "3", "--cpus", "2"]) == 0
-        assert "started" in capsys.readouterr().out
+        up = capsys.readouterr().out
+        # a free port, not 8642: its dashboard as `up` prints it, with where the token is
+        info = embedded.running(home)
+        assert info is not None and f"started: {info.url}" in up
+        assert f"dashboard: {info.url}/dashboard/ " in up and str(home / "admin.token") in up
+        assert httpx.get(f"{info.url}/dashboard/").status_code == 200  # a browser opens it
         assert cli.main(["gpus", "--json"]) == 0
         (node,) = json.loads(capsys.readouterr().out)["nodes"]
         assert [g["id"] for g in node["gpus"]] == ["0", "1", "2"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dlapp import cli, embedded, tls
+from dlapp import embedded, tls
+from dlapp.cli import main as cli
 from dlapp.client import DlappClient
 from dlapp.credentials import ADMIN_TOKEN_FILE
 from dlapp.errors import ServerUnavailable

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dlapp import cli, images
+from dlapp.cli import images
+from dlapp.cli import main as cli
 from docker_support import containers, require_docker
 
 from conftest import ROOT

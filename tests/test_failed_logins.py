@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dlapp import cli
+from dlapp.cli import main as cli
 from dlapp.config import ServerSettings
 from dlapp.server.failed_logins import FailedLogins, Tally
 from dlapp.store import users

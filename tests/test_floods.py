@@ -29,9 +29,9 @@ import httpx
 import pytest
 
 from dlapp.config import ServerSettings
+from dlapp.data.workspace import pack_workspace
 from dlapp.scheduler import Resources
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 from conftest import ROOT, wait_for
 from inprocess import admin_token, bearer, live

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from dlapp.gpu_usage import (
+from dlapp.contract import MeterPlan
+from dlapp.node.gpu_usage import (
     ContainerMeter,
     FakeSampler,
     FileSampler,
     GpuSample,
     GpuSampler,
-    MeterPlan,
     NoSampler,
     NvmlSampler,
-    idle_since,
     make_sampler,
 )
+from dlapp.server.accounting import idle_since
 
 
 class Clock:

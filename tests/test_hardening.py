@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlapp.config import ServerSettings
+from dlapp.data.workspace import extract_workspace
 from dlapp.errors import DlappError, SpecError, WorkspaceError
 from dlapp.spec import AppSpec, properties_to_dict
-from dlapp.workspace import extract_workspace
 
 from inprocess import add_user, bearer, serve, submit
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dlapp.config import ContainerPolicy
 from dlapp.errors import Forbidden
 from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import (
@@ -28,7 +29,6 @@ from dlapp.runtime.docker import (
     write_env_file,
 )
 from dlapp.runtime.podman import PodmanRuntime
-from dlapp.runtime.policy import ContainerPolicy
 from dlapp.runtime.process import ProcessRuntime, app_command
 from dlapp.spec import ContainerOptions
 from docker_support import eventually, launch_request, require_docker, require_podman

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from dlapp import spec as spec_module
+from dlapp.config import ContainerPolicy
 from dlapp.errors import Forbidden, SpecError
-from dlapp.runtime.policy import ContainerPolicy, check_container, container_problems
+from dlapp.runtime.policy import check_container, container_problems
 from dlapp.spec import AppSpec
 from spec_builders import SpecBuilder, make_spec
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from dlapp.errors import WorkspaceError
-from dlapp.workspace import (
+from dlapp.data.workspace import (
     MAX_EXTENDED_HEADER,
     WorkspaceLimits,
     extract_workspace,
     inspect_tarball,
     pack_workspace,
 )
+from dlapp.errors import WorkspaceError
 
 BLOCK = 512
 MiB = 1024**2

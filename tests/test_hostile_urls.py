@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dlapp import staging, stores
+from dlapp.data import locations, staging
+from dlapp.data.locations import DataConfig, Profile
 from dlapp.errors import DataError
-from dlapp.stores import DataConfig, Profile
 from spec_builders import make_spec
 
 NONE = DataConfig()
@@ -43,7 +43,7 @@ NONE = DataConfig()
     ],
 )
 def test_the_metadata_address_in_disguise_is_refused(url: str) -> None:
-    assert "link-local or metadata" in (stores.problem(url, NONE) or "")
+    assert "link-local or metadata" in (locations.problem(url, NONE) or "")
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_the_metadata_address_in_disguise_is_refused(url: str) -> None:
     ],
 )
 def test_a_numeric_host_that_is_no_address_is_refused(url: str) -> None:
-    why = stores.problem(url, NONE)
+    why = locations.problem(url, NONE)
     assert why is not None
     assert "not a valid IP address" in why or "not supported" in why
 
@@ -85,7 +85,7 @@ def test_a_numeric_host_that_is_no_address_is_refused(url: str) -> None:
     ],
 )
 def test_a_loopback_host_that_would_call_the_server_itself_is_refused(url: str) -> None:
-    why = stores.problem(url, NONE) or ""
+    why = locations.problem(url, NONE) or ""
     assert "loopback or unspecified" in why and "storage profile" in why
 
 
@@ -94,8 +94,8 @@ def test_a_name_that_resolves_to_loopback_is_refused(monkeypatch: pytest.MonkeyP
         assert host == "sneaky.example"
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
 
-    monkeypatch.setattr(stores.socket, "getaddrinfo", resolve)
-    assert "loopback" in (stores.problem("webhdfs://sneaky.example:9870/x", NONE) or "")
+    monkeypatch.setattr(locations.socket, "getaddrinfo", resolve)
+    assert "loopback" in (locations.problem("webhdfs://sneaky.example:9870/x", NONE) or "")
 
 
 SFTP_LAB = Profile("lab-sftp", "sftp", ("sftp://127.0.0.1",), {"port": 2222})
@@ -103,8 +103,8 @@ SFTP_LAB = Profile("lab-sftp", "sftp", ("sftp://127.0.0.1",), {"port": 2222})
 
 def test_a_loopback_store_an_admin_profile_serves_is_allowed() -> None:
     config = DataConfig(profiles=(SFTP_LAB,))
-    assert stores.problem("sftp://127.0.0.1/data/x", config) is None
-    assert stores.problem("sftp://127.0.0.1", config) is None
+    assert locations.problem("sftp://127.0.0.1/data/x", config) is None
+    assert locations.problem("sftp://127.0.0.1", config) is None
 
 
 @pytest.mark.parametrize(
@@ -118,17 +118,17 @@ def test_a_loopback_store_an_admin_profile_serves_is_allowed() -> None:
 )
 def test_a_profile_serves_only_the_loopback_host_and_port_it_names(url: str) -> None:
     config = DataConfig(profiles=(SFTP_LAB,))
-    assert "loopback" in (stores.problem(url, config) or "")
+    assert "loopback" in (locations.problem(url, config) or "")
 
 
 def test_a_protocol_default_profile_does_not_open_loopback() -> None:
     config = DataConfig(profiles=(Profile("any-sftp", "sftp", (), {}),))
-    assert "loopback" in (stores.problem("sftp://127.0.0.1/x", config) or "")
+    assert "loopback" in (locations.problem("sftp://127.0.0.1/x", config) or "")
 
 
 def test_no_profile_opens_the_metadata_address() -> None:
     config = DataConfig(profiles=(Profile("bad", "webhdfs", ("webhdfs://169.254.169.254",)),))
-    assert "metadata" in (stores.problem("webhdfs://169.254.169.254/x", config) or "")
+    assert "metadata" in (locations.problem("webhdfs://169.254.169.254/x", config) or "")
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ def test_no_profile_opens_the_metadata_address() -> None:
     ],
 )
 def test_ordinary_hosts_pass(url: str) -> None:
-    assert stores.problem(url, NONE) is None
+    assert locations.problem(url, NONE) is None
 
 
 def test_the_refusal_at_submit_names_the_url_and_why() -> None:

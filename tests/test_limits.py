@@ -19,7 +19,7 @@ from dlapp.errors import PayloadTooLarge
 from dlapp.scheduler import Resources
 from dlapp.server.limits import FORM_SLACK, BodyLimitMiddleware, BodyTooLarge
 from dlapp.server.ratelimit import RateLimiter
-from dlapp.spec import AppSpec
+from spec_builders import make_spec
 
 from inprocess import add_user, admin_token, bearer, live, serve, submit
 
@@ -37,7 +37,7 @@ def nothing_kept(home: Path) -> bool:
     )
 
 
-SPEC = json.dumps(AppSpec.from_dict({"name": "big", "entry": {"script": "run.sh"}}).to_dict())
+SPEC = json.dumps(make_spec("big").build().to_dict())
 
 
 # -- upload size ------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_the_client_gets_a_413_from_a_real_server(tmp_path: Path) -> None:
     s = settings(tmp_path, max_upload_mb=1)
     big = tmp_path / "big.tar.gz"
     big.write_bytes(b"\0" * (8 * MB))
-    spec = AppSpec.from_dict({"name": "big", "entry": {"script": "run.sh"}})
+    spec = make_spec("big").build()
     with live(s) as url:
         admin = admin_token(s.home)
         with DlappClient(url, admin) as c, pytest.raises(PayloadTooLarge, match="max_upload_mb"):

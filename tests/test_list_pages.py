@@ -16,14 +16,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from dlapp import cli
+from dlapp.cli import main as cli
 from dlapp.client import DlappClient
 from dlapp.config import ServerSettings
-from dlapp.spec import AppSpec
 from dlapp.status import AppState
 from dlapp.store import repo
 from dlapp.store.db import MIGRATIONS, make_engine, migrate
 from dlapp.store.models import App
+from spec_builders import make_spec
 
 from inprocess import add_user, admin_token, bearer, live, serve, submit
 
@@ -32,7 +32,7 @@ T0 = 1_700_000_000.0
 
 def add(session: Session, user: str = "alice", queue: str = "root.default") -> App:
     app_id, seq = repo.next_app_id(session, T0)
-    spec = AppSpec.from_dict({"name": "t", "queue": queue, "entry": {"script": "run.sh"}})
+    spec = make_spec("t").queue(queue).build()
     return repo.add_app(session, repo.NewApp(user, spec, "ws.tar.gz"), T0, app_id, seq)
 
 

@@ -28,6 +28,7 @@ from dlapp.config import ServerSettings
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network
 from dlapp.executor.ray_network import is_loopback
+from dlapp.runtime.docker import DockerRuntime
 from dlapp.spec import AppSpec
 from docker_support import MINIMAL, require_docker
 
@@ -214,20 +215,9 @@ def _host_addresses() -> list[str]:
 
 def _bridge_gateway() -> str:
     """The host's address on Docker's default bridge, where its apps' containers are."""
-    done = subprocess.run(
-        [
-            "docker",
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
+    gateway = DockerRuntime().bridge_gateway()
+    assert gateway, "docker's default bridge has no IPv4 gateway"
+    return gateway
 
 
 def _probe_script(targets: list[tuple[str, int]]) -> str:

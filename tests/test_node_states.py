@@ -97,7 +97,7 @@ def test_an_unknown_node_is_named_as_such(api: tuple[TestClient, str, str]) -> N
 
 
 def test_node_join_builds_the_ray_start_command() -> None:
-    from dlapp.nodes_join import join_command
+    from dlapp.cli.nodes_join import join_command
 
     cmd = join_command("10.0.0.1:6379", gpus=8, cpus=32, node_ip="10.0.0.7")
     assert cmd[0].endswith("/ray") and cmd[1] == "start"

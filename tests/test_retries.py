@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
-
-from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
 
-from inprocess import add_user, bearer, serve, submit
+from inprocess import add_user, bearer, serve, submit, wait_finished
 
 # fails on its first attempt, succeeds once the checkpoint dir holds its marker
 FLAKY = (
@@ -20,22 +17,12 @@ FLAKY = (
 )
 
 
-def _finish(api: TestClient, token: str, app_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        app: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json()
-        if app["state"] == "FINISHED":
-            return app
-        assert time.monotonic() < deadline, app
-        time.sleep(0.05)
-
-
 def test_a_failed_attempt_is_retried_while_attempts_are_left(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with serve(ServerSettings(home=home, schedule_interval_s=0.05)) as api:
         token = add_user(api, home, "gina")
         app_id = submit(api, tmp_path, token, script=FLAKY, max_attempts=2).json()["id"]
-        done = _finish(api, token, app_id)
+        done = wait_finished(api, app_id, token)
         events = api.get(f"/api/v1/apps/{app_id}/events", headers=bearer(token)).json()["events"]
     assert done["final_status"] == "SUCCEEDED" and done["attempt"] == 2
     assert any("retrying: attempt 1 of 2 failed" in e["reason"] for e in events)
@@ -46,7 +33,7 @@ def test_without_attempts_left_the_failure_is_final(tmp_path: Path) -> None:
     with serve(ServerSettings(home=home, schedule_interval_s=0.05)) as api:
         token = add_user(api, home, "hal")
         app_id = submit(api, tmp_path, token, script=FLAKY).json()["id"]  # max_attempts 1
-        done = _finish(api, token, app_id)
+        done = wait_finished(api, app_id, token)
     assert done["final_status"] == "FAILED" and done["attempt"] == 1
     assert "exited with code 3" in done["diagnostics"]
 
@@ -65,5 +52,5 @@ def test_a_killed_app_is_not_retried(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         api.post(f"{url}/kill", headers=bearer(token))
-        done = _finish(api, token, app_id)
+        done = wait_finished(api, app_id, token)
     assert done["final_status"] == "KILLED" and done["attempt"] == 1

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dlapp.config import ContainerPolicy
 from dlapp.runtime.base import LaunchRequest
 from dlapp.runtime.docker import DockerRuntime, container_name, remove_orphans
-from dlapp.runtime.policy import ContainerPolicy
 from docker_support import (
     MINIMAL,
     check_a_killed_supervisor_leaves_no_container,

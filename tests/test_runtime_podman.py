@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from dlapp.config import ContainerPolicy
 from dlapp.runtime import get_runtime
 from dlapp.runtime.docker import container_name, remove_orphans
 from dlapp.runtime.podman import PodmanRuntime, node_ulimits
-from dlapp.runtime.policy import ContainerPolicy
 from docker_support import (
     MINIMAL,
     check_a_killed_supervisor_leaves_no_container,

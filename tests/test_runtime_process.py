@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from dlapp.config import ContainerPolicy
 from dlapp.errors import SpecError, WorkspaceError
 from dlapp.runtime import FakeRuntime, LaunchRequest, ProcessRuntime, Running, get_runtime
-from dlapp.runtime.policy import ContainerPolicy
 
 # --- builders and probes ------------------------------------------------------------------
 

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dlapp.config import ServerSettings
+from dlapp.config import ContainerPolicy, ServerSettings
+from dlapp.data.workspace import pack_workspace
 from dlapp.executor import LocalExecutor
-from dlapp.runtime.policy import ContainerPolicy
+from dlapp.runtime.gpus import count_gpus
 from dlapp.scheduler import Resources
 from dlapp.server.app import create_app
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 from docker_support import MINIMAL, containers, eventually, require_docker
 
-from inprocess import add_user, bearer
+from inprocess import add_user, bearer, wait_finished
 
 
 @pytest.fixture
@@ -73,16 +73,6 @@ def _submit(api: TestClient, tmp: Path, script: str, **spec: Any) -> str:
     return app_id
 
 
-def _wait(api: TestClient, app_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        app: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}").json()
-        if app["state"] == "FINISHED":
-            return app
-        time.sleep(0.1)
-    raise AssertionError(f"{app_id} did not finish")
-
-
 def _stdout(api: TestClient, app_id: str) -> str:
     return api.get(f"/api/v1/apps/{app_id}/logs", params={"container": 0}).text
 
@@ -99,7 +89,7 @@ def test_a_docker_app_succeeds_with_its_gpus_as_non_root(api: TestClient, tmp_pa
         f"test -e {tmp_path} && echo sees-host\nexit 0\n",
         resources={"gpus": 1, "memory": "128M"},
     )
-    app = _wait(api, app_id)
+    app = wait_finished(api, app_id, timeout=60)
     assert app["final_status"] == "SUCCEEDED", app
     gpu_ids = app["containers"][0]["gpu_ids"]
     out = _stdout(api, app_id)
@@ -111,19 +101,40 @@ def test_a_docker_app_succeeds_with_its_gpus_as_non_root(api: TestClient, tmp_pa
     assert containers(f"dlapp.app={app_id}") == []
 
 
+def test_declared_gpus_need_no_device_with_the_default_policy(tmp_path: Path) -> None:
+    """`dlapp up --gpus 2` on a machine without GPUs, as the README sets it up: the default
+    container policy (gpus: auto) requests no device, which docker would refuse ("could not
+    select device driver"), and the app sees its declared GPU's ID."""
+    require_docker()
+    if count_gpus() > 0:
+        pytest.skip("this machine has GPUs: this test is of one whose GPUs are only declared")
+    settings = ServerSettings(home=tmp_path / "home", schedule_interval_s=0.05)
+    assert settings.container.gpus == "auto"
+    app = create_app(settings, lambda s: LocalExecutor(Resources(4, 8192, 2)))
+    with TestClient(app) as api:
+        api.headers.update(bearer(add_user(api, settings.home, "bob")))
+        app_id = _submit(
+            api, tmp_path, 'echo "gpus=$CUDA_VISIBLE_DEVICES"\n', resources={"gpus": 1}
+        )
+        done = wait_finished(api, app_id, timeout=60)
+        assert done["final_status"] == "SUCCEEDED", done
+        (gpu,) = done["containers"][0]["gpu_ids"]
+        assert _stdout(api, app_id) == f"gpus={gpu}\n"
+
+
 @pytest.mark.parametrize("kind", ["kill", "softkill"])
 def test_kill_and_softkill_leave_no_container(api: TestClient, tmp_path: Path, kind: str) -> None:
     app_id = _submit(api, tmp_path, "echo up\nwhile :; do sleep 1; done\n")
     assert eventually(lambda: _running(api, app_id), timeout=60)
     assert containers(f"dlapp.app={app_id}") != []
     assert api.post(f"/api/v1/apps/{app_id}/{kind}").status_code == 200
-    assert _wait(api, app_id)["final_status"] == "KILLED"
+    assert wait_finished(api, app_id, timeout=60)["final_status"] == "KILLED"
     assert eventually(lambda: containers(f"dlapp.app={app_id}") == [])
 
 
 def test_out_of_memory_is_the_diagnostic(api: TestClient, tmp_path: Path) -> None:
     hog = 'x=$(head -c 300000000 /dev/zero | tr "\\0" x)\necho "${#x}"\n'
-    app = _wait(api, _submit(api, tmp_path, hog, resources={"memory": "32M"}))
+    app = wait_finished(api, _submit(api, tmp_path, hog, resources={"memory": "32M"}), timeout=60)
     assert app["final_status"] == "FAILED"
     assert app["containers"][0]["exit_code"] == 137
     assert "out of memory (OOM)" in app["diagnostics"]

@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
+from dlapp.data.workspace import pack_workspace
 from dlapp.executor import LocalExecutor
 from dlapp.scheduler import Resources
 from dlapp.server.app import create_app
 from dlapp.spec import AppSpec
-from dlapp.workspace import pack_workspace
 
 from conftest import wait_for
-from inprocess import add_user, bearer
+from inprocess import add_user, bearer, wait_finished
 
 HEADERS: dict[str, str] = {}  # the api fixture authenticates every request as bob
 
@@ -60,16 +60,6 @@ def _submit(api: TestClient, tmp: Path, script: str, **spec: Any) -> dict[str, A
     return body
 
 
-def _wait(api: TestClient, app_id: str, timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        app: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}").json()
-        if app["state"] == "FINISHED":
-            return app
-        time.sleep(0.05)
-    raise AssertionError(f"{app_id} did not finish")
-
-
 def test_healthz_and_openapi(api: TestClient) -> None:
     assert api.get("/healthz").json()["status"] == "ok"
     paths = api.get("/openapi.json").json()["paths"]
@@ -79,7 +69,7 @@ def test_healthz_and_openapi(api: TestClient) -> None:
 
 def test_app_succeeds_and_its_logs_stay(api: TestClient, tmp_path: Path) -> None:
     app = _submit(api, tmp_path, "echo hello $CONTAINER_INDEX/$NUM_CONTAINERS\n", num_containers=2)
-    done = _wait(api, app["id"])
+    done = wait_finished(api, app["id"], timeout=20)
     assert done["final_status"] == "SUCCEEDED" and done["user"] == "bob"
     for i in (0, 1):
         log = api.get(f"/api/v1/apps/{app['id']}/logs", params={"container": i})
@@ -105,8 +95,8 @@ def test_waiting_app_says_why_and_where(api: TestClient, tmp_path: Path) -> None
         and "position 1 in queue root.default" in waiting["pending_reason"]
     )
     assert api.post(f"/api/v1/apps/{first['id']}/kill", headers=HEADERS).status_code == 200
-    assert _wait(api, first["id"])["final_status"] == "KILLED"
-    assert _wait(api, second["id"])["final_status"] == "SUCCEEDED"
+    assert wait_finished(api, first["id"], timeout=20)["final_status"] == "KILLED"
+    assert wait_finished(api, second["id"], timeout=20)["final_status"] == "SUCCEEDED"
 
 
 def test_errors_have_a_code_and_a_message(api: TestClient) -> None:
@@ -126,7 +116,7 @@ def test_errors_have_a_code_and_a_message(api: TestClient) -> None:
 
 def test_state_filter_and_events(api: TestClient, tmp_path: Path) -> None:
     app = _submit(api, tmp_path, "exit 2\n")
-    done = _wait(api, app["id"])
+    done = wait_finished(api, app["id"], timeout=20)
     assert done["final_status"] == "FAILED" and "exited with code 2" in done["diagnostics"]
     finished = api.get("/api/v1/apps", params={"state": "FINISHED"}).json()["apps"]
     assert app["id"] in [a["id"] for a in finished]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dlapp import cli
+from dlapp.cli import main as cli
 from dlapp.scheduler import QueueTree, Resources, parse_tree
 from dlapp.sim import (
     ClusterSpec,
@@ -183,7 +184,8 @@ def test_a_victim_that_would_finish_within_its_grace_just_finishes() -> None:
 
 
 @pytest.mark.parametrize("preemption", [False, True])
-def test_the_fifo_shortcut_changes_no_decision(preemption: bool) -> None:
+@pytest.mark.parametrize("policy", ["fifo", "fifo-skip", "las", "srtf"])
+def test_the_incremental_replay_decides_as_the_full_one(policy: str, preemption: bool) -> None:
     rng = random.Random(5)
     trace = TraceBuilder()
     for _ in range(300):
@@ -197,12 +199,11 @@ def test_the_fifo_shortcut_changes_no_decision(preemption: bool) -> None:
     cluster = ClusterSpec.uniform(3, 8)
     tree = two_queues(preemption, grace_s=30)
     runs = [
-        run(trace, cluster, tree, "fifo", SimOptions(cycle_s=0, cap_fifo_heads=cap))
-        for cap in (True, False)
+        run(trace, cluster, tree, policy, replace(EXACT, incremental=inc, runtime_estimate=1.5))
+        for inc in (True, False)
     ]
-    capped, full = ([(r.first_start, r.end, r.preemptions) for r in x.records] for x in runs)
-    assert capped == full
-    assert runs[0].decide.heads < runs[1].decide.heads  # the shortcut did shorten the lines
+    incremental, full = ([(r.first_start, r.end, r.preemptions) for r in x.records] for x in runs)
+    assert incremental == full
 
 
 def test_report_has_every_figure_overall_and_per_queue() -> None:

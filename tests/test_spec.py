@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dlapp.cli import main
+from dlapp.cli.main import main
 from dlapp.errors import SpecError
 from dlapp.spec import (
     AppSpec,
@@ -17,26 +17,10 @@ from dlapp.spec import (
     properties_to_dict,
     url_scheme,
 )
+from spec_builders import REFERENCE_PROPERTIES
 
 MNIST = Path(__file__).resolve().parent.parent / "examples" / "mnist"
 
-# Verbatim from SEED.md, "The app spec (dl_app.properties)".
-REFERENCE_PROPERTIES = """\
-[application]
-username=tony
-appname='c3 deeplearning app caffe mnist example'
-docker_image=naver/c3_dl-caffe
-user_dev_workspace_path=./user_dev_workspace
-user_shell_script=dl_app_start.sh
-user_shell_args='-gpu all'
-[from_hdfs]
-hdfs=/user/tony/caffe_test/*
-input_path=data
-[to_hdfs]
-output_path=output
-hdfs=/user/tony/caffe_mnist_example_output
-overwrite=true
-"""
 
 
 def spec_dict(**changes: Any) -> dict[str, Any]:
@@ -196,7 +180,7 @@ def test_unknown_top_level_key_lists_the_valid_keys() -> None:
 def test_unknown_resources_key_lists_resource_keys() -> None:
     (problem,) = problems_of(spec_dict(resources={"gpu": 1}))
     assert "unknown key 'gpu' in resources" in problem
-    assert "cpus, gpus, memory" in problem
+    assert "cpus, gpu_type, gpus, memory" in problem
 
 
 def test_unknown_entry_key_lists_entry_keys() -> None:
@@ -426,3 +410,17 @@ def test_spec_check_of_a_bad_file_names_the_problem(
     captured = capsys.readouterr()
     assert "resources.gpus" in captured.err
     assert captured.out == ""
+
+
+def test_one_memory_grammar_with_each_reader_taking_its_part() -> None:
+    from dlapp.sim.trace import parse_memory_mb as trace_memory
+    from dlapp.spec import memory_size, parse_memory_mb
+
+    assert memory_size("384Gi") == (384.0, "G", "I")
+    assert memory_size("1.5 GiB") == (1.5, "G", "IB")
+    assert memory_size("4 gigs") is None
+    assert parse_memory_mb("1.5GiB") == 1536 and parse_memory_mb("2097152B") == 2
+    for kubernetes in ("4Gi", "4i", "4iB"):  # a spec says 4G or 4GiB
+        with pytest.raises(ValueError, match="memory must be a size"):
+            parse_memory_mb(kubernetes)
+    assert trace_memory("384Gi", "memory") == 384 * 1024  # a trace may come from Kubernetes

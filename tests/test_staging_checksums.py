@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from dlapp import checksums, staging, stores
-from dlapp.cache import InputCache
+from dlapp.data import checksums, locations, staging
+from dlapp.data.cache import InputCache
 from dlapp.errors import ChecksumMismatch
 from dlapp.spec import DataBinding
 
@@ -95,7 +95,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
     faults = Faults()
     real_open = staging.open_location
 
-    def opening(url: str, config: stores.DataConfig) -> stores.Location:
+    def opening(url: str, config: locations.DataConfig) -> locations.Location:
         loc = real_open(url, config)
         if not faults.planned:
             return loc
@@ -104,7 +104,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
 
     monkeypatch.setattr(staging, "open_location", opening)
     monkeypatch.setattr(
-        staging, "retrying", functools.partial(stores.retrying, sleep=faults.sleeps.append)
+        staging, "retrying", functools.partial(locations.retrying, sleep=faults.sleeps.append)
     )
     return faults
 
@@ -192,7 +192,7 @@ def test_verification_can_be_turned_off_for_stores_whose_etags_are_not_md5s(
     config = dataclasses.replace(config_with(s3_server.profile), verify_checksums=False)
     staging.stage_in([DataBinding(url=f"s3://{bucket}/ds", path="d")], tmp_path, config=config)
     assert (tmp_path / "d" / "a.bin").read_bytes()[1:] == DATA[1:]
-    assert stores.DataConfig.from_dict(config.to_dict()).verify_checksums is False
+    assert locations.DataConfig.from_dict(config.to_dict()).verify_checksums is False
 
 
 def test_a_flaky_connection_is_retried_with_backoff(

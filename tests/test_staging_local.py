@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dlapp import commit, staging
+from dlapp.data import commit, staging
+from dlapp.data.locations import DataConfig
 from dlapp.errors import DataError, OutputExistsError
 from dlapp.spec import DataBinding
-from dlapp.stores import DataConfig
 
 
 def tree(root: Path) -> dict[str, bytes]:

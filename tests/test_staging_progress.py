@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dlapp.progress import TransferMeter, size
+from dlapp.data.progress import TransferMeter, size
 
 GIB = 1024**3
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from dlapp import commit, staging
-from dlapp.cache import InputCache
-from dlapp.commit import MARKER
+from dlapp.data import commit, staging
+from dlapp.data.cache import InputCache
+from dlapp.data.commit import MARKER
+from dlapp.data.locations import Profile
 from dlapp.errors import DataError
 from dlapp.spec import AppSpec, DataBinding
-from dlapp.stores import Profile
 
 from storage_servers import S3Server, Sshd, config_with, s3_server, sshd
 

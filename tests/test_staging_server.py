@@ -3,16 +3,14 @@ an app reads an sftp input and writes an s3 output, with the server's storage pr
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 from fastapi.testclient import TestClient
 
-from dlapp.commit import MARKER
 from dlapp.config import ServerSettings, StorageProfile
+from dlapp.data.commit import MARKER
 
-from inprocess import add_user, bearer, serve, submit
+from inprocess import add_user, bearer, serve, submit, wait_finished
 from storage_servers import S3Server, Sshd, s3_server, sshd
 
 __all__ = ["s3_server", "sshd"]  # fixtures
@@ -26,16 +24,6 @@ def settings(home: Path, sshd: Sshd, s3: S3Server) -> ServerSettings:
         for p in (sshd.profile, s3.profile)
     }
     return ServerSettings(home=home, schedule_interval_s=0.05, storage_profiles=profiles)
-
-
-def finish(api: TestClient, token: str, app_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while True:
-        app: dict[str, Any] = api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json()
-        if app["state"] == "FINISHED":
-            return app
-        assert time.monotonic() < deadline, app
-        time.sleep(0.1)
 
 
 def stderr(api: TestClient, token: str, app_id: str) -> str:
@@ -58,7 +46,7 @@ def test_app_with_sftp_input_and_s3_output(sshd: Sshd, s3_server: S3Server, tmp_
             outputs=[{"url": f"s3://{bucket}/runs/r1", "path": "output"}],
         )
         assert resp.status_code == 201, resp.text
-        app = finish(api, token, resp.json()["id"])
+        app = wait_finished(api, resp.json()["id"], token, timeout=60)
         log = stderr(api, token, app["id"])
         events = api.get(f"/api/v1/apps/{app['id']}/events", headers=bearer(token)).json()
     assert app["final_status"] == "SUCCEEDED", (app, log)
@@ -89,7 +77,7 @@ def test_a_failed_apps_output_is_saved_beside_the_url(
             script="mkdir -p output\necho half > output/part.txt\nexit 2\n",
             outputs=[{"url": f"s3://{bucket}/r", "path": "output"}],
         )
-        app = finish(api, token, resp.json()["id"])
+        app = wait_finished(api, resp.json()["id"], token, timeout=60)
     assert app["final_status"] == "FAILED"
     assert fs.cat(f"{bucket}/r.failed-{app['id']}/part.txt") == b"half\n"
     assert not fs.exists(f"{bucket}/r")

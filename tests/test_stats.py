@@ -1,10 +1,12 @@
-"""The benchmarks' percentile."""
+"""The benchmarks' percentile (bench/stats.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dlapp.stats import percentile
+from conftest import load_bench
+
+percentile = load_bench("stats").percentile
 
 
 def test_percentile_interpolates_between_ranks_of_unsorted_values() -> None:

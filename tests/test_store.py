@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+import spec_builders
 from dlapp.errors import InvalidTransition, NotFoundError
 from dlapp.spec import AppSpec
 from dlapp.status import (
@@ -28,7 +29,7 @@ T0 = 1_700_000_000.0  # a fixed clock: 13-digit millisecond timestamps
 
 
 def make_spec(name: str = "t", queue: str = "default") -> AppSpec:
-    return AppSpec.from_dict({"name": name, "queue": queue, "entry": {"script": "run.sh"}})
+    return spec_builders.make_spec(name).queue(queue).build()
 
 
 def submit(session: Session, user: str = "alice", queue: str = "default", now: float = T0) -> App:

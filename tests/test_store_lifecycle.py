@@ -10,13 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from databases import fresh_database
-from dlapp import cli
+from dlapp.cli import main as cli
 from dlapp.errors import DlappError
-from dlapp.spec import AppSpec
 from dlapp.status import AppState, FinalStatus
 from dlapp.store import repo
 from dlapp.store.backup import backup, restore, revision
 from dlapp.store.db import make_engine, migrate, session_factory
+from spec_builders import make_spec
 
 T0 = 1_800_000_000.0
 
@@ -84,7 +84,7 @@ def _fill(url: str) -> None:
     with session_factory(engine)() as s:
         for i in range(3):
             app_id, seq = repo.next_app_id(s, T0)
-            spec = AppSpec.from_dict({"name": f"a{i}", "entry": {"script": "run.sh"}})
+            spec = make_spec(f"a{i}").build()
             app = repo.add_app(s, repo.NewApp("bob", spec, "ws.tar.gz"), T0, app_id, seq)
             repo.transition(s, app, AppState.RUNNING, "placed", T0 + 1)
             repo.add_containers(s, app, [("n1", "10.0.0.1")])

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from dlapp import cli, embedded, tls
-from dlapp.cli_admin import in_clear
+from dlapp import embedded, tls
+from dlapp.cli import main as cli
+from dlapp.cli.admin import in_clear
 from dlapp.client import DlappClient
 from dlapp.config import ServerSettings, load_server_settings
 from dlapp.errors import DlappError, ServerUnavailable

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from dlapp import cli
+from dlapp.cli import main as cli
 from dlapp.config import ServerSettings
 from dlapp.errors import BadRequest
 from dlapp.store import users

@@ -20,8 +20,8 @@ import pytest
 
 from dlapp import unix_accounts
 from dlapp.errors import DataError
-from dlapp.runtime.base import LaunchRequest
-from dlapp.runtime.process import GUARD_PATH, ProcessRuntime
+from dlapp.runtime.base import GUARD_PATH, LaunchRequest
+from dlapp.runtime.process import ProcessRuntime
 from dlapp.store import accounts as account_store
 from dlapp.unix_accounts import Account, AccountError, AccountPlan
 

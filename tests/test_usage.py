@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dlapp.accounting import Allocation, held_seconds, usage
-from dlapp.cli import main
+from dlapp.cli.main import main
 from dlapp.config import ServerSettings
+from dlapp.server.accounting import Allocation, held_seconds, usage
 
-from inprocess import add_user, admin_token, bearer, live, serve, submit
+from inprocess import add_user, admin_token, bearer, live, serve, submit, wait_finished
 
 H = 3600.0
 
@@ -70,17 +70,6 @@ def test_used_gpu_hours_are_cut_with_the_period() -> None:
     assert row.gpu_hours_used == 0.9
 
 
-def _finish(api: object, token: str, app_id: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        app = api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json()  # type: ignore[attr-defined]
-        if app["state"] == "FINISHED":
-            assert app["final_status"] == "SUCCEEDED", app
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{app_id} did not finish")
-
-
 def test_usage_route_shows_users_their_own_and_admins_everyone(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with serve(ServerSettings(home=home, schedule_interval_s=0.05)) as api:
@@ -89,8 +78,8 @@ def test_usage_route_shows_users_their_own_and_admins_everyone(tmp_path: Path) -
         gpus = {"gpus": 1, "memory": "128M"}
         a = submit(api, tmp_path, alice, "sleep 0.3\n", resources=gpus, num_containers=2).json()
         b = submit(api, tmp_path, bob, "sleep 0.3\n", resources=gpus).json()
-        _finish(api, alice, a["id"])
-        _finish(api, bob, b["id"])
+        assert wait_finished(api, a["id"], alice, timeout=20)["final_status"] == "SUCCEEDED"
+        assert wait_finished(api, b["id"], bob, timeout=20)["final_status"] == "SUCCEEDED"
 
         mine = api.get("/api/v1/usage", headers=bearer(alice)).json()
         assert mine["scope"] == "alice"

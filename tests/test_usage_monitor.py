@@ -188,6 +188,40 @@ def test_queues_are_sampled_over_time(server: Server, tmp_path: Path) -> None:
         server.api.post(f"/api/v1/apps/{app_id}/kill", headers=bearer(server.alice))
 
 
+def test_the_plot_ends_with_what_the_cluster_view_says_now(tmp_path: Path) -> None:
+    """Samples are an hour apart here: the plot's last point is still now, so the dashboard's
+    chart never says 0 GPUs allocated beside a summary that says 2 of 2."""
+    home = tmp_path / "home"
+    settings = ServerSettings(home=home, schedule_interval_s=0.05, timeseries_interval_s=3600)
+    with serve(settings) as api:
+        alice = bearer(add_user(api, home, "alice"))
+        app_id = submit(
+            api,
+            tmp_path,
+            alice["Authorization"].removeprefix("Bearer "),
+            "sleep 60\n",
+            resources={"gpus": 2, "memory": "128M"},
+        ).json()["id"]
+
+        def allocated() -> float | None:
+            nodes = api.get("/api/v1/cluster", headers=alice).json()["nodes"]
+            used = sum(n["used"]["gpus"] for n in nodes)
+            return used or None
+
+        deadline = time.monotonic() + 30
+        while not allocated():
+            assert time.monotonic() < deadline, "the app never got its GPUs"
+            time.sleep(0.05)
+        got = api.get("/api/v1/timeseries", headers=alice).json()["queues"]
+        root = got["root"]
+        assert len(root["time"]) == 2  # the one stored sample (at start), and now
+        assert root["gpus_allocated"][-1] == allocated() == 2
+        assert got["root.default"]["gpus_allocated"][-1] == 2
+        assert root["apps_running"][-1] == 1
+        assert root["time"][-1] > root["time"][0]
+        api.post(f"/api/v1/apps/{app_id}/kill", headers=alice)
+
+
 def test_staging_bytes_reach_the_metrics(server: Server, tmp_path: Path) -> None:
     data = tmp_path / "in.bin"
     data.write_bytes(b"x" * 300_000)

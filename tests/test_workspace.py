@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from dlapp.errors import WorkspaceError
-from dlapp.workspace import (
+from dlapp.data.workspace import (
     WorkspaceLimits,
     check_members,
     extract_workspace,
     inspect_tarball,
     pack_workspace,
 )
+from dlapp.errors import WorkspaceError
 
 # --- builders ----------------------------------------------------------------------------
 

@@ -324,7 +324,7 @@ class Dlapp(Peer):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _run(self) -> tuple[str, float]:
-        from dlapp.workspace import pack_workspace
+        from dlapp.data.workspace import pack_workspace
 
         tarball = pack_workspace(self.workspace, self.tmp / "ws.tar.gz").path
         app_id = self.client.submit(self.spec, tarball)["id"]
@@ -407,7 +407,7 @@ class SharedCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         settings = {"container": {"gpus": "none"}, "submit_rate_per_min": 0}
         (self.home / "server.yaml").write_text(json.dumps(settings))  # JSON is YAML
-        cmd = [sys.executable, "-m", "dlapp.cli", "server", "--home", str(self.home)]
+        cmd = [sys.executable, "-m", "dlapp.cli.main", "server", "--home", str(self.home)]
         cmd += ["--port", "0", "--ray-address", self.ray.address]
         with (self.home / "server.log").open("ab") as log:
             self.server = subprocess.Popen(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -15,6 +17,52 @@ from dlapp.errors import DlappError, ServerError, ServerUnavailable, error_from_
 from dlapp.spec import AppSpec
 
 TERMINAL = "FINISHED"
+
+
+class _Sending:
+    """The tarball being uploaded: each of httpx's reads (64 KiB at a time) is told to
+    ``progress`` with the file's size (which httpx finds through ``fileno`` too: the request
+    has a length)."""
+
+    def __init__(self, f: BinaryIO, progress: Callable[[int, int], None]) -> None:
+        self.f, self.progress = f, progress
+        self.total = os.fstat(f.fileno()).st_size
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.progress(self.f.tell(), self.total)
+        return data
+
+
+@dataclass(frozen=True)
+class LogText:
+    """Lines of a container's log (``DlappClient.log_lines``) and where they lie in it."""
+
+    text: str
+    offset: int  # the byte where ``text`` starts in the log
+    next_offset: int  # ... and where it ends
+    size: int  # the log's size when read
+    complete: bool  # the container has ended and nothing follows
+    attempt: int  # the attempt whose log it is
+
+    @property
+    def cut_before(self) -> int:
+        """Bytes of the log before ``text``."""
+        return self.offset
+
+    @property
+    def cut_after(self) -> int:
+        """Bytes of the log after ``text`` (when it was read)."""
+        return max(0, self.size - self.next_offset)
 
 
 class DlappClient:
@@ -72,13 +120,18 @@ class DlappClient:
         result: dict[str, Any] = self._json("GET", "/healthz")
         return result
 
-    def submit(self, spec: AppSpec, tarball: Path) -> dict[str, Any]:
+    def submit(
+        self, spec: AppSpec, tarball: Path, progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
+        """Submit ``spec`` with its packed workspace; ``progress(sent, total)`` is told the
+        tarball's bytes as they are sent."""
         with tarball.open("rb") as f:
+            upload: BinaryIO | _Sending = _Sending(f, progress) if progress else f
             result: dict[str, Any] = self._json(
                 "POST",
                 "/api/v1/apps",
                 data={"spec": json.dumps(spec.to_dict())},
-                files={"workspace": ("workspace.tar.gz", f, "application/gzip")},
+                files={"workspace": ("workspace.tar.gz", upload, "application/gzip")},
                 timeout=None,
             )
         return result
@@ -168,16 +221,88 @@ class DlappClient:
         result: dict[str, Any] = self._json("GET", "/api/v1/usage", params=params)
         return result
 
-    def logs(self, app_id: str, container: int = 0, stream: str = "stdout", offset: int = 0) -> str:
-        resp = self._request(
-            "GET",
-            f"/api/v1/apps/{app_id}/logs",
-            params={"container": container, "stream": stream, "offset": offset},
-        )
+    def logs(
+        self,
+        app_id: str,
+        container: int = 0,
+        stream: str = "stdout",
+        offset: int = 0,
+        attempt: int | None = None,
+    ) -> str:
+        """Up to 1 MiB of a container's log from ``offset`` (of the current attempt, or of
+        ``attempt``)."""
+        params: dict[str, Any] = {"container": container, "stream": stream, "offset": offset}
+        if attempt is not None:
+            params["attempt"] = attempt
+        resp = self._request("GET", f"/api/v1/apps/{app_id}/logs", params=params)
         return resp.content.decode("utf-8", errors="replace")
 
-    def follow_logs(self, app_id: str, container: int = 0, stream: str = "stdout") -> Iterator[str]:
+    def log_lines(
+        self,
+        app_id: str,
+        container: int = 0,
+        stream: str = "stdout",
+        *,
+        tail: int | None = None,
+        head: int | None = None,
+        attempt: int | None = None,
+        max_bytes: int | None = None,
+    ) -> LogText:
+        """The last ``tail`` (or first ``head``) lines of a container's log, whole, and where
+        they lie in it: ``LogText.cut_before`` / ``cut_after`` say what was left out."""
+        params: dict[str, Any] = {"container": container, "stream": stream}
+        for key, value in (("tail", tail), ("head", head), ("attempt", attempt)):
+            if value is not None:
+                params[key] = value
+        if max_bytes is not None:
+            params["length"] = max_bytes
+        resp = self._request("GET", f"/api/v1/apps/{app_id}/logs", params=params)
+        h = resp.headers
+        return LogText(
+            text=resp.content.decode("utf-8", errors="replace"),
+            offset=int(h.get("X-Dlapp-Offset", 0)),
+            next_offset=int(h.get("X-Dlapp-Next-Offset", 0)),
+            size=int(h.get("X-Dlapp-Size", 0)),
+            complete=h.get("X-Dlapp-Complete") == "true",
+            attempt=int(h.get("X-Dlapp-Attempt", 0)),
+        )
+
+    def download_logs(
+        self,
+        app_id: str,
+        container: int = 0,
+        stream: str = "stdout",
+        attempt: int | None = None,
+    ) -> Iterator[bytes]:
+        """The whole log as it is now, in chunks as they arrive."""
+        params: dict[str, Any] = {"container": container, "stream": stream}
+        if attempt is not None:
+            params["attempt"] = attempt
+        try:
+            with self._http.stream(
+                "GET", f"/api/v1/apps/{app_id}/logs/download", params=params, timeout=None
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error(resp)
+                yield from resp.iter_bytes()
+        except httpx.TransportError as exc:
+            raise _unreachable(self.base_url, exc, "lost") from None
+
+    def follow_logs(
+        self,
+        app_id: str,
+        container: int = 0,
+        stream: str = "stdout",
+        tail: int | None = None,
+        attempt: int | None = None,
+    ) -> Iterator[str]:
+        """The log as it grows, until the container ends: from its start, or from its last
+        ``tail`` lines."""
         params: dict[str, str | int] = {"container": container, "stream": stream, "follow": "true"}
+        for key, value in (("tail", tail), ("attempt", attempt)):
+            if value is not None:
+                params[key] = value
         try:
             with self._http.stream(
                 "GET", f"/api/v1/apps/{app_id}/logs", params=params, timeout=None

@@ -13,9 +13,11 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -30,7 +32,7 @@ from pydantic import (
 
 from dlapp.credentials import check_private
 from dlapp.errors import DlappError
-from dlapp.runtime.policy import ContainerPolicy
+from dlapp.spec import canonical_user
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,6 +43,115 @@ def default_home(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["DLAPP_HOME"]).expanduser()
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dlapp"
+
+
+_USERNS_RE = re.compile(r"^(host|nomap|(keep-id|auto)(:[\w=,/-]+)?)$")
+Engine = Literal["docker", "podman"]
+
+
+class ContainerPolicy(BaseModel):
+    """The ``container`` section of the server settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    images: tuple[str, ...] = Field(
+        default=("dlapp/*",), description="image name patterns apps may use (fnmatch); empty: any"
+    )
+    pull: Literal["never", "missing"] = Field(
+        default="never", description="pull an image that is not on the node: never, or when missing"
+    )
+    user: str = Field(
+        default="auto",
+        description="UID:GID apps run as; auto: the workspace owner, or 1000:1000 when that is "
+        "root (the workspace is then given to 1000:1000)",
+    )
+    allow_root: bool = Field(
+        default=False, description="let a spec ask for container.user with uid or gid 0"
+    )
+    allowed_caps: tuple[str, ...] = Field(
+        default=(), description="capabilities a spec may add back (all are dropped)"
+    )
+    allowed_mounts: tuple[str, ...] = Field(
+        default=(),
+        description="host directories a spec may bind-mount (they and what is under them)",
+    )
+    network: Literal["bridge", "none"] = Field(
+        default="bridge", description="the network of a spec that asks for none in particular"
+    )
+    allow_host_network: bool = Field(
+        default=False, description="let a spec ask for the host network"
+    )
+    gpus: Literal["auto", "nvidia", "cdi", "none"] = Field(
+        default="auto",
+        description="how assigned GPUs reach a container: --gpus device=... (nvidia: the NVIDIA "
+        "container toolkit), CDI --device nvidia.com/gpu=N (cdi), or none (no device: GPUs "
+        "declared on a machine without any); auto: nvidia on a node where NVML finds GPUs, "
+        "none on one where it finds none",
+    )
+    pids_limit: int = Field(
+        default=4096, ge=16, description="processes per container (--pids-limit)"
+    )
+    workspace_path: str = Field(default="/workspace", description="where the workspace is mounted")
+    docker: str = Field(default="docker", description="the docker command (runtime docker)")
+    podman: str = Field(default="podman", description="the podman command (runtime podman)")
+    userns: str = Field(
+        default="host",
+        description="podman --userns: host (rootful: none of its own), keep-id (rootless: "
+        "the node user keeps its UID inside), auto, nomap",
+    )
+    cluster_id: str | None = Field(
+        default=None,
+        description="label dlapp.cluster of this server's containers (default: from home)",
+    )
+
+    @field_validator("allowed_caps", mode="before")
+    @classmethod
+    def _caps(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [c for c in v.split(",") if c]
+        if isinstance(v, list | tuple):
+            return tuple(str(c).strip().upper().removeprefix("CAP_") for c in v)
+        return v
+
+    @field_validator("images", "allowed_mounts", mode="before")
+    @classmethod
+    def _from_env(cls, v: object) -> object:
+        return tuple(p for p in v.split(",") if p) if isinstance(v, str) else v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        try:
+            return canonical_user(v)
+        except ValueError:
+            raise ValueError(f"user must be 'auto' or UID[:GID], not {v!r}") from None
+
+    @field_validator("userns")
+    @classmethod
+    def _userns(cls, v: str) -> str:
+        if not _USERNS_RE.match(v):
+            raise ValueError(f"userns must be host, keep-id, auto or nomap[:OPTIONS], not {v!r}")
+        return v
+
+    @field_validator("workspace_path")
+    @classmethod
+    def _workspace(cls, v: str) -> str:
+        if not PurePosixPath(v).is_absolute() or v == "/":
+            raise ValueError(f"workspace_path must be an absolute path other than /, not {v!r}")
+        return v
+
+    def command(self, engine: Engine) -> str:
+        """The CLI of ``engine`` on the node."""
+        return self.podman if engine == "podman" else self.docker
+
+    def for_home(self, home: Path) -> ContainerPolicy:
+        """This policy with ``cluster_id`` set (derived from the server's home if unset)."""
+        if self.cluster_id:
+            return self
+        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+        return self.model_copy(update={"cluster_id": digest})
 
 
 class StorageProfile(BaseModel):
@@ -55,6 +166,18 @@ class StorageProfile(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, repr=False, description="keyword arguments of the filesystem"
     )
+
+
+def _check_hdfs_target(what: str, url: str) -> None:
+    """An hdfs_endpoint or hdfs_map target is a URL naming its store (not another hdfs:///)."""
+    parsed = urlparse(url)
+    if not parsed.scheme or (parsed.scheme != "file" and not parsed.netloc):
+        raise ValueError(
+            f"{what}: {url!r} is not a store URL such as webhdfs://namenode:9870, "
+            "hdfs://namenode:8020 or s3://bucket/prefix/"
+        )
+    if parsed.password:
+        raise ValueError(f"{what}: credentials do not belong in a URL: storage_profiles hold them")
 
 
 class ServerSettings(BaseModel):
@@ -99,6 +222,12 @@ class ServerSettings(BaseModel):
         None, description="queue tree YAML, reloaded when it changes (default: home/queues.yaml)"
     )
     schedule_interval_s: float = Field(0.5, gt=0, description="scheduler cycle period")
+    log_ship_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="how often running containers' new log bytes go to the kept logs, and "
+        "their staging progress to the app's events",
+    )
     lease_ttl_s: float = Field(
         10.0, gt=0, description="scheduler lease: a stalled leader is replaced after this long"
     )
@@ -171,6 +300,17 @@ class ServerSettings(BaseModel):
         description="local paths data URLs may use (unset: all on a loopback-only embedded "
         "cluster, none otherwise); see docs/data.md",
     )
+    hdfs_endpoint: str | None = Field(
+        None,
+        description="the store serving hdfs:/// paths (hdfs=/user/... in dl_app.properties): "
+        "webhdfs://namenode:9870 (no JVM), hdfs://namenode:8020, or another store's URL "
+        "prefix; unset: such paths are refused; see docs/data.md#hdfs",
+    )
+    hdfs_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="hdfs:/// path prefixes served by other URL prefixes, the longest prefix "
+        "winning over hdfs_endpoint ({'/user/': 's3://lab-hdfs/user/'}); see docs/data.md#hdfs",
+    )
     cache_dir: Path | None = Field(None, description="node-local input cache (default: home/cache)")
     cache_max_mb: int = Field(10240, ge=0, description="input cache size; 0: no cache")
     verify_checksums: bool = Field(
@@ -239,6 +379,29 @@ class ServerSettings(BaseModel):
     @classmethod
     def _container_from_json(cls, v: object) -> object:
         return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("hdfs_map", mode="before")
+    @classmethod
+    def _hdfs_map_from_json(cls, v: object) -> object:
+        return json.loads(v) if isinstance(v, str) else v
+
+    @field_validator("hdfs_endpoint")
+    @classmethod
+    def _an_hdfs_endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_hdfs_target("hdfs_endpoint", v)
+        return v
+
+    @field_validator("hdfs_map")
+    @classmethod
+    def _an_hdfs_map(cls, v: dict[str, str]) -> dict[str, str]:
+        for prefix, target in v.items():
+            if not prefix.startswith("/") or ".." in PurePosixPath(prefix).parts:
+                raise ValueError(
+                    f"hdfs_map: {prefix!r} is not an absolute HDFS path prefix (such as /user/)"
+                )
+            _check_hdfs_target(f"hdfs_map[{prefix!r}]", target)
+        return v
 
     @field_validator("app_uid_range", mode="before")
     @classmethod

@@ -114,7 +114,7 @@ def up(
     if existing is not None:
         return existing, False
     home.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "dlapp.cli", "server", "--home", str(home), "--port", "0"]
+    cmd = [sys.executable, "-m", "dlapp.cli.main", "server", "--home", str(home), "--port", "0"]
     if gpus is not None:
         cmd += ["--gpus", str(gpus)]
     if cpus is not None:

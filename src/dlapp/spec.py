@@ -16,11 +16,17 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dlapp.errors import SpecError
 
-RUNTIMES = ("process", "docker", "podman")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,127}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,12 +45,17 @@ _IMAGE_RE = re.compile(
     re.ASCII,
 )
 _NAME_MAX = 255  # docker's longest repository name
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|(B)?)\s*$", re.IGNORECASE)
+# a size as dlapp reads it everywhere (specs, queue files, traces): a number, a unit (none: MiB)
+# and a suffix (B, iB, or Kubernetes' bare i); what each reader accepts of it is its own
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B|i)?\s*$", re.IGNORECASE)
+MIB_PER_UNIT = {"": 1.0, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
+_MIB_PER_BYTE = 1.0 / 1024 / 1024
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
-_MEM_UNITS_MB = {"": 1.0 / 1024 / 1024, "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
 _DUR_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 RESERVED_ENV = (
     "DLAPP_APP_ID",
+    "DLAPP_GPU_FRACTION",
+    "DLAPP_GPU_MEMORY_MB",
     "CONTAINER_INDEX",
     "NUM_CONTAINERS",
     "CUDA_VISIBLE_DEVICES",
@@ -60,18 +71,74 @@ RESERVED_ENV = (
 )
 
 
+MIG_SLICES = 7  # compute slices of an A100 / H100 / H200 in MIG mode
+GPU_MILLI = 1000  # a fraction of a GPU is asked for in thousandths
+MAX_GPUS = 64  # per container
+_MIG_RE = re.compile(r"^([1-7])g\.(\d{1,4})gb$")
+_GPU_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+GPUS_KEYS = ("mig", "count")
+_NVML_MODEL_RE = re.compile(r"\b([A-Z]{1,3}\d{1,4}[A-Z]{0,2})\b")
+_VENDOR_WORDS = ("NVIDIA", "TESLA", "GEFORCE", "QUADRO", "RTX")
+
+
+def mig_profile(profile: object) -> tuple[int, int]:
+    """(compute slices, memory GB) of a MIG profile such as ``1g.18gb``; ValueError otherwise."""
+    m = _MIG_RE.match(profile.strip().lower()) if isinstance(profile, str) else None
+    if m is None:
+        raise ValueError(
+            f"MIG profile {profile!r} must look like 1g.18gb, 2g.35gb, 3g.71gb or 7g.141gb "
+            "(compute slices 1-7, then the memory in GB)"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def mig_share(profile: str) -> float:
+    """The share of one GPU a MIG instance of ``profile`` counts as: its slices out of 7."""
+    return mig_profile(profile)[0] / MIG_SLICES
+
+
+def memory_size(text: str) -> tuple[float, str, str] | None:
+    """``(number, unit, suffix)`` of a size such as ``4G``, ``512MiB``, ``384Gi``, ``100B`` or
+    ``2048`` (unit and suffix in upper case, empty when absent); None for anything else."""
+    m = _MEMORY_RE.match(text)
+    if m is None:
+        return None
+    return float(m.group(1)), m.group(2).upper(), (m.group(3) or "").upper()
+
+
+def gpu_model(name: str) -> str:
+    """The GPU model a node is labelled with, from NVML's device name:
+    ``NVIDIA H100 80GB HBM3`` -> ``H100``, ``Tesla V100-SXM2-16GB`` -> ``V100``,
+    ``NVIDIA A100-SXM4-80GB`` -> ``A100``, ``NVIDIA GeForce RTX 4090`` -> ``RTX4090``,
+    ``NVIDIA L40S`` -> ``L40S``. A name without a model number is kept whole (spaces removed)."""
+    text = name.strip().upper().replace("-", " ").replace("_", " ")
+    words = text.split()
+    if "RTX" in words:  # GeForce / workstation cards: RTX 4090, RTX A6000
+        i = words.index("RTX")
+        if i + 1 < len(words):
+            after = words[i + 1]
+            return after if after[:1].isalpha() else "RTX" + after
+    for word in words:
+        if word in _VENDOR_WORDS:
+            continue
+        m = _NVML_MODEL_RE.fullmatch(word)
+        if m is not None and not word.endswith("GB"):
+            return m.group(1)
+    return "".join(w for w in words if w not in _VENDOR_WORDS) or name.strip()
+
+
 def parse_memory_mb(value: object) -> int:
-    """'4G' -> 4096, '512M' -> 512, '1.5G' -> 1536; a bare number is MiB."""
+    """'4G' -> 4096, '512M' -> 512, '1.5G' -> 1536; a bare number is MiB, ``B`` alone bytes."""
     if isinstance(value, bool):
         raise ValueError(f"memory must be a size like '4G' or '512M', not {value!r}")
     if isinstance(value, int | float):
         mb = float(value)
     else:
-        m = _MEM_RE.match(str(value))
-        if not m:
+        size = memory_size(str(value))
+        if size is None or size[2] == "I" or (not size[1] and size[2] == "IB"):
             raise ValueError(f"memory must be a size like '4G' or '512M', not {value!r}")
-        unit = (m.group(2) or "").upper() or ("" if m.group(3) else "M")
-        mb = float(m.group(1)) * _MEM_UNITS_MB[unit]
+        number, unit, suffix = size
+        mb = number * (_MIB_PER_BYTE if not unit and suffix == "B" else MIB_PER_UNIT[unit or "M"])
     if mb < 1:
         raise ValueError(f"memory must be at least 1M, not {value!r}")
     return round(mb)
@@ -136,18 +203,121 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    """Per-container request."""
+    """Per-container request.
+
+    ``gpus``: whole GPUs (``2``), a fraction of one GPU shared with other fractional apps
+    (``0.25``, in thousandths), or MIG instances (``{mig: 1g.18gb, count: 1}``; then ``gpus``
+    is the number of instances and ``mig`` their profile). ``gpu_type``: the GPU models the
+    app may run on (``[H100, A100]``); empty: any.
+    """
 
     cpus: float = Field(default=1.0, gt=0, le=1024)
     memory_mb: int = Field(default=2048, ge=1, alias="memory")
-    gpus: int = Field(default=0, ge=0, le=64)
+    gpus: float = Field(default=0, ge=0, le=MAX_GPUS)
+    mig: str | None = None  # written as gpus: {mig: ..., count: ...}, never as a key
+    gpu_type: tuple[str, ...] = ()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mig(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            return data
+        if "mig" in data:
+            raise ValueError(
+                "write MIG instances as gpus: {mig: 1g.18gb, count: 1}, not as a mig key"
+            )
+        gpus = data.get("gpus")
+        if not isinstance(gpus, Mapping):
+            return data
+        unknown = sorted(str(k) for k in set(gpus) - set(GPUS_KEYS))
+        if unknown or "mig" not in gpus:
+            raise ValueError(
+                "gpus as a mapping asks for MIG instances: {mig: <profile>, count: <n>}; "
+                + (f"unknown key(s) {unknown}" if unknown else "mig is missing")
+            )
+        count = gpus.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_GPUS:
+            raise ValueError(f"gpus.count must be a whole number of MIG instances, not {count!r}")
+        profile = gpus["mig"]
+        mig_profile(profile)
+        return {**data, "gpus": count, "mig": str(profile).strip().lower()}
 
     @field_validator("memory_mb", mode="before")
     @classmethod
     def _memory(cls, v: object) -> int:
         return parse_memory_mb(v)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus(cls, v: object) -> object:
+        if isinstance(v, bool):
+            raise ValueError(f"gpus must be a number such as 1, 2 or 0.5, not {v!r}")
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"gpus must be a number such as 1, 2 or 0.5, not {v!r}") from None
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_or_fraction(cls, v: float) -> float:
+        if 0 < v < 1:
+            milli = v * GPU_MILLI
+            if abs(milli - round(milli)) > 1e-6:
+                raise ValueError(
+                    f"a fraction of a GPU is given in thousandths (0.001 to 0.999), not {v!r}"
+                )
+            return round(milli) / GPU_MILLI
+        if not float(v).is_integer():
+            raise ValueError(
+                f"{v!r} GPUs: a fraction must be below 1 (one shared GPU); "
+                "more than one GPU must be a whole number"
+            )
+        return int(v)
+
+    @field_validator("gpu_type", mode="before")
+    @classmethod
+    def _gpu_type(cls, v: object) -> object:
+        items = v.replace(",", " ").split() if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            return v
+        out: list[str] = []
+        for item in items:
+            name = str(item).strip()
+            if not _GPU_MODEL_RE.match(name):
+                raise ValueError(f"{item!r} is not a GPU model name (such as H100, A100, T4)")
+            if name.casefold() not in (o.casefold() for o in out):
+                out.append(name)
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _typed_needs_gpus(self) -> Resources:
+        if self.gpu_type and self.gpus <= 0:
+            raise ValueError(
+                f"gpu_type {list(self.gpu_type)} asks for GPU models, but gpus is 0: "
+                "ask for gpus too, or leave gpu_type out"
+            )
+        if self.mig is not None and self.gpus < 1:
+            raise ValueError("MIG instances: gpus.count must be at least 1")
+        return self
+
+    @property
+    def gpu_share(self) -> float:
+        """The GPU share one container holds: its GPUs, its fraction, or its MIG instances'
+        slices out of 7 of a GPU each."""
+        if self.mig is not None:
+            return round(self.gpus * mig_share(self.mig), 9)
+        return self.gpus
+
+    @property
+    def gpus_value(self) -> int | float | dict[str, Any]:
+        """``gpus`` as the native YAML writes it."""
+        if self.mig is not None:
+            return {"mig": self.mig, "count": int(self.gpus)}
+        return int(self.gpus) if float(self.gpus).is_integer() else self.gpus
 
 
 class DataBinding(_Strict):
@@ -397,7 +567,7 @@ class AppSpec(_Strict):
         except OSError as exc:
             raise SpecError(f"cannot read {path}: {exc.strerror}") from None
         base = path.resolve().parent
-        if path.suffix in (".properties", ".ini"):
+        if path.suffix in PROPERTIES:
             return cls.from_properties(text, base)
         return cls.from_yaml(text, base)
 
@@ -413,8 +583,9 @@ class AppSpec(_Strict):
             "resources": {
                 "cpus": self.resources.cpus,
                 "memory": format_memory(self.resources.memory_mb),
-                "gpus": self.resources.gpus,
-            },
+                "gpus": self.resources.gpus_value,
+            }
+            | ({"gpu_type": list(self.resources.gpu_type)} if self.resources.gpu_type else {}),
             "num_containers": self.num_containers,
             "env": dict(self.env),
             "inputs": [{"url": b.url, "path": b.path} for b in self.inputs],
@@ -467,6 +638,8 @@ def url_scheme(url: str) -> str:
 
 # -- the reference format ---------------------------------------------------------------------
 
+PROPERTIES = (".properties", ".ini")  # file suffixes read as a reference dl_app.properties
+
 # [application] key -> native key (None: accepted and ignored, with the reason in IGNORED)
 _APP_KEYS: dict[str, str | None] = {
     "appname": "name",
@@ -482,6 +655,8 @@ _APP_KEYS: dict[str, str | None] = {
     "cpus": "resources.cpus",
     "memory": "resources.memory",
     "gpus": "resources.gpus",
+    "gpu_type": "resources.gpu_type",
+    "mig": "resources.gpus.mig",  # with gpus as the number of instances
     "num_containers": "num_containers",
     "max_runtime": "max_runtime",
     "priority": "priority",
@@ -536,6 +711,7 @@ def properties_to_dict(text: str) -> dict[str, Any]:
     if not parser.has_section("application"):
         problems.append("missing the [application] section")
     out: dict[str, Any] = {}
+    mig: str | None = None
     if parser.has_section("application"):
         for key, raw in parser.items("application"):
             target = _APP_KEYS.get(key.lower(), "?")
@@ -549,7 +725,17 @@ def properties_to_dict(text: str) -> dict[str, Any]:
             value: Any = _unquote(raw)
             if target in ("workspace.exclude", "nodes.include", "nodes.exclude"):
                 value = shlex.split(value)
+            if target == "resources.gpus.mig":
+                mig = value
+                continue
             _set_dotted(out, target, value)
+        if mig is not None:  # mig=1g.18gb with gpus=<instances> (default 1)
+            resources = out.setdefault("resources", {})
+            count = str(resources.get("gpus", "1")).strip()
+            if not count.isdigit():
+                problems.append(f"with mig, gpus is the number of MIG instances, not {count!r}")
+            else:
+                resources["gpus"] = {"mig": mig, "count": int(count)}
     if parser.has_section("env"):
         out["env"] = {k: _unquote(v) for k, v in parser.items("env")}
     for prefix, keys, dest in (
@@ -577,6 +763,20 @@ def properties_to_dict(text: str) -> dict[str, Any]:
     return out
 
 
+def properties_username(text: str) -> str | None:
+    """The ``username`` a reference ``dl_app.properties`` names, which dlapp ignores (an app
+    runs as the user whose token launches it); None when it names none or cannot be read."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(text)
+    except configparser.Error:
+        return None
+    for key, raw in parser.items("application") if parser.has_section("application") else ():
+        if key.lower() == "username":
+            return _unquote(raw) or None
+    return None
+
+
 def _parse_bool(value: str, what: str, problems: list[str]) -> bool:
     lowered = value.lower()
     if lowered in ("true", "yes", "1", "on"):
@@ -599,7 +799,8 @@ def _set_dotted(out: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _valid_keys(model: type[BaseModel]) -> list[str]:
-    return sorted((f.alias or name) for name, f in model.model_fields.items())
+    hidden = {"mig"} if model is Resources else set()  # written inside gpus
+    return sorted((f.alias or name) for name, f in model.model_fields.items() if name not in hidden)
 
 
 _MODELS_AT: dict[str, type[BaseModel]] = {

@@ -28,6 +28,17 @@ class FinalStatus(StrEnum):
     KILLED = "KILLED"
 
 
+class StopReason(StrEnum):
+    """Why dlapp stops a running app; kept with the app (``kill_requested``) until its
+    containers have ended, when ``server.scheduling.outcomes`` decides what becomes of it."""
+
+    KILL = "kill"  # its user or an admin, at once
+    SOFTKILL = "softkill"  # its user or an admin: SIGTERM, the grace period, SIGKILL
+    EVICT = "evict"  # its node was cordoned: stopped with notice, then requeued
+    PREEMPT = "preempt"  # a starved queue takes its guarantee back: notice, then requeued
+    GANG = "gang"  # one of its containers failed: the others are stopped
+
+
 class ContainerState(StrEnum):
     STARTING = "STARTING"
     RUNNING = "RUNNING"

@@ -4,6 +4,10 @@ dlapp gives each container MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and LOCAL_
 script joins the group with ``init_process_group(init_method="env://")``: NCCL when a GPU is
 visible, gloo on CPUs. Each rank trains a small CNN on its shard of scikit-learn's digits; DDP
 averages the gradients, so every rank ends with the same model. Rank 0 writes metrics.json.
+
+Each container sees only its own GPUs, numbered from 0: it trains on ``cuda:0``
+(``container_device``), never ``cuda:LOCAL_RANK``, which names a GPU it cannot see as soon as
+two containers share a node.
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+def container_device() -> torch.device:
+    """The device this container trains on: its first GPU, else the CPU. dlapp shows each
+    container only the GPUs it was given (CUDA_VISIBLE_DEVICES), which CUDA numbers from 0
+    inside, so that GPU is ``cuda:0`` whatever LOCAL_RANK says: LOCAL_RANK counts the app's
+    containers on the same node, and the second one there (LOCAL_RANK=1) still sees one GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=8)
@@ -49,12 +63,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(container_device())  # NCCL's device, before the group forms
     backend = "nccl" if cuda else "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    device = container_device()
     print(
         f"rank {rank}/{world} backend={backend} device={device} "
+        f"LOCAL_RANK={os.environ.get('LOCAL_RANK')} "
         f"master={os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}",
         flush=True,

@@ -5,7 +5,7 @@
 process, for tests of the layers above and for machines without Ray.
 """
 
-from dlapp.executor.base import NODE_LOST, NOT_STARTED, Executor, NodeInfo, Report
+from dlapp.executor.base import Executor, NodeInfo, Report
 from dlapp.executor.local import LocalExecutor
 
-__all__ = ["NODE_LOST", "NOT_STARTED", "Executor", "LocalExecutor", "NodeInfo", "Report"]
+__all__ = ["Executor", "LocalExecutor", "NodeInfo", "Report"]

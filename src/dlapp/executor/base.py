@@ -9,25 +9,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dlapp.runtime.docker import remove_orphans
-from dlapp.runtime.policy import ContainerPolicy
+from dlapp.config import ContainerPolicy
+from dlapp.contract import ContainerCause, ContainerPlan, ContainerResult, Shipment
 from dlapp.scheduler import Resources
-from dlapp.supervisor import ContainerPlan, ContainerResult
 
 logger = logging.getLogger(__name__)
-
-
-NODE_LOST = "node lost"  # diagnostics prefix of a container lost with its node
-NOT_STARTED = "did not start"  # diagnostics prefix of a supervisor not up in start_timeout_s
 
 
 @dataclass(frozen=True)
 class NodeInfo:
     node_id: str
     name: str
-    total: Resources
+    total: Resources  # gpus: its shareable GPUs plus the share of its MIG instances
     alive: bool = True
-    gpu_ids: tuple[str, ...] = ()
+    gpu_ids: tuple[str, ...] = ()  # its shareable GPUs' device IDs, in index order
+    model: str = ""  # its GPUs' model (H100), what specs' gpu_type and queues name
+    gpu_memory_mb: int = 0  # of each shareable GPU; 0: not known
+    mig: tuple[tuple[str, str, int], ...] = ()  # MIG instances: (uuid, profile, memory MiB)
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,7 @@ class Report:
     info: dict[str, Any] | None = field(default_factory=dict)
     result: ContainerResult | None = None
     diagnostics: str = ""
+    cause: ContainerCause = ContainerCause.LOST  # of a "lost" one: why (its result's otherwise)
 
 
 UsageKey = tuple[str, int, int]  # app id, attempt, container index
@@ -99,11 +98,28 @@ class Executor(ABC):
     def _usage(self) -> dict[UsageKey, dict[str, Any]]:
         return {}
 
+    def ship(self) -> dict[UsageKey, Shipment]:
+        """What the supervisors of containers still staging or running have shipped since the
+        last call (``Supervisor.ship``): their logs' new bytes, and their notes. Asks again
+        without waiting; never blocks on a container."""
+        return self._ship()
+
+    def _ship(self) -> dict[UsageKey, Shipment]:
+        return {}
+
     def read_log(
         self, app_id: str, index: int, stream: str, offset: int, length: int
     ) -> bytes | None:
         """Live log bytes of a running container; None when this executor does not hold it."""
         return self._read_log(app_id, index, stream, offset, length)
+
+    def log_size(self, app_id: str, index: int, stream: str) -> int | None:
+        """The size of a running container's live log; None when this executor does not
+        hold it (or cannot tell: the kept log then answers)."""
+        return self._log_size(app_id, index, stream)
+
+    def _log_size(self, app_id: str, index: int, stream: str) -> int | None:
+        return None
 
     def holds(self, app_id: str) -> bool:
         return self._holds(app_id)
@@ -137,10 +153,6 @@ class Executor(ABC):
         """
         self._remove_orphans(policy, running)
 
-    def _remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None:
-        for engine in ("docker", "podman"):  # the one node is this machine
-            remove_orphans(policy, running, engine)
-
     def close(self) -> None:
         self._close()
 
@@ -165,6 +177,9 @@ class Executor(ABC):
 
     @abstractmethod
     def _holds(self, app_id: str) -> bool: ...
+
+    @abstractmethod
+    def _remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None: ...
 
     def _close(self) -> None:
         return None

@@ -27,14 +27,24 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
-from dlapp.config import ServerSettings
+from dlapp.config import ContainerPolicy, ServerSettings
+from dlapp.contract import (
+    NODE_LOST,
+    NOT_STARTED,
+    SHIP_BYTES,
+    ContainerCause,
+    ContainerPlan,
+    ContainerResult,
+    Shipment,
+)
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network, sweep
-from dlapp.executor.base import NODE_LOST, NOT_STARTED, Executor, NodeInfo, Report, UsageKey
+from dlapp.executor.base import Executor, NodeInfo, Report, UsageKey
 from dlapp.executor.head import HeadWatch, wait_for_head
-from dlapp.runtime.policy import ContainerPolicy
+from dlapp.node.supervisor import Supervisor
+from dlapp.runtime.gpus import discover, from_ray_resources, mig_resource, ray_resources
 from dlapp.scheduler import Resources
-from dlapp.supervisor import ContainerPlan, ContainerResult, Supervisor
+from dlapp.spec import mig_share
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "dlapp"
@@ -43,6 +53,7 @@ NODE_ID_LABEL = "ray.io/node-id"
 HARD_KILL_AFTER_S = 20.0
 ADOPT_TIMEOUT_S = 30.0  # supervisors of an app taken over must answer within this
 RAYLET_WATCH_S = 0.5  # a stop not obeyed within grace + this: the supervisor is killed
+SHIP_WAIT_S = 5.0  # a shipment asked of a container that has just started or ended: its wait
 
 
 def _idle() -> None:
@@ -52,6 +63,16 @@ def _idle() -> None:
 
 
 _idle_task = ray.remote(num_cpus=0, max_retries=0)(_idle)
+
+
+def _gpu_resources(request: Resources, plan: ContainerPlan) -> dict[str, float]:
+    """What one container asks of Ray for its GPUs: its share of ``GPU`` (Ray hands fractions
+    of one device to several actors, never to an actor holding it whole), or, for MIG, the
+    instances dlapp chose for it (one resource each, declared by its node)."""
+    gpus = plan.spec.get("resources", {}).get("gpus")
+    if isinstance(gpus, dict):  # {mig: profile, count: n}
+        return {mig_resource(str(gpus["mig"]), uuid): 1.0 for uuid in plan.gpu_ids}
+    return {"GPU": float(request.gpus)} if request.gpus else {}
 
 
 def warm(node_id: str) -> None:
@@ -101,7 +122,7 @@ class RaySupervisor(Supervisor):
         code, so that the app is requeued (a result can still reach the server meanwhile)."""
         result = super().wait()
         if self.node_lost:
-            return replace(result, diagnostics=self.node_lost)
+            return replace(result, diagnostics=self.node_lost, cause=ContainerCause.NODE_LOST)
         return result
 
     def _watch_raylet(self) -> None:
@@ -134,6 +155,8 @@ class _Tracked:
     stop_deadline: float | None = None
     up_ref: Any = None  # answered once the supervisor actor runs (its bundle placed)
     usage_ref: Any = None  # an asked, not yet answered ``usage()``
+    ship_ref: Any = None  # an asked, not yet answered ``ship()``
+    shipped: dict[str, int] = field(default_factory=dict)  # log offsets shipped so far
 
 
 @dataclass
@@ -141,20 +164,6 @@ class _AppRun:
     pg: PlacementGroup
     containers: list[_Tracked] = field(default_factory=list)
     start_deadline: float | None = None  # monotonic; None once every supervisor is up
-
-
-def count_gpus() -> int:
-    """GPUs on this machine, through NVML; 0 where there is no driver."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
 
 
 def private_ray_files(home: Path | None = None) -> list[Path]:
@@ -202,13 +211,17 @@ class RayExecutor(Executor):
                 logging_level=logging.WARNING,
             )
         else:
-            gpus = settings.gpus if settings.gpus is not None else count_gpus()
+            devices = discover() if settings.gpus is None else []
+            gpus, gpu_resources = ray_resources(devices)
+            if settings.gpus is not None:
+                gpus = settings.gpus
             with ray_network.loopback_node(node_ip):
                 ray.init(
                     address="local",  # a cluster of its own, never one `ray start` left running
                     **bind,
                     num_cpus=int(settings.cpus) if settings.cpus else os.cpu_count(),
                     num_gpus=gpus,
+                    resources=gpu_resources,
                     namespace=NAMESPACE,
                     include_dashboard=False,
                     object_store_memory=settings.object_store_mb * MB,
@@ -231,12 +244,14 @@ class RayExecutor(Executor):
         self._remote = ray.remote(RaySupervisor)
         self._apps: dict[str, _AppRun] = {}
         self._sweeps: list[Any] = []  # orphan sweeps still running on their nodes
+        self._late: dict[UsageKey, Shipment] = {}  # logs shipped as their container ended
 
     def _nodes(self) -> list[NodeInfo]:
         out = []
         for n in ray.nodes():
             res = n.get("Resources", {})
             gpus = int(res.get("GPU", 0))
+            model, gpu_memory_mb, mig = from_ray_resources(res)
             out.append(
                 NodeInfo(
                     node_id=n["NodeID"],
@@ -244,18 +259,20 @@ class RayExecutor(Executor):
                     total=Resources(
                         cpus=float(res.get("CPU", 0)),
                         memory_mb=int(res.get("memory", 0) // MB),
-                        gpus=gpus,
+                        gpus=round(gpus + sum(mig_share(p) for _, p, _ in mig), 9),
                     ),
                     alive=bool(n.get("Alive")),
                     gpu_ids=tuple(str(i) for i in range(gpus)),
+                    model=model,
+                    gpu_memory_mb=gpu_memory_mb,
+                    mig=mig,
                 )
             )
         return out
 
-    def _bundle(self, request: Resources) -> dict[str, float]:
+    def _bundle(self, request: Resources, plan: ContainerPlan) -> dict[str, float]:
         bundle: dict[str, float] = {"CPU": request.cpus, "memory": float(request.memory_mb * MB)}
-        if request.gpus:
-            bundle["GPU"] = float(request.gpus)
+        bundle.update(_gpu_resources(request, plan))
         return bundle
 
     def _start(
@@ -264,7 +281,7 @@ class RayExecutor(Executor):
         app_id = plans[0].app_id
         # each bundle pinned to the node the scheduler chose, by Ray's node-id label
         pg = placement_group(
-            [self._bundle(request) for _ in node_ids],
+            [self._bundle(request, plan) for plan in plans],
             strategy="PACK",
             name=f"dlapp:{app_id}",
             lifetime="detached",  # outlives this server: a restarted one takes the app over
@@ -280,7 +297,8 @@ class RayExecutor(Executor):
                 max_restarts=0,
                 max_concurrency=16,
                 num_cpus=request.cpus,
-                num_gpus=request.gpus,
+                num_gpus=_gpu_resources(request, plan).get("GPU", 0),
+                resources={k: v for k, v in _gpu_resources(request, plan).items() if k != "GPU"},
                 memory=request.memory_mb * MB,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=plan.index
@@ -339,7 +357,7 @@ class RayExecutor(Executor):
                     ray.kill(c.actor, no_restart=True)
                 c.started = c.done = True
                 p = c.plan
-                out.append(Report(p.app_id, p.attempt, p.index, "lost", diagnostics=why))
+                out.append(_lost(p, why, ContainerCause.NOT_STARTED))
             elif not c.done:
                 c.stop_deadline = time.monotonic() + HARD_KILL_AFTER_S
                 c.actor.stop.remote(0.0, None)
@@ -352,6 +370,7 @@ class RayExecutor(Executor):
             c.started = True
             try:
                 info = ray.get(c.start_ref)
+                info["notes"] = [*self._settle_ship(c), *info.get("notes", ())]
                 out.append(Report(plan.app_id, plan.attempt, plan.index, "started", info=info))
                 if self._warm_workers:
                     warm(c.node_id)  # for the next supervisor on this node
@@ -371,21 +390,75 @@ class RayExecutor(Executor):
             c.done = True
             try:
                 result: ContainerResult = ray.get(c.wait_ref)
-                if result.diagnostics.startswith(NODE_LOST):  # ended as its raylet went
-                    out.append(_lost(plan, result.diagnostics))
+                result = replace(result, notes=(*self._settle_ship(c), *result.notes))
+                if result.cause is ContainerCause.NODE_LOST:  # ended as its raylet went
+                    out.append(_lost(plan, result.diagnostics, ContainerCause.NODE_LOST))
                 else:
                     out.append(
                         Report(plan.app_id, plan.attempt, plan.index, "exited", result=result)
                     )
             except RayError as exc:
                 node = self._dead_node(c.node_id)
-                why = f"{NODE_LOST}: {node}" if node else f"its supervisor died: {_cause(exc)}"
-                out.append(Report(plan.app_id, plan.attempt, plan.index, "lost", diagnostics=why))
+                if node:
+                    out.append(_lost(plan, f"{NODE_LOST}: {node}", ContainerCause.NODE_LOST))
+                else:
+                    why = f"its supervisor died: {_cause(exc)}"
+                    out.append(_lost(plan, why, ContainerCause.LOST))
         elif not c.done and c.stop_deadline is not None and time.monotonic() > c.stop_deadline:
             logger.warning("%s did not stop in time; killing its supervisor", plan.actor_name)
             ray.kill(c.actor, no_restart=True)
             c.stop_deadline = None
         return out
+
+    def _ship(self) -> dict[UsageKey, Shipment]:
+        """Answers to the ``ship()`` asked last time (and those taken as their container
+        started or ended); asks again, from where each left off (never waits)."""
+        out, self._late = self._late, {}
+        for run in self._apps.values():
+            for c in run.containers:
+                if c.ship_ref is not None:
+                    if not _ready(c.ship_ref):
+                        continue
+                    shipment = self._take_ship(c)
+                    if shipment is not None and (shipment.logs or shipment.notes):
+                        out[(c.plan.app_id, c.plan.attempt, c.plan.index)] = shipment
+                if c.done or (c.up_ref is not None and not _ready(c.up_ref)):
+                    continue  # ended, or its supervisor not up yet
+                c.ship_ref = c.actor.ship.remote(dict(c.shipped), SHIP_BYTES)
+        return out
+
+    def _take_ship(self, c: _Tracked, timeout: float | None = None) -> Shipment | None:
+        """The answer to the ``ship()`` asked of ``c`` (None if its supervisor died)."""
+        ref, c.ship_ref = c.ship_ref, None
+        try:
+            shipment: Shipment = ray.get(ref, timeout=timeout)
+        except (RayError, GetTimeoutError):
+            return None
+        for stream, (offset, data) in shipment.logs.items():
+            c.shipped[stream] = offset + len(data)
+        return shipment
+
+    def _settle_ship(self, c: _Tracked) -> tuple[tuple[float, str], ...]:
+        """As ``c`` reports its start or its end: the notes of a shipment still on its way,
+        which it took before those of the report (its log bytes go with the next ``ship``)."""
+        if c.ship_ref is None:
+            return ()
+        shipment = self._take_ship(c, timeout=SHIP_WAIT_S)
+        if shipment is None:
+            return ()
+        if shipment.logs:
+            self._late[(c.plan.app_id, c.plan.attempt, c.plan.index)] = replace(shipment, notes=())
+        return shipment.notes
+
+    def _log_size(self, app_id: str, index: int, stream: str) -> int | None:
+        run = self._apps.get(app_id)
+        if run is None or index >= len(run.containers) or run.containers[index].done:
+            return None
+        try:
+            size: int = ray.get(run.containers[index].actor.log_size.remote(stream), timeout=10)
+        except (RayError, GetTimeoutError):
+            return None
+        return size
 
     def _usage(self) -> dict[UsageKey, dict[str, Any]]:
         """Answers to the ``usage()`` asked last time; asks again (never waits)."""
@@ -506,8 +579,8 @@ def _not_up_reason(pg: PlacementGroup, timeout: float) -> str:
     return f"{NOT_STARTED} within {timeout:g}s: {what}"
 
 
-def _lost(plan: ContainerPlan, why: str) -> Report:
-    return Report(plan.app_id, plan.attempt, plan.index, "lost", diagnostics=why)
+def _lost(plan: ContainerPlan, why: str, cause: ContainerCause) -> Report:
+    return Report(plan.app_id, plan.attempt, plan.index, "lost", diagnostics=why, cause=cause)
 
 
 def _ready(ref: Any) -> bool:

@@ -17,8 +17,8 @@ import ray
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from dlapp.config import ContainerPolicy, Engine
 from dlapp.runtime.docker import Labelled, remove_orphans
-from dlapp.runtime.policy import ContainerPolicy, Engine
 
 logger = logging.getLogger(__name__)
 ENGINES: tuple[Engine, ...] = ("docker", "podman")

@@ -4,9 +4,10 @@
 ``FakeRuntime`` is the in-process fake for tests of the layers above.
 """
 
-from dlapp.runtime.base import LaunchRequest, Running, Runtime, get_runtime
+from dlapp.runtime.base import LaunchRequest, Running, Runtime
 from dlapp.runtime.fake import FakeRunning, FakeRuntime
 from dlapp.runtime.process import ProcessRuntime
+from dlapp.runtime.registry import get_runtime
 
 __all__ = [
     "FakeRunning",

@@ -11,23 +11,24 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dlapp.errors import SpecError, WorkspaceError
+from dlapp.errors import WorkspaceError
 
 if TYPE_CHECKING:
-    from dlapp.runtime.policy import ContainerPolicy
     from dlapp.spec import ContainerOptions
     from dlapp.unix_accounts import Account
 
 logger = logging.getLogger(__name__)
 
-AVAILABLE_RUNTIMES = ("process", "docker", "podman")  # containers: where their engine works
+GUARD_PATH = Path(__file__).resolve().with_name("guard.py")
 
 
 @dataclass(frozen=True)
@@ -148,24 +149,38 @@ def check_entry_script(workdir: Path, script: str) -> Path:
     return path
 
 
-def get_runtime(name: str, policy: ContainerPolicy | None = None) -> Runtime:
-    """The runtime called ``name`` (the app spec's ``runtime`` field); a SpecError if this
-    machine cannot run it (docker: no docker CLI, or its daemon does not answer; podman: no
-    podman, or ``podman info`` fails)."""
-    if name == "process":
-        from dlapp.runtime.process import ProcessRuntime  # imported here: process imports base
+def guard_command(
+    cmd: Sequence[str], parent: int, *, user: str | None = None, cleanup: str | None = None
+) -> list[str]:
+    """The guard's argv (``runtime/guard.py``): it leads the container's process group, ends it
+    when ``parent`` dies, starts ``cmd`` (as ``UID:GID`` ``user``) and runs ``cleanup`` (a JSON
+    argv) once it is over."""
+    # -I: the guard's own imports never come from the workspace (its cwd) or PYTHONPATH.
+    argv = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(parent)]
+    if user is not None:
+        argv += ["--user", user]
+    if cleanup is not None:
+        argv += ["--cleanup", cleanup]
+    return [*argv, "--", *cmd]
 
-        return ProcessRuntime()
-    if name in ("docker", "podman"):
-        from dlapp.runtime.docker import DockerRuntime, engine_problem
-        from dlapp.runtime.podman import PodmanRuntime
-        from dlapp.runtime.policy import ContainerPolicy, Engine
 
-        policy = policy or ContainerPolicy()
-        engine: Engine = "podman" if name == "podman" else "docker"
-        problem = engine_problem(engine, policy.command(engine))
-        if problem:
-            raise SpecError(f"runtime {name!r} is not available here: {problem}")
-        return PodmanRuntime(policy) if engine == "podman" else DockerRuntime(policy)
-    available = ", ".join(AVAILABLE_RUNTIMES)
-    raise SpecError(f"unknown runtime {name!r}; available: {available}")
+def make_log_dirs(req: LaunchRequest) -> None:
+    for log in (req.stdout, req.stderr):
+        log.parent.mkdir(parents=True, exist_ok=True)
+
+
+def spawn_guarded(
+    argv: Sequence[str], req: LaunchRequest, env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start the guard's ``argv`` in the workspace, in a session of its own (its PID is the
+    container's process group), with stdout and stderr appended to the request's log files."""
+    with open(req.stdout, "ab") as out, open(req.stderr, "ab") as err:
+        return subprocess.Popen(
+            argv,
+            cwd=req.workdir,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )

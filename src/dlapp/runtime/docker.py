@@ -31,7 +31,10 @@ engine gave up.
 Inside, the app sees the workspace at ``policy.workspace_path`` (its working directory), its
 checkpoint directory at ``/dlapp/checkpoint`` and the notice file under ``/dlapp/run``; the env
 paths say so. With GPUs passed as devices, CUDA numbers them from 0 inside: CUDA_VISIBLE_DEVICES
-is ``0..n-1`` and ``DLAPP_GPU_IDS`` keeps the node's IDs.
+is ``0..n-1`` and ``DLAPP_GPU_IDS`` keeps the node's IDs. The policy's ``gpus: auto`` is decided
+on the node when a container starts (``node_gpu_policy``): devices where NVML finds GPUs, none
+where it finds none (GPUs declared on a machine without any, ``dlapp up --gpus 2``: no device
+is requested, and CUDA_VISIBLE_DEVICES keeps the declared IDs).
 """
 
 from __future__ import annotations
@@ -45,23 +48,32 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
+from dlapp.config import ContainerPolicy, Engine
 from dlapp.credentials import without_secrets
 from dlapp.errors import Forbidden
-from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
-from dlapp.runtime.policy import ContainerPolicy, Engine, user_problem
+from dlapp.runtime.base import (
+    LaunchRequest,
+    Running,
+    Runtime,
+    exit_code_from_returncode,
+    guard_command,
+    make_log_dirs,
+    spawn_guarded,
+)
+from dlapp.runtime.gpus import count_gpus
+from dlapp.runtime.policy import user_problem
 from dlapp.spec import canonical_user, image_problem
 from dlapp.unix_accounts import chown_tree
 
 logger = logging.getLogger(__name__)
 
-GUARD_PATH = Path(__file__).resolve().with_name("guard.py")
 CHECKPOINT_PATH = "/dlapp/checkpoint"
 RUN_PATH = "/dlapp/run"  # the notice file's directory, read-only
 DEFAULT_USER = "1000:1000"  # when the workspace owner is root
@@ -73,7 +85,6 @@ DOCKER_TIMEOUT_S = 30.0
 EXIT_DOCKER_FAILED = 125  # docker run's own failure (bad flag, missing image, ...)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-Runner = Callable[..., subprocess.CompletedProcess[str]]
 Ulimit = tuple[str, int, int]  # name, soft, hard
 
 
@@ -107,6 +118,26 @@ def entry_command(script: str, args: Sequence[str]) -> list[str]:
     return [path if "/" in path else f"./{path}", *args]
 
 
+GpuDevices = Literal["nvidia", "cdi", "none"]
+
+
+def gpu_devices(policy: ContainerPolicy, engine: Engine = "docker") -> GpuDevices:
+    """How assigned GPUs reach a container of ``engine``. Pure: ``auto`` left undecided (see
+    ``node_gpu_policy``) reads as ``nvidia``; podman has GPUs by CDI name only."""
+    devices: GpuDevices = "nvidia" if policy.gpus == "auto" else policy.gpus
+    return "cdi" if engine == "podman" and devices == "nvidia" else devices
+
+
+def node_gpu_policy(
+    policy: ContainerPolicy, gpus_here: Callable[[], int] = count_gpus
+) -> ContainerPolicy:
+    """``policy`` with ``gpus: auto`` decided for this node: ``nvidia`` where NVML finds GPUs,
+    ``none`` where it finds none (the GPUs are declared: no device exists to request)."""
+    if policy.gpus != "auto":
+        return policy
+    return policy.model_copy(update={"gpus": "nvidia" if gpus_here() > 0 else "none"})
+
+
 def container_env(req: LaunchRequest, policy: ContainerPolicy) -> dict[str, str]:
     """The request's env with its node paths and GPU IDs as the container sees them; never a
     dlapp secret."""
@@ -116,7 +147,7 @@ def container_env(req: LaunchRequest, policy: ContainerPolicy) -> dict[str, str]
         env["DLAPP_CHECKPOINT_DIR"] = CHECKPOINT_PATH
     if "DLAPP_NOTICE_FILE" in env:
         env["DLAPP_NOTICE_FILE"] = f"{RUN_PATH}/{Path(req.env['DLAPP_NOTICE_FILE']).name}"
-    if policy.gpus != "none":
+    if gpu_devices(policy) != "none":
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(req.gpu_ids)))
         env["DLAPP_GPU_IDS"] = ",".join(req.gpu_ids)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -262,7 +293,7 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         args += ["--memory", f"{req.memory_mb}m", "--memory-swap", f"{req.memory_mb}m"]
     if req.cpus is not None:
         args += ["--cpus", _cpus(req.cpus)]
-    gpus = "cdi" if podman and policy.gpus == "nvidia" else policy.gpus  # podman: CDI only
+    gpus = gpu_devices(policy, opts.engine)
     if req.gpu_ids and gpus == "nvidia":
         # quoted: docker reads --gpus as CSV, so "device=0,1" must be one field
         args += ["--gpus", f'"device={",".join(req.gpu_ids)}"']
@@ -475,6 +506,22 @@ def _last_docker_line(stderr: Path) -> str:
     return found[-1] if found else "see its stderr"
 
 
+def gateway_of(configs: str) -> str | None:
+    """The first IPv4 gateway in ``network inspect``'s ``Gateway|Subnet`` words. A network
+    whose config names no gateway (docker 20.10's default bridge) has its subnet's first
+    address, which the engine gives the bridge."""
+    for word in configs.split():
+        gateway, _, subnet = word.partition("|")
+        with contextlib.suppress(ValueError):
+            if gateway and ipaddress.ip_address(gateway).version == 4:
+                return gateway
+            if not gateway and subnet:
+                net = ipaddress.ip_network(subnet, strict=False)
+                if net.version == 4 and net.num_addresses > 2:
+                    return str(net.network_address + 1)
+    return None
+
+
 class DockerRuntime(Runtime):
     name = "docker"
     engine: Engine = "docker"
@@ -491,22 +538,18 @@ class DockerRuntime(Runtime):
         command = self.policy.command(self.engine)
         network = "podman" if self.engine == "podman" else "bridge"
         fmt = (
-            "{{range .Subnets}}{{.Gateway}} {{end}}"
+            "{{range .Subnets}}{{.Gateway}}|{{.Subnet}} {{end}}"
             if self.engine == "podman"
-            else "{{range .IPAM.Config}}{{.Gateway}} {{end}}"
+            else "{{range .IPAM.Config}}{{.Gateway}}|{{.Subnet}} {{end}}"
         )
         try:
             found = _run([command, "network", "inspect", network, "--format", fmt])
         except (OSError, subprocess.SubprocessError):
             return None
-        for addr in found.stdout.split():
-            with contextlib.suppress(ValueError):
-                if ipaddress.ip_address(addr).version == 4:
-                    return addr
-        return None
+        return gateway_of(found.stdout)
 
     def _launch(self, req: LaunchRequest) -> Running:
-        policy = self.policy
+        policy = node_gpu_policy(self.policy) if req.gpu_ids else self.policy
         command = policy.command(self.engine)
         name = container_name(req.app_id, req.index)
         _quiet([command, "rm", "--force", name])  # one left by an earlier attempt
@@ -522,23 +565,12 @@ class DockerRuntime(Runtime):
         env_file = env_file_path(req)
         opts = replace(opts, env_file=env_file)
         argv = docker_run_args(req, policy, opts)
-        for log in (req.stdout, req.stderr):
-            log.parent.mkdir(parents=True, exist_ok=True)
+        make_log_dirs(req)
         write_env_file(env_file, run_env(req, policy, opts))
         cleanup = json.dumps([command, "rm", "--force", name])
-        cmd = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(os.getpid())]
-        cmd += ["--cleanup", cleanup, "--", *argv]
+        cmd = guard_command(argv, os.getpid(), cleanup=cleanup)
         try:
-            with open(req.stdout, "ab") as out, open(req.stderr, "ab") as err:
-                popen = subprocess.Popen(
-                    cmd,
-                    cwd=req.workdir,
-                    env=without_secrets(os.environ),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
+            popen = spawn_guarded(cmd, req, without_secrets(os.environ))
         except BaseException:
             env_file.unlink(missing_ok=True)
             raise

@@ -20,8 +20,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+from dlapp.config import Engine
 from dlapp.runtime.docker import DockerRuntime, RunOptions, Ulimit
-from dlapp.runtime.policy import Engine
 
 PID_MAX = Path("/proc/sys/kernel/pid_max")
 

@@ -1,9 +1,9 @@
 """The container policy: what the admin lets apps ask of a container (runtime docker / podman).
 
-``ContainerPolicy`` is the ``container`` section of the server settings (docs/configuration.md);
-``check_container`` is the pure check the submit path runs, so that a refused spec is an error
-at once and no container is ever created for it. The same policy travels to the node, where
-``docker_run_args`` turns it into flags. Safe by default:
+``config.ContainerPolicy`` is the ``container`` section of the server settings
+(docs/configuration.md); ``check_container`` is the pure check the submit path runs, so that a
+refused spec is an error at once and no container is ever created for it. The same policy
+travels to the node, where ``docker_run_args`` turns it into flags. Safe by default:
 
 - never ``--privileged`` (not even for an admin: there is no setting for it);
 - ``--cap-drop ALL``; an app may add back only capabilities in ``allowed_caps``;
@@ -21,15 +21,11 @@ at once and no container is ever created for it. The same policy travels to the 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import re
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from dlapp.config import ContainerPolicy
 from dlapp.errors import Forbidden, SpecError
-from dlapp.spec import AppSpec, canonical_user, parse_user
+from dlapp.spec import AppSpec, parse_user
 
 CONTAINER_RUNTIMES = ("docker", "podman")
 # host paths never mounted, whatever the allow list says (each one and everything under it)
@@ -44,111 +40,6 @@ DENIED_MOUNTS = (
     "/var/run",
     "/var/lib/docker",
 )
-_USERNS_RE = re.compile(r"^(host|nomap|(keep-id|auto)(:[\w=,/-]+)?)$")
-Engine = Literal["docker", "podman"]
-
-
-class ContainerPolicy(BaseModel):
-    """The ``container`` section of the server settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    images: tuple[str, ...] = Field(
-        default=("dlapp/*",), description="image name patterns apps may use (fnmatch); empty: any"
-    )
-    pull: Literal["never", "missing"] = Field(
-        default="never", description="pull an image that is not on the node: never, or when missing"
-    )
-    user: str = Field(
-        default="auto",
-        description="UID:GID apps run as; auto: the workspace owner, or 1000:1000 when that is "
-        "root (the workspace is then given to 1000:1000)",
-    )
-    allow_root: bool = Field(
-        default=False, description="let a spec ask for container.user with uid or gid 0"
-    )
-    allowed_caps: tuple[str, ...] = Field(
-        default=(), description="capabilities a spec may add back (all are dropped)"
-    )
-    allowed_mounts: tuple[str, ...] = Field(
-        default=(),
-        description="host directories a spec may bind-mount (they and what is under them)",
-    )
-    network: Literal["bridge", "none"] = Field(
-        default="bridge", description="the network of a spec that asks for none in particular"
-    )
-    allow_host_network: bool = Field(
-        default=False, description="let a spec ask for the host network"
-    )
-    gpus: Literal["nvidia", "cdi", "none"] = Field(
-        default="nvidia",
-        description="how assigned GPUs reach a container: --gpus device=... (NVIDIA runtime), "
-        "CDI --device nvidia.com/gpu=N, or none (declared GPUs without devices: tests)",
-    )
-    pids_limit: int = Field(
-        default=4096, ge=16, description="processes per container (--pids-limit)"
-    )
-    workspace_path: str = Field(default="/workspace", description="where the workspace is mounted")
-    docker: str = Field(default="docker", description="the docker command (runtime docker)")
-    podman: str = Field(default="podman", description="the podman command (runtime podman)")
-    userns: str = Field(
-        default="host",
-        description="podman --userns: host (rootful: none of its own), keep-id (rootless: "
-        "the node user keeps its UID inside), auto, nomap",
-    )
-    cluster_id: str | None = Field(
-        default=None,
-        description="label dlapp.cluster of this server's containers (default: from home)",
-    )
-
-    @field_validator("allowed_caps", mode="before")
-    @classmethod
-    def _caps(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = [c for c in v.split(",") if c]
-        if isinstance(v, list | tuple):
-            return tuple(str(c).strip().upper().removeprefix("CAP_") for c in v)
-        return v
-
-    @field_validator("images", "allowed_mounts", mode="before")
-    @classmethod
-    def _from_env(cls, v: object) -> object:
-        return tuple(p for p in v.split(",") if p) if isinstance(v, str) else v
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if v == "auto":
-            return v
-        try:
-            return canonical_user(v)
-        except ValueError:
-            raise ValueError(f"user must be 'auto' or UID[:GID], not {v!r}") from None
-
-    @field_validator("userns")
-    @classmethod
-    def _userns(cls, v: str) -> str:
-        if not _USERNS_RE.match(v):
-            raise ValueError(f"userns must be host, keep-id, auto or nomap[:OPTIONS], not {v!r}")
-        return v
-
-    @field_validator("workspace_path")
-    @classmethod
-    def _workspace(cls, v: str) -> str:
-        if not PurePosixPath(v).is_absolute() or v == "/":
-            raise ValueError(f"workspace_path must be an absolute path other than /, not {v!r}")
-        return v
-
-    def command(self, engine: Engine) -> str:
-        """The CLI of ``engine`` on the node."""
-        return self.podman if engine == "podman" else self.docker
-
-    def for_home(self, home: Path) -> ContainerPolicy:
-        """This policy with ``cluster_id`` set (derived from the server's home if unset)."""
-        if self.cluster_id:
-            return self
-        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
-        return self.model_copy(update={"cluster_id": digest})
 
 
 def _under(path: str, root: str) -> bool:

@@ -25,15 +25,20 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from dlapp.credentials import without_secrets
 from dlapp.errors import WorkspaceError
-from dlapp.runtime.base import LaunchRequest, Running, Runtime, exit_code_from_returncode
+from dlapp.runtime.base import (
+    LaunchRequest,
+    Running,
+    Runtime,
+    exit_code_from_returncode,
+    guard_command,
+    make_log_dirs,
+    spawn_guarded,
+)
 
 logger = logging.getLogger(__name__)
-
-GUARD_PATH = Path(__file__).resolve().with_name("guard.py")
 
 
 def app_command(req: LaunchRequest) -> list[str]:
@@ -71,15 +76,6 @@ def app_env(req: LaunchRequest) -> dict[str, str]:
     return env
 
 
-def guard_command(cmd: list[str], parent: int, req: LaunchRequest | None = None) -> list[str]:
-    """The guard's argv; with an account, the guard starts ``cmd`` as it (``--user``)."""
-    # -I: the guard's own imports never come from the workspace (its cwd) or PYTHONPATH.
-    argv = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(parent)]
-    if req is not None and req.account is not None:
-        argv += ["--user", f"{req.account.uid}:{req.account.gid}"]
-    return [*argv, "--", *cmd]
-
-
 class ProcessRunning(Running):
     """The guard's Popen; its PID is also the container's process group ID."""
 
@@ -105,18 +101,9 @@ class ProcessRuntime(Runtime):
     def _launch(self, req: LaunchRequest) -> Running:
         if req.image is not None:
             logger.warning("%s: the process runtime ignores image %r", req.name, req.image)
-        cmd = guard_command(app_command(req), parent=os.getpid(), req=req)
+        account = req.account  # with one, the guard starts the app as it
+        user = None if account is None else f"{account.uid}:{account.gid}"
+        cmd = guard_command(app_command(req), parent=os.getpid(), user=user)
         env = app_env(req)
-        for log in (req.stdout, req.stderr):
-            log.parent.mkdir(parents=True, exist_ok=True)
-        with open(req.stdout, "ab") as out, open(req.stderr, "ab") as err:
-            popen = subprocess.Popen(
-                cmd,
-                cwd=req.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        return ProcessRunning(popen)
+        make_log_dirs(req)
+        return ProcessRunning(spawn_guarded(cmd, req, env))

@@ -6,14 +6,25 @@ which nodes) or ``Wait`` (where in line, why, and maybe when), plus any ``Preemp
 database, no Ray, no clock in here; the scheduling loop does the I/O around it.
 """
 
+from dlapp.scheduler.gpus import TaskShape, Workload, gpu_model, mig_profile, mig_share, workload
+from dlapp.scheduler.ordering import Backlog
 from dlapp.scheduler.placement import (
     FreeIndex,
     check_feasible,
+    default_workload,
+    describe_request,
     explain_free,
-    explain_wait,
     place_gang,
 )
-from dlapp.scheduler.policy import Admit, Decision, Preempt, Wait, decide, share
+from dlapp.scheduler.policy import (
+    Admit,
+    Decision,
+    Preempt,
+    Wait,
+    decide,
+    decide_changes,
+    share,
+)
 from dlapp.scheduler.queues import (
     DEFAULT_TREE,
     Limits,
@@ -22,12 +33,21 @@ from dlapp.scheduler.queues import (
     QueueTree,
     parse_tree,
 )
-from dlapp.scheduler.snapshot import AppHead, NodeView, Resources, RunningApp, Snapshot
+from dlapp.scheduler.snapshot import (
+    PLACEMENTS,
+    AppHead,
+    NodeView,
+    Resources,
+    RunningApp,
+    Snapshot,
+)
 
 __all__ = [
     "DEFAULT_TREE",
+    "PLACEMENTS",
     "Admit",
     "AppHead",
+    "Backlog",
     "Decision",
     "FreeIndex",
     "Limits",
@@ -39,12 +59,20 @@ __all__ = [
     "Resources",
     "RunningApp",
     "Snapshot",
+    "TaskShape",
     "Wait",
+    "Workload",
     "check_feasible",
     "decide",
+    "decide_changes",
+    "default_workload",
+    "describe_request",
     "explain_free",
-    "explain_wait",
+    "gpu_model",
+    "mig_profile",
+    "mig_share",
     "parse_tree",
     "place_gang",
     "share",
+    "workload",
 ]

@@ -3,34 +3,54 @@
 ``decide(heads, snapshot) -> list[Decision]`` is pure: no database, no Ray, no clock (the
 snapshot carries ``now``). One cycle:
 
+  0. a queue's longest-waiting app, once it has waited ``reserve_after``, starts now if it
+     fits, or gets a *reservation*: room on the nodes closest to holding it, which no other
+     app may take, so that it starts when the apps running there end, not when luck allows;
   1. resolve every queue's guaranteed / maximum capacity for this cluster size, and what each
      queue and each user holds now;
   2. serve queues in order of how much of their guarantee they use (a queue under its
      guarantee comes first; past that, idle capacity is lent up to each queue's maximum, the
      least-served queue first: dominant resource fairness, GPU being the scarce resource);
-  3. inside a queue, take the highest priority first, then the user with the smallest
-     dominant share, then submission order;
+  3. inside a queue, its line (``ordering``: fifo, backfill, las, srtf; see ``ordering``);
   4. check the queue's maximum (and its ancestors'), the user's limit, then place the whole
-     gang by best fit; an app that cannot start says why (``fifo`` queues stop there,
-     ``backfill`` queues let later apps that fit go ahead);
-  5. when preemption is on and a queue under its guarantee cannot place its next app,
-     choose victims from queues over their guarantee (most over first, lowest priority,
-     youngest), no more than needed.
+     gang by best fit; an app that cannot start says why (``fifo`` queues stop there, the
+     others let later apps that fit go ahead);
+  5. when preemption is on: a queue under its guarantee whose app cannot be placed takes back
+     what it needs from queues over their guarantee (most over first, lowest priority,
+     youngest), for as many of its apps as its guarantee covers, no more victims than needed;
+     in a ``las`` / ``srtf`` queue an app also preempts the queue's own apps of a later level
+     (more attained service; much longer remaining time).
+
+``decide_changes(backlog, snapshot)`` runs the same cycle on waiting heads that the caller
+keeps in a ``Backlog`` between cycles and answers only the admissions and preemptions.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeAlias
 
-from dlapp.scheduler.placement import FreeIndex, explain_free
-from dlapp.scheduler.queues import Limits, QueueTree
+from dlapp.scheduler.gpu_quotas import ModelQuotas
+from dlapp.scheduler.ordering import (
+    PROMOTED,
+    Backlog,
+    Group,
+    QueueLine,
+    Shape,
+    by_user_share,
+    las_level,
+    queue_path,
+    shape,
+)
+from dlapp.scheduler.placement import FreeIndex, default_workload
+from dlapp.scheduler.queues import Limits, Queue, QueueTree
 from dlapp.scheduler.snapshot import (
     AppHead,
+    NodeView,
     Resources,
     RunningApp,
     Snapshot,
@@ -40,10 +60,14 @@ from dlapp.scheduler.snapshot import (
 
 @dataclass(frozen=True)
 class Admit:
-    """Start the app now; ``nodes[i]`` is the node_id for container ``i``."""
+    """Start the app now; ``nodes[i]`` is the node_id for container ``i``, and
+    ``devices[i]`` the indices of the shareable GPU devices it takes there (a fraction shares
+    its one device; MIG instances and CPU-only containers: ``()``). Two admissions are equal
+    when they admit the same app on the same nodes."""
 
     app_id: str
     nodes: tuple[str, ...]
+    devices: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,8 @@ class Preempt:
 
 Decision: TypeAlias = Admit | Wait | Preempt
 _MAX_ESTIMATES = 32  # estimates are worked out for this many distinct request shapes per cycle
+_SRTF_MARGIN = 2.0  # srtf preempts only apps with over this many times the head's time left
+_EPS = 1e-9
 
 
 def share(r: Resources, of: Resources) -> float:
@@ -94,67 +120,91 @@ def _say(r: Resources, of: Resources) -> str:
     return f"{r.gpus}/{of.gpus} GPUs"
 
 
-def _over(used: Resources, limit: Resources) -> str | None:
-    """The resource by which ``used`` exceeds ``limit``, said plainly, or None."""
-    for amount, total, word in (
-        (used.gpus, limit.gpus, "GPUs"),
-        (used.cpus, limit.cpus, "CPUs"),
-        (used.memory_mb, limit.memory_mb, "MiB memory"),
-    ):
-        if amount > total + 1e-9:
-            return word
-    return None
-
-
 def _binds(used: Resources, maximum: Resources, total: Resources) -> bool:
     """True when a queue's maximum, not the cluster's size, is what ``used`` runs into."""
     return (
         (used.gpus > maximum.gpus and maximum.gpus < total.gpus)
-        or (used.cpus > maximum.cpus + 1e-9 and maximum.cpus < total.cpus - 1e-9)
+        or (used.cpus > maximum.cpus + _EPS and maximum.cpus < total.cpus - _EPS)
         or (used.memory_mb > maximum.memory_mb and maximum.memory_mb < total.memory_mb)
     )
+
+
+def _clamp(r: Resources, free: Resources) -> Resources:
+    """The part of ``r`` that ``free`` holds."""
+    return Resources(
+        max(0.0, min(r.cpus, free.cpus)),
+        max(0, min(r.memory_mb, free.memory_mb)),
+        max(0, min(r.gpus, free.gpus)),
+    )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 class _Cycle:
     """The working state of one call to ``decide``; only it changes while deciding."""
 
-    def __init__(self, heads: Sequence[AppHead], snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, explain: bool) -> None:
         self.snapshot = snapshot
+        self.now = snapshot.now
+        self.explain = explain  # work out every waiting app's reason and estimate
         self.tree: QueueTree = snapshot.queues
         self.total = snapshot.totals()
         self.limits = self.tree.resolve(self.total)
-        self.free = FreeIndex(snapshot.nodes)
+        self.free = FreeIndex(snapshot.nodes, snapshot.placement, snapshot.workload)
         self.usage: dict[str, Resources] = defaultdict(Resources)
         self.user_usage: dict[tuple[str, str], Resources] = defaultdict(Resources)
         self.path_of: dict[str, str] = {}
-        for app in snapshot.running:
-            self._charge(self._path(app.queue), app.user, app.total)
-        self.decisions: dict[str, Decision] = {}
+        self._charge_running(snapshot.running)
+        # per GPU model: what queues are guaranteed, may hold, and hold
+        self.quotas = ModelQuotas(
+            self.tree, snapshot.nodes, snapshot.running, self._path, self.chain
+        )
+        self.decisions: dict[str, Admit] = {}
+        self.waits: dict[str, tuple[str, float | None]] = {}  # app -> (reason, estimate)
         self._rooms: dict[str, tuple[Resources, Resources]] = {}
         self._caps: dict[str, Resources] = {}
         self.preempts: list[Preempt] = []
-        self.failed_shapes: dict[tuple[object, ...], str] = {}
-        self.estimates: dict[tuple[object, ...], float | None] = {}
-        self.preempting: set[str] = set()  # queues that asked for a preemption this cycle
-        self.no_victims: set[tuple[str, tuple[object, ...]]] = set()
+        self.failed_shapes: dict[Shape, str] = {}
+        self.estimates: dict[Shape, float | None] = {}
+        self.claimed: dict[str, Resources] = defaultdict(Resources)  # promised by preemption
+        # (guarantee or level, queue, shape) -> the best rank that found no victims
+        self.no_victims: dict[tuple[str, str, Shape], float] = {}
         self.victims: dict[str, str] = {}  # chosen this cycle -> the queue they make room for
         self._victim_order: list[tuple[RunningApp, str]] | None = None
-        self._victim_queues: set[str] = set()
+        self._victim_use: dict[str, Resources] | None = None
+        self._by_queue: dict[str, list[RunningApp]] | None = None
+        self._futures: dict[str, tuple[FreeIndex, list[int]]] = {}
+        self.reserved: dict[str, str] = {}  # app holding a reservation -> its Wait reason
+        self._promised: dict[str, Resources] = defaultdict(Resources)  # reserved, per node
+        self._schedulable: list[NodeView] | None = None
+        self._holder_queue: dict[str, str] = {}  # app holding a reservation -> its queue
+        self._holds: dict[str, list[tuple[str, Resources]]] = {}  # app -> its containers' room
+        self._held: dict[str, list[tuple[str, Resources, tuple[int, ...]]]] = {}  # taken now
 
     # -- queues and usage ----------------------------------------------------------------------
 
     def _path(self, queue: str) -> str:
         path = self.path_of.get(queue)
         if path is None:
-            by_path = self.tree.by_path
-            if queue in by_path:
-                path = queue
-            elif f"root.{queue}" in by_path:
-                path = f"root.{queue}"
-            else:  # a queue no longer configured: best effort, no guarantee, no limit
-                path = queue
-            self.path_of[queue] = path
+            path = self.path_of[queue] = queue_path(self.tree, queue)
         return path
+
+    def _charge_running(self, running: Iterable[RunningApp]) -> None:
+        """What each queue and user holds: summed per (queue, user) first, then charged up
+        the tree once per pair (thousands of running apps, a few dozen pairs)."""
+        held: dict[tuple[str, str], list[float]] = {}
+        for app in running:
+            n, r = len(app.nodes), app.request
+            sums = held.get((app.queue, app.user))
+            if sums is None:
+                sums = held[(app.queue, app.user)] = [0.0, 0.0, 0.0]
+            sums[0] += r.cpus * n
+            sums[1] += r.memory_mb * n
+            sums[2] += r.gpus * n
+        for (queue, user), (cpus, memory, gpus) in held.items():
+            self._charge(self._path(queue), user, Resources(cpus, int(memory), round(gpus, 9)))
 
     def limits_of(self, path: str) -> Limits:
         return self.limits.get(path) or Limits(Resources(), self.total)
@@ -168,14 +218,21 @@ class _Cycle:
         self.user_usage[(path, user)] = self.user_usage[(path, user)] + r
 
     def relative_use(self, path: str) -> tuple[float, float, str]:
-        """Sort key of queues: used/guaranteed, then dominant share of the cluster."""
-        used, g = self.usage[path], self.limits_of(path).guaranteed
+        """Sort key of queues: used/guaranteed (on the resources it is guaranteed some of),
+        then dominant share of the cluster."""
+        used, limits = self.usage[path], self.limits_of(path)
+        g = limits.guaranteed
         ratios = [
-            u / t
-            for u, t in ((used.gpus, g.gpus), (used.cpus, g.cpus), (used.memory_mb, g.memory_mb))
-            if t > 0
+            u / t if t > 0 else (math.inf if u > _EPS else 0.0)
+            for guard, (u, t) in zip(
+                limits.guarded,
+                ((used.gpus, g.gpus), (used.cpus, g.cpus), (used.memory_mb, g.memory_mb)),
+                strict=True,
+            )
+            if guard
         ]
         relative = max(ratios) if ratios else math.inf
+        relative = min(relative, self.quotas.relative(path))  # a GPU model's guarantee
         return (relative, share(used, self.total), path)
 
     def user_cap(self, path: str) -> Resources:
@@ -192,15 +249,12 @@ class _Cycle:
 
     def within_guarantee(self, head: AppHead, path: str) -> bool:
         """Whether admitting ``head`` keeps its queue within its guarantee, on every resource
-        the queue has a guarantee of."""
+        the queue is guaranteed some of."""
         if path not in self.tree.by_path:
             return False
-        after, g = self.usage[path] + head.total, self.limits_of(path).guaranteed
-        return (
-            (g.gpus <= 0 or after.gpus <= g.gpus)
-            and (g.cpus <= 0 or after.cpus <= g.cpus + 1e-9)
-            and (g.memory_mb <= 0 or after.memory_mb <= g.memory_mb)
-        )
+        if self.quotas.within_guarantee(head, path):
+            return True  # within what it is guaranteed of a GPU model it accepts
+        return not self.limits_of(path).over(self.usage[path] + head.total)
 
     def _room(self, path: str) -> tuple[Resources, Resources]:
         """(room under the queue's and its ancestors' maxima, a user's cap) for leaf ``path``;
@@ -231,38 +285,36 @@ class _Cycle:
             return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
         return None
 
-    def shape(self, head: AppHead) -> tuple[object, ...]:
-        return (
-            head.request,
-            head.num_containers,
-            head.include_nodes,
-            head.exclude_nodes,
-            head.spread,
-        )
-
     def try_place(self, head: AppHead) -> tuple[str, ...] | str:
         """Node ids, or the reason the gang does not fit now."""
-        key = self.shape(head)
+        key = shape(head)
         known = self.failed_shapes.get(key)
         if known is not None:
             return known
         nodes = self.free.place(head)
         if nodes is None:
-            reason = explain_free(head, self.free.snapshot_nodes())
+            reason = self.free.explain(head) if self.explain else "no room"
             self.failed_shapes[key] = reason
             return reason
         return nodes
 
     def admit(self, head: AppHead, path: str, nodes: tuple[str, ...]) -> None:
         self._charge(path, head.user, head.total)
+        self.quotas.charge(self.chain(path), nodes, head.request.gpus)
         self._rooms.clear()
-        self.decisions[head.app_id] = Admit(head.app_id, nodes)
+        self.decisions[head.app_id] = Admit(head.app_id, nodes, self.free.slots(head))
         # an admission can only shrink free space: failed shapes stay failed this cycle
+
+    def wait(self, head: AppHead, reason: str, estimate: float | None = None) -> None:
+        if self.explain:
+            self.waits[head.app_id] = (reason, estimate)
 
     def estimate(self, head: AppHead) -> float | None:
         """When ``head`` could start if nothing else started first: the earliest time at which
         running apps' max runtimes free enough room. None when no such bound is known."""
-        key = self.shape(head)
+        if not self.explain:
+            return None
+        key = shape(head)
         if key in self.estimates:
             return self.estimates[key]
         if len(self.estimates) >= _MAX_ESTIMATES:
@@ -273,232 +325,549 @@ class _Cycle:
         )
         result: float | None = None
         if ending:
-            sim = FreeIndex(replace(n, free=self.free.free[i]) for i, n in self.free.nodes.items())
+            sim = self._copy_free("pack")  # whether it fits, not where: the quick lookup
             for app in ending:
-                for node_id in app.nodes:
-                    if node_id in sim.nodes:
-                        sim.give(node_id, app.request)
+                sim.release(app)
                 if sim.place(head) is not None:
-                    result = max(app.ends_by or 0.0, self.snapshot.now)
+                    result = max(app.ends_by or 0.0, self.now)
                     break
         self.estimates[key] = result
         return result
 
+    def _copy_free(self, placement: str | None = None) -> FreeIndex:
+        return self.free.copy(placement)
+
+    # -- reservations --------------------------------------------------------------------------
+
+    def reserve(self, lines: dict[str, _Line]) -> None:
+        """Step 0: each queue's longest-waiting app, once past its queue's ``reserve_after``,
+        gets room set aside on the nodes nearest to holding it, kept from every other app
+        (``hold_reserved``) but those of another queue taking its guarantee: that promise
+        comes first (``place_over_reservations``)."""
+        due: list[tuple[float, int, str, str]] = []
+        for path, line in lines.items():
+            q, oldest = line.ql.queue, line.ql.oldest
+            if q is None or q.reserve_after_s is None or not oldest:
+                continue
+            since, seq, app_id = oldest[0]
+            if self.now - since >= q.reserve_after_s:
+                due.append((since, seq, app_id, path))
+        for since, _, app_id, path in sorted(due):
+            line = lines[path]
+            head = line.ql.heads[app_id]
+            if self.limit_reason(head, path) is not None:
+                continue  # its queue or user is at a limit: room would not help it
+            nodes = self._set_aside(head)
+            if nodes:
+                self._holder_queue[app_id] = path
+                self.reserved[app_id] = (
+                    f"reserved after waiting {_hours(self.now - since)}: room for it is kept on "
+                    f"{', '.join(nodes)} and it starts when the apps running there end"
+                )
+
+    def _set_aside(self, head: AppHead) -> list[str]:
+        """Plan room for ``head`` on the nodes with the most free (not yet set aside) that a
+        container fits in when empty; their names, or [] when it cannot be done."""
+        r, promised, free = head.request, self._promised, self.free.free
+
+        def room(n: NodeView) -> Resources:
+            return n.total - promised[n.node_id] if n.node_id in promised else n.total
+
+        def most_free(n: NodeView) -> tuple[float, float, str]:
+            f, p = free[n.node_id], promised.get(n.node_id)
+            if p is not None:
+                return (p.gpus - f.gpus, p.cpus - f.cpus, n.name)
+            return (-f.gpus, -f.cpus, n.name)
+
+        if self._schedulable is None:
+            self._schedulable = [n for n in self.free.nodes.values() if n.schedulable]
+        picky = bool(head.include_nodes or head.exclude_nodes or head.gpu_types)
+        usable = (
+            n
+            for n in self._schedulable
+            if r.fits_in(room(n)) and (not picky or (head.allows(n) and head.accepts(n)))
+        )
+        # each node chosen holds one container at least: no more nodes than containers
+        nearest = heapq.nsmallest(head.num_containers, usable, key=most_free)
+        plan: list[tuple[str, int]] = []
+        left = head.num_containers
+        for n in nearest:
+            space, k = room(n), 0
+            while k < left and r.scaled(k + 1).fits_in(space) and not (head.spread and k):
+                k += 1
+            if k:
+                plan.append((n.node_id, k))
+                left -= k
+            if not left:
+                break
+        if left:
+            return []
+        names = []
+        for node_id, k in plan:
+            self._promised[node_id] = self._promised[node_id] + r.scaled(k)
+            names.append(self.free.nodes[node_id].name)
+        self._holds[head.app_id] = [(node_id, r) for node_id, k in plan for _ in range(k)]
+        return names
+
+    def hold_reserved(self) -> None:
+        """Before lending idle capacity: take the reserved room (what is still free of it)
+        out of the free index, so no borrowing app lands there but the one it is for."""
+        free = self.free.free
+        for app_id, plan in self._holds.items():
+            taken = []
+            for node_id, r in plan:  # container by container: each on its own devices
+                part = _clamp(r, free[node_id])
+                taken.append((node_id, part, self.free.take(node_id, part, mig=None)))
+            self._held[app_id] = taken
+
+    def place_over_reservations(self, head: AppHead, path: str) -> tuple[str, ...] | None:
+        """Place ``head``, of a queue within its guarantee, on room that other queues' apps
+        hold (and its own, when it holds some); what is left of theirs stays theirs."""
+        others = [a for a, taken in self._held.items() if taken and self._holder_queue[a] != path]
+        if not others:
+            return None
+        own = self._held.pop(head.app_id, [])
+        for app_id in [head.app_id, *others]:
+            for node_id, part, devices in own if app_id == head.app_id else self._held[app_id]:
+                self.free.give(node_id, part, devices or None)
+        placed = self.free.place(head)
+        if placed is None:
+            for node_id, part, devices in own:
+                self.free.take(node_id, part, devices or None)
+            if own:
+                self._held[head.app_id] = own
+        free = self.free.free
+        for app_id in others:
+            taken = []
+            for node_id, part, _ in self._held[app_id]:
+                left = _clamp(part, free[node_id])
+                taken.append((node_id, left, self.free.take(node_id, left, mig=None)))
+            self._held[app_id] = taken
+        return placed
+
+    def place_reserved(self, head: AppHead) -> tuple[str, ...] | str:
+        """Place an app that holds a reservation: with its room given back to it when that is
+        held; else its Wait reason."""
+        taken = self._held.pop(head.app_id, [])
+        for node_id, part, devices in taken:
+            self.free.give(node_id, part, devices or None)
+        placed = self.free.place(head)
+        if placed is not None:
+            return placed
+        for node_id, part, devices in taken:
+            self.free.take(node_id, part, devices or None)
+        self._held[head.app_id] = taken
+        return self.reserved[head.app_id]
+
     # -- preemption ----------------------------------------------------------------------------
 
     def preempt_for(self, head: AppHead, path: str) -> str | None:
-        """Choose victims so that ``head`` fits; returns the Wait reason, or None if it can't."""
-        if not self.tree.preemption or path in self.preempting or path not in self.tree.by_path:
+        """Victims from queues over their guarantee so that ``head``, within its queue's
+        guarantee, fits; returns the Wait reason, or None if that cannot be done."""
+        if not self.tree.preemption or path not in self.tree.by_path:
             return None
         g = self.limits_of(path).guaranteed
-        if _over(self.usage[path] + head.total, g):
-            return None  # preemption only gives a queue its guarantee back, not more
-        tried = (path, self.shape(head))
-        if tried in self.no_victims:
-            return None
-        stopping = [
-            a
-            for a in self.snapshot.running
-            if (a.stopping and a.claimed_by in (None, path)) or self.victims.get(a.app_id) == path
-        ]
-        if stopping and self._fits_with(head, stopping):
-            self.preempting.add(path)
-            return f"waiting for {len(stopping)} stopping app(s) to release their resources"
-        order = self._victims()
-        over = {
-            q
-            for q in self._victim_queues
-            if q != path
-            and q in self.tree.by_path
-            and self.tree.by_path[q].preemptible
-            and _over(self.usage[q], self.limits_of(q).guaranteed) is not None
-        }
-        candidates = (
-            a for a, q in order if q in over and not a.stopping and a.app_id not in self.victims
-        )
-        chosen: list[RunningApp] = []
-        queue_use = dict(self.usage)
-        for victim in candidates:
-            vpath = self._path(victim.queue)
-            if _over(queue_use[vpath], self.limits_of(vpath).guaranteed) is None:
-                continue  # its queue is no longer borrowing: take nothing more from it
-            after = queue_use[vpath] - victim.total
-            queue_use[vpath] = after
-            chosen.append(victim)
-            self._free_up([victim], +1)
-            placed = self.free.place(head)
-            if placed is not None:
-                for node_id in placed:
-                    self.free.give(node_id, head.request)
-                break
-        else:
-            self._free_up(chosen, -1)
-            self.no_victims.add(tried)
-            return None
-        self._free_up(chosen, -1)
-        for victim in list(reversed(chosen)):  # no more than needed
-            rest = [v for v in chosen if v is not victim]
-            if rest and self._fits_with(head, rest):
-                chosen = rest
-        self.preempting.add(path)
-        self.victims.update((v.app_id, path) for v in chosen)
-        used, glimit = self.usage[path], g
-        for victim in chosen:
+        if self.limits_of(path).over(self.usage[path] + self.claimed[path] + head.total):
+            return self._preempt_for_model(head, path)  # a GPU model's guarantee, maybe
+        use = self._victim_uses()
+
+        def candidates() -> Iterator[RunningApp]:
+            for app, q in self._victims():
+                if q == path or not self._preemptible(q):
+                    continue
+                if not self.limits_of(q).over(use[q]):
+                    continue  # its queue is not (or no longer) borrowing: take nothing from it
+                if self.quotas.protects(app, q):
+                    continue  # it runs on GPUs its queue is guaranteed of their model
+                yield app
+
+        def reason(victim: RunningApp) -> str:
             vpath = self._path(victim.queue)
             vuse, vg = self.usage[vpath], self.limits_of(vpath).guaranteed
+            return (
+                f"preempted for {head.app_id}: queue {path} is under its guarantee "
+                f"({describe_gpus(self.usage[path].gpus)} of {g.gpus} guaranteed) and {vpath} "
+                f"is over its guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)"
+            )
+
+        return self._take_back(head, path, candidates(), -math.inf, reason)
+
+    def _preempt_for_model(self, head: AppHead, path: str) -> str | None:
+        """Victims on GPUs of a model ``head``'s queue is guaranteed (and may hold ``head``
+        within), from queues holding more of that model than they are guaranteed of it."""
+        models = self.quotas.guaranteed_models(head, path)
+        if not models:
+            return None
+        typed = replace(head, gpu_types=models)
+
+        def candidates() -> Iterator[RunningApp]:
+            for app, q in self._victims():
+                if q == path or not self._preemptible(q) or app.app_id in self.victims:
+                    continue
+                if any(self.quotas.on_models(app, (m,)) and self.quotas.over(q, m) for m in models):
+                    yield app
+
+        def reason(victim: RunningApp) -> str:
+            return (
+                f"preempted for {head.app_id}: queue {path} is guaranteed "
+                f"{' / '.join(models)} GPUs it does not hold, and "
+                f"{self._path(victim.queue)} holds more of them than it is guaranteed"
+            )
+
+        return self._take_back(typed, path, candidates(), -math.inf, reason)
+
+    def preempt_within(
+        self, head: AppHead, path: str, q: Queue | None, promoted: bool
+    ) -> str | None:
+        """In a ``las`` / ``srtf`` queue: victims among the queue's own running apps of a
+        later level, so that ``head`` fits; the Wait reason, or None."""
+        if (
+            not self.tree.preemption
+            or q is None
+            or not q.preemptible
+            or q.ordering not in ("las", "srtf")
+            or promoted  # a promoted app waits for room (or its reservation), it takes none
+        ):
+            return None
+        grace = self.tree.preemption_grace_s
+        if q.ordering == "las":
+            rank: float = las_level(head.attained_gpu_s, q.levels_gpu_h)
+
+            def worse(app: RunningApp) -> float | None:
+                level = las_level(app.attained_gpu_s(self.now), q.levels_gpu_h)
+                return float(level) if level > rank else None
+
+            def reason(victim: RunningApp) -> str:
+                level = las_level(victim.attained_gpu_s(self.now), q.levels_gpu_h)
+                return (
+                    f"preempted for {head.app_id} in queue {path} (least attained service): "
+                    f"it has had {victim.attained_gpu_s(self.now) / 3600:.1f} GPU-hours "
+                    f"(level {level}), {head.app_id} {head.attained_gpu_s / 3600:.1f} "
+                    f"(level {int(rank)})"
+                )
+        else:
+            remaining = head.remaining_s
+            if remaining is None:
+                return None
+            rank = remaining
+
+            def worse(app: RunningApp) -> float | None:
+                left = app.remaining_s(self.now)
+                if left is None:
+                    return math.inf
+                return left if left > _SRTF_MARGIN * remaining + grace else None
+
+            def reason(victim: RunningApp) -> str:
+                left = victim.remaining_s(self.now)
+                said = "no max_runtime" if left is None else f"{_hours(left)} left"
+                return (
+                    f"preempted for {head.app_id} in queue {path} (shortest remaining time): "
+                    f"it has {said}, {head.app_id} {_hours(remaining)}"
+                )
+
+        ranked = []
+        for app in self._running_in(path):
+            how_bad = worse(app)
+            if how_bad is not None:
+                ranked.append((-how_bad, -app.started_at, -app.seq, app.app_id, app))
+        if not ranked:
+            return None
+        ranked.sort()
+        return self._take_back(head, path, (a for *_, a in ranked), rank, reason, "level")
+
+    def _take_back(
+        self,
+        head: AppHead,
+        path: str,
+        candidates: Iterator[RunningApp],
+        rank: float,
+        reason: Callable[[RunningApp], str],
+        kind: str = "guarantee",
+    ) -> str | None:
+        """Room for ``head`` among what is already leaving for ``path``, else victims taken
+        from ``candidates`` in order, no more than needed. The Wait reason, or None."""
+        future, counts = self._future(path)
+        placed = future.place(head)
+        if placed is not None:  # apps already stopping for this queue make room enough
+            self.claimed[path] = self.claimed[path] + head.total
+            return f"waiting for {counts[0]} stopping app(s) to release their resources"
+        tried = (kind, path, shape(head))
+        if self.no_victims.get(tried, math.inf) <= rank:
+            return None  # a head as deserving found none this cycle
+        use = self._victim_uses()
+
+        def choose(victim: RunningApp, sign: int) -> None:
+            vpath = self._path(victim.queue)
+            use[vpath] = use[vpath] - victim.total if sign > 0 else use[vpath] + victim.total
+            self._lend(future, victim, sign)
+
+        chosen: list[RunningApp] = []
+        for victim in candidates:  # a generator: it reads ``use`` as victims are taken
+            if victim.stopping or victim.app_id in self.victims:
+                continue
+            chosen.append(victim)
+            choose(victim, +1)
+            placed = future.place(head)
+            if placed is not None:
+                break
+        else:
+            for victim in chosen:
+                choose(victim, -1)
+            self.no_victims[tried] = min(rank, self.no_victims.get(tried, math.inf))
+            return None
+        future.unplace(head)
+        for victim in list(reversed(chosen)):  # no more than needed
+            if len(chosen) < 2:
+                break
+            choose(victim, -1)
+            trial = future.place(head)
+            if trial is None:
+                choose(victim, +1)
+                continue
+            future.unplace(head)
+            chosen.remove(victim)
+        placed = future.place(head)  # the room it will have, no one else's this cycle
+        assert placed is not None
+        for victim in chosen:
+            self.victims[victim.app_id] = path
             self.preempts.append(
                 Preempt(
-                    app_id=victim.app_id,
-                    for_app=head.app_id,
-                    for_queue=path,
-                    reason=f"preempted for {head.app_id}: queue {path} is under its guarantee "
-                    f"({describe_gpus(used.gpus)} of {glimit.gpus} guaranteed) and {vpath} is over "
-                    f"its guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)",
+                    app_id=victim.app_id, for_app=head.app_id, for_queue=path, reason=reason(victim)
                 )
             )
+        counts[0] += len(chosen)
+        self.claimed[path] = self.claimed[path] + head.total
         return f"waiting for {len(chosen)} preempted app(s) to release their resources"
+
+    def _preemptible(self, path: str) -> bool:
+        q = self.tree.by_path.get(path)
+        return q is None or q.preemptible  # apps of a removed queue have no guarantee to keep
 
     def _victims(self) -> list[tuple[RunningApp, str]]:
         """Running apps (with their queue) in the order preemption takes them: queue most over
         its guarantee first, then lowest priority, then youngest. Sorted once a cycle."""
         if self._victim_order is None:
-            pairs = [(a, self._path(a.queue)) for a in self.snapshot.running]
+            pairs = [(a, self._path(a.queue)) for a in self.snapshot.running if not a.stopping]
             rel = {q: self.relative_use(q)[0] for q in {q for _, q in pairs}}
             pairs.sort(key=lambda p: (-rel[p[1]], p[0].priority, -p[0].started_at, -p[0].seq))
             self._victim_order = pairs
-            self._victim_queues = set(rel)
         return self._victim_order
 
-    def _free_up(self, apps: Iterable[RunningApp], sign: int) -> None:
-        """Pretend ``apps`` are gone (+1), or undo that (-1), on the working index."""
-        for app in apps:
-            for node_id in app.nodes:
-                if node_id in self.free.nodes:
-                    if sign > 0:
-                        self.free.give(node_id, app.request)
-                    else:
-                        self.free.take(node_id, app.request)
+    def _victim_uses(self) -> dict[str, Resources]:
+        """What each leaf queue will hold once the apps already stopping have gone (and, as
+        the cycle goes on, the victims chosen in it)."""
+        if self._victim_use is None:
+            use = {p: self.usage[p] for p in self.usage}
+            for app in self.snapshot.running:
+                if app.stopping:
+                    p = self._path(app.queue)
+                    use[p] = use[p] - app.total
+            self._victim_use = defaultdict(Resources, use)
+        return self._victim_use
 
-    def _fits_with(self, head: AppHead, freed: Sequence[RunningApp]) -> bool:
-        """Whether ``head`` would fit once ``freed`` are gone; the working index is unchanged."""
-        self._free_up(freed, +1)
-        placed = self.free.place(head)
-        if placed is not None:
-            for node_id in placed:
-                self.free.give(node_id, head.request)
-        self._free_up(freed, -1)
-        return placed is not None
+    def _running_in(self, path: str) -> list[RunningApp]:
+        if self._by_queue is None:
+            self._by_queue = defaultdict(list)
+            for app in self.snapshot.running:
+                if not app.stopping:
+                    self._by_queue[self._path(app.queue)].append(app)
+        return self._by_queue.get(path, [])
 
+    def _future(self, path: str) -> tuple[FreeIndex, list[int]]:
+        """The free index as it will be for ``path`` once what leaves for it has gone: apps
+        stopping for it (or for no queue) and the victims chosen for it this cycle; and the
+        number of those apps."""
+        made = self._futures.get(path)
+        if made is None:
+            future = self._copy_free()
+            count = 0
+            for app in self.snapshot.running:
+                if app.stopping and app.claimed_by in (None, path):
+                    self._lend(future, app, +1)
+                    count += 1
+            made = self._futures[path] = (future, [count])
+        return made
 
-def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
-    """One Admit or Wait per head, in the order of ``heads``, then any Preempts. Pure."""
-    if len({h.app_id for h in heads}) != len(heads):
-        raise ValueError("duplicate app_id among heads")
-    cycle = _Cycle(heads, snapshot)
-    # 1. each queue's line: highest priority first, then submission order (its positions)
-    lines: dict[str, list[AppHead]] = defaultdict(list)
-    for h in heads:
-        lines[cycle._path(h.queue)].append(h)
-    position: dict[str, int] = {}
-    pending: dict[str, _Line] = {}
-    for path, line in lines.items():
-        line.sort(key=lambda h: (-h.priority, h.seq, h.app_id))
-        for i, h in enumerate(line, 1):
-            position[h.app_id] = i
-        pending[path] = _Line(line, cycle, path)
+    @staticmethod
+    def _lend(index: FreeIndex, app: RunningApp, sign: int) -> None:
+        """Pretend ``app`` is gone from ``index`` (+1), or undo that (-1)."""
+        if sign > 0:
+            index.release(app)
+        else:
+            index.retake(app)
 
-    def wait(h: AppHead, path: str, reason: str, estimate: float | None) -> None:
-        cycle.decisions[h.app_id] = Wait(h.app_id, position[h.app_id], reason, estimate)
+    # -- the cycle -----------------------------------------------------------------------------
 
-    # 2. first every queue up to its guarantee (preempting for it when that is on), then
-    #    idle capacity lent out up to each queue's maximum; the least-served queue first
-    for borrowing in (False, True):
-        order = [(cycle.relative_use(path), path) for path, q_line in pending.items() if q_line]
-        heapq.heapify(order)
-        while order:
-            _, path = heapq.heappop(order)
-            queue_line = pending[path]
-            head = queue_line.next()
-            if head is None:
-                continue
-            if not borrowing and not cycle.within_guarantee(head, path):
-                queue_line.put_back(head)  # its turn comes when capacity is lent out
-                continue
-            if _serve(cycle, head, path, borrowing, wait):
-                queue_line.charged(head.user)
-            else:
-                queue = cycle.tree.by_path.get(path)
-                if queue is not None and queue.ordering == "fifo":
-                    blocker = head.app_id
-                    while (behind := queue_line.next()) is not None:
-                        why = f"waiting behind {blocker} (first in queue {path}, which is fifo)"
-                        wait(behind, path, why, None)
+    def run(self, backlog: Backlog) -> dict[str, _Line]:
+        lines: dict[str, _Line] = {}
+        for path, ql in backlog.lines.items():
+            if ql.heads and ql.queue is not None and ql.queue.is_leaf:
+                lines[path] = _Line(ql, self)
+        # 0. reservations for apps that have waited too long
+        self.reserve(lines)
+        self.hold_reserved()
+        # 1-2. first every queue up to its guarantee (preempting for it when that is on), then
+        #      idle capacity lent out up to each queue's maximum; the least-served queue first
+        for borrowing in (False, True):
+            order = [(self.relative_use(path), path) for path, line in lines.items() if line]
+            heapq.heapify(order)
+            while order:
+                _, path = heapq.heappop(order)
+                line = lines[path]
+                head = line.next()
+                if head is None:
                     continue
-            heapq.heappush(order, (cycle.relative_use(path), path))
-    # 6. positions count only the apps still waiting, in each queue's line order
-    for line in lines.values():
-        place = 0
-        for h in line:
-            d = cycle.decisions[h.app_id]
-            if isinstance(d, Wait):
-                place += 1
-                cycle.decisions[h.app_id] = replace(d, position=place)
-    # 7. answer in the caller's order, then the preemptions
-    return [cycle.decisions[h.app_id] for h in heads] + list(cycle.preempts)
+                if not borrowing and not self.within_guarantee(head, path):
+                    line.put_back(head)  # its turn comes when capacity is lent out
+                    continue
+                if not self.serve(head, path, line, borrowing) and line.fifo:
+                    line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
+                    continue
+                heapq.heappush(order, (self.relative_use(path), path))
+        return lines
 
-
-def _serve(
-    cycle: _Cycle,
-    head: AppHead,
-    path: str,
-    borrowing: bool,
-    wait: Callable[[AppHead, str, str, float | None], None],
-) -> bool:
-    """Admit ``head`` if its queue's maximum, its user's limit and the cluster allow; else
-    record why it waits (after trying preemption, for a queue under its guarantee)."""
-    # 3. the queue's maximum and the user's limit
-    limited = cycle.limit_reason(head, path)
-    if limited is not None:
-        wait(head, path, limited, None)
+    def serve(self, head: AppHead, path: str, line: _Line, borrowing: bool) -> bool:
+        """Admit ``head`` if its queue's maximum, its user's limit and the cluster allow; else
+        record why it waits (after trying preemption)."""
+        # 4. the queue's maximum and the user's limit: the same for the rest of its group
+        limited = self.limit_reason(head, path)
+        if limited is not None:
+            self.wait(head, limited)
+            line.drop_group(limited, None)
+            return False
+        # ... and the queue's maxima per GPU model: the models it may still land on
+        typed = self.quotas.restrict(head, path)
+        if isinstance(typed, str):
+            self.wait(head, typed)
+            line.drop_group(typed, None)
+            return False
+        # the whole gang, by best fit (an app holding a reservation gets its room back)
+        held = self.reserved.get(head.app_id)
+        placed = self.place_reserved(typed) if held is not None else self.try_place(typed)
+        if isinstance(placed, str) and not borrowing and self._held:
+            placed = self.place_over_reservations(typed, path) or placed
+        if isinstance(placed, tuple):
+            self.admit(head, path, placed)
+            return True
+        # 5. preemption: a guarantee back (never for borrowing), or a later level's room
+        promoted = line.ql.promoted(head.app_id, self.now)
+        why = None if borrowing else self.preempt_for(head, path)
+        if why is None:
+            why = self.preempt_within(head, path, line.ql.queue, promoted)
+        if why is not None:
+            self.wait(head, why)  # the next app of its group may preempt too
+            return False
+        estimate = self.estimate(head)
+        self.wait(head, placed if held is None else held, estimate)
+        if held is None:  # the rest of its group has no reserved room: none of it fits
+            line.drop_group(placed, estimate)
         return False
-    # 4. the whole gang, by best fit
-    placed = cycle.try_place(head)
-    if isinstance(placed, tuple):
-        cycle.admit(head, path, placed)
-        return True
-    # 5. preemption gives a queue its guarantee back (never for borrowing)
-    preempting = None if borrowing else cycle.preempt_for(head, path)
-    if preempting is not None:
-        wait(head, path, preempting, None)
-    else:
-        wait(head, path, placed, cycle.estimate(head))
-    return False
+
+    def answer(
+        self, heads: Sequence[AppHead], backlog: Backlog, lines: dict[str, _Line]
+    ) -> list[Decision]:
+        """Step 6: one Admit or Wait per head in the caller's order, then the preemptions.
+        Positions count only the apps still waiting, in each queue's line order."""
+        out: dict[str, Decision] = dict(self.decisions)
+        for path, ql in backlog.lines.items():
+            line = lines.get(path)
+            waiting = [a for a in ql.heads if a not in self.decisions]
+            waiting.sort(key=lambda a: ql.position_key(a, self.now))
+            for position, app_id in enumerate(waiting, 1):
+                reason, estimate = self._why(app_id, ql, line)
+                asked = ql.heads[app_id].queue
+                if line is not None and asked not in (path, path.removeprefix("root.")):
+                    reason += f" (its queue {asked} is not configured: it waits in {path})"
+                out[app_id] = Wait(app_id, position, reason, estimate)
+        return [out[h.app_id] for h in heads] + list(self.preempts)
+
+    def _why(self, app_id: str, ql: QueueLine, line: _Line | None) -> tuple[str, float | None]:
+        known = self.waits.get(app_id)
+        if known is not None:
+            return known
+        if app_id in self.reserved:
+            return (self.reserved[app_id], None)
+        if line is None:
+            if ql.queue is not None:
+                return (f"queue {ql.path} has child queues now: held until it is a leaf", None)
+            return (
+                f"queue {ql.path} is not in the queue configuration ({self.tree.source}): "
+                "held until it is configured again",
+                None,
+            )
+        if line.blocked_by is not None:
+            return (
+                f"waiting behind {line.blocked_by} (first in queue {ql.path}, which is fifo)",
+                None,
+            )
+        dropped = line.dropped.get(line.gid_of(app_id))
+        if dropped is not None:
+            return dropped
+        return ("waiting for its turn in the line", None)  # not reached: no capacity left
 
 
 class _Line:
-    """One queue's pending apps: top priority first, then the user with the smallest dominant
-    share (a heap per priority; only the user who was just served changes place)."""
+    """One queue's line for one cycle: a heap of its groups' next heads, merged in line order
+    (see ``ordering``). Reads the queue's ``QueueLine``, never changes it."""
 
-    def __init__(self, line: Sequence[AppHead], cycle: _Cycle, path: str) -> None:
-        self.cycle, self.path = cycle, path
-        self.cap = cycle.limits_of(path).maximum
-        self.apps: dict[int, dict[str, deque[AppHead]]] = defaultdict(lambda: defaultdict(deque))
-        for h in line:  # already in (priority, seq) order
-            self.apps[h.priority][h.user].append(h)
-        self.priorities = sorted(self.apps, reverse=True)
-        self.heaps: dict[int, list[tuple[float, int, str]]] = {}
-        for prio, users in self.apps.items():
-            heap = [(self._share(u), apps[0].seq, u) for u, apps in users.items()]
-            heapq.heapify(heap)
-            self.heaps[prio] = heap
-        self._last: tuple[int, str] | None = None
+    def __init__(self, ql: QueueLine, cycle: _Cycle) -> None:
+        self.ql, self.cycle, self.path = ql, cycle, ql.path
+        self.now = cycle.now
+        self.fifo = ql.queue is not None and ql.queue.ordering == "fifo"
+        self.by_share = by_user_share(ql.queue)
+        self.cap = cycle.limits_of(self.path).maximum
+        # entries: (-priority, band, user share, rank, seq, app_id, gid, stream)
+        self.heap: list[tuple[int, int, float, float, int, str, int, int]] = []
+        self.groups: dict[int, Group] = {}
+        self.cursor: dict[int, list[int]] = {}  # gid -> [next promoted, next by key]
+        self.promoted_count: dict[int, int] = {}
+        self.dropped: dict[int, tuple[str, float | None]] = {}
+        self.served: set[str] = set()
+        self.blocked_by: str | None = None
+        self._last: tuple[int, int] | None = None  # (gid, stream) of the last head taken
         self._held: AppHead | None = None
+        for group in ql.groups.values():
+            gid = group.gid
+            self.groups[gid] = group
+            self.cursor[gid] = [0, 0]
+            n = 0
+            if group.promos:
+                n = _count_promoted(group.promos, self.now)
+            self.promoted_count[gid] = n
+            self._push(gid, 0)
+            self._push(gid, 1)
+
+    def __bool__(self) -> bool:
+        return self._held is not None or bool(self.heap)
+
+    def gid_of(self, app_id: str) -> int:
+        return self.ql.group_of(app_id).gid
 
     def _share(self, user: str) -> float:
         return share(self.cycle.user_usage[(self.path, user)], self.cap)
 
-    def __bool__(self) -> bool:
-        return self._held is not None or any(self.heaps.values())
+    def _push(self, gid: int, stream: int) -> None:
+        """Push the next head of a group's stream (0: promoted, by promotion time; 1: all, by
+        key) that no stream has served yet."""
+        group, at = self.groups[gid], self.cursor[gid]
+        if stream == 0:
+            promos, end = group.promos, self.promoted_count[gid]
+            while at[0] < end and promos[at[0]][2] in self.served:
+                at[0] += 1
+            if at[0] < end:
+                when, seq, app_id = promos[at[0]]
+                at[0] += 1
+                prio = -self.ql.heads[app_id].priority
+                heapq.heappush(self.heap, (prio, PROMOTED, 0.0, when, seq, app_id, gid, 0))
+        else:
+            keys = group.keys
+            while at[1] < len(keys) and keys[at[1]][4] in self.served:
+                at[1] += 1
+            if at[1] < len(keys):
+                prio, band, rank, seq, app_id = keys[at[1]]
+                at[1] += 1
+                user_share = self._share(group.user) if self.by_share else 0.0
+                heapq.heappush(self.heap, (prio, band, user_share, rank, seq, app_id, gid, 1))
 
     def put_back(self, head: AppHead) -> None:
         """Return the app just taken: it is the next one again."""
@@ -508,26 +877,71 @@ class _Line:
         if self._held is not None:
             head, self._held = self._held, None
             return head
-        self._requeue_last()
-        while self.priorities:
-            prio = self.priorities[0]
-            heap = self.heaps[prio]
-            if not heap:
-                self.priorities.pop(0)
+        if self._last is not None:
+            gid, stream = self._last
+            self._last = None
+            if gid not in self.dropped:
+                self._push(gid, stream)
+        while self.heap:
+            entry = heapq.heappop(self.heap)
+            prio, band, user_share, rank, seq, app_id, gid, stream = entry
+            if gid in self.dropped:
                 continue
-            _, _, user = heapq.heappop(heap)
-            self._last = (prio, user)
-            return self.apps[prio][user].popleft()
+            if app_id in self.served:  # its other stream took it
+                self._push(gid, stream)
+                continue
+            if stream == 1 and self.by_share:
+                now_share = self._share(self.groups[gid].user)
+                if now_share > user_share + 1e-12:  # its user was served since: re-sort
+                    new = (prio, band, now_share, rank, seq, app_id, gid, stream)
+                    heapq.heappush(self.heap, new)
+                    continue
+            self.served.add(app_id)
+            self._last = (gid, stream)
+            return self.ql.heads[app_id]
         return None
 
-    def charged(self, user: str) -> None:
-        """The last app served was admitted: its user's share grew (re-sorted on next())."""
+    def drop_group(self, reason: str, estimate: float | None) -> None:
+        """The last app taken could not start, nor can the rest of its group this cycle."""
+        if self._last is not None:
+            self.dropped[self._last[0]] = (reason, estimate)
 
-    def _requeue_last(self) -> None:
-        if self._last is None:
-            return
-        prio, user = self._last
-        self._last = None
-        rest = self.apps[prio][user]
-        if rest:
-            heapq.heappush(self.heaps[prio], (self._share(user), rest[0].seq, user))
+
+def _count_promoted(promos: list[tuple[float, int, str]], now: float) -> int:
+    lo, hi = 0, len(promos)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if promos[mid][0] <= now:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _with_workload(snapshot: Snapshot, heads: Iterable[AppHead]) -> Snapshot:
+    """``snapshot``, with the workload fragmentation-aware placement keeps room for: the one
+    it carries, else the mix of the waiting and running apps."""
+    if snapshot.workload or snapshot.placement != "fgd":
+        return snapshot
+    return replace(snapshot, workload=default_workload(heads, snapshot.running))
+
+
+def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
+    """One Admit or Wait per head, in the order of ``heads``, then any Preempts. Pure."""
+    backlog = Backlog(snapshot.queues, heads)  # raises on a duplicate app_id
+    cycle = _Cycle(_with_workload(snapshot, heads), explain=True)
+    lines = cycle.run(backlog)
+    return cycle.answer(heads, backlog, lines)
+
+
+def decide_changes(backlog: Backlog, snapshot: Snapshot) -> list[Admit | Preempt]:
+    """The admissions and preemptions ``decide`` would make for the heads in ``backlog``,
+    without working out why the others wait. Pure: ``backlog`` is read, not changed. For a
+    caller that keeps its waiting heads in a ``Backlog`` between cycles (the simulator), so a
+    cycle costs what changes, not what waits."""
+    if backlog.tree is not snapshot.queues and backlog.tree != snapshot.queues:
+        raise ValueError("the backlog was built for another queue tree than the snapshot's")
+    heads = (h for line in backlog.lines.values() for h in line.heads.values())
+    cycle = _Cycle(_with_workload(snapshot, heads), explain=False)
+    cycle.run(backlog)
+    return [*cycle.decisions.values(), *cycle.preempts]

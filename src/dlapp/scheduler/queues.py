@@ -19,6 +19,7 @@ Pure values: ``resolve(total)`` turns shares into absolute ``Resources`` for a c
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 from dlapp.errors import DlappError
 from dlapp.scheduler.resources import Resources
+from dlapp.spec import MIB_PER_UNIT, memory_size, parse_duration_s
 
 ROOT = "root"
 RESOURCE_KEYS = ("gpus", "cpus", "memory")
@@ -39,14 +41,20 @@ QUEUE_KEYS = (
     "admin_acl",
     "preemptible",
     "ordering",
+    "levels",
+    "promote_after",
+    "reserve_after",
     "max_pending",
     "runtimes",
     "children",
 )
-ORDERINGS = ("backfill", "fifo")
+ORDERINGS = ("backfill", "fifo", "las", "srtf")
+# las: attained GPU-hours at which a job drops to the next priority level (Tiresias's levels)
+DEFAULT_LEVELS_GPU_H = (1.0, 10.0)
+DEFAULT_PROMOTE_AFTER_S = 12 * 3600.0  # las / srtf: a job that has waited this long goes first
+DEFAULT_RESERVE_AFTER_S = 2 * 3600.0  # a queue's longest waiter this old gets a reservation
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_MEM_MB = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class QueueConfigError(DlappError):
@@ -75,6 +83,9 @@ class Capacity:
     gpus: Amount
     cpus: Amount
     memory: Amount
+    # GPUs of one model (``A100``): a share of the parent's GPUs of that model, or a number of
+    # them; models not named here have no capacity of their own
+    gpu_types: tuple[tuple[str, Amount], ...] = ()
 
     def of(self, parent: Resources) -> Resources:
         return Resources(
@@ -101,6 +112,23 @@ ALL = Amount(share=1.0)
 NONE = Amount(share=0.0)
 
 
+def _some(a: Amount) -> bool:
+    return bool(a.share) or bool(a.absolute)
+
+
+def apportion(amounts: list[float], total: float) -> list[int]:
+    """Whole GPUs for sibling queues whose guarantees are ``amounts`` (fractions of GPUs),
+    by largest remainder: each gets its whole part, and the GPUs that the fractions add up
+    to go to the largest fractions (a 2% queue on 46 GPUs gets 1, not 0), never more in all
+    than ``total`` or than the amounts add up to."""
+    whole = [math.floor(round(a, 6)) for a in amounts]
+    spare = min(math.floor(round(sum(amounts), 6)), math.floor(total)) - sum(whole)
+    by_remainder = sorted(range(len(amounts)), key=lambda i: (whole[i] - amounts[i], i))
+    for i in by_remainder[: max(0, spare)]:
+        whole[i] += 1
+    return whole
+
+
 @dataclass(frozen=True)
 class Queue:
     path: str
@@ -112,6 +140,9 @@ class Queue:
     admin_acl: Acl = Acl(users=frozenset())
     preemptible: bool = True
     ordering: str = "backfill"
+    levels_gpu_h: tuple[float, ...] = DEFAULT_LEVELS_GPU_H  # las only
+    promote_after_s: float | None = DEFAULT_PROMOTE_AFTER_S  # las / srtf; None: never
+    reserve_after_s: float | None = DEFAULT_RESERVE_AFTER_S  # not fifo; None: never
     max_pending: int | None = None  # apps waiting in it (and its children) at once; None: no cap
     runtimes: frozenset[str] | None = None  # runtimes its apps may use; None: its parent's
     children: tuple[Queue, ...] = ()
@@ -136,6 +167,30 @@ class Limits:
 
     guaranteed: Resources
     maximum: Resources
+    # (gpus, cpus, memory): whether the queue is guaranteed some of it. A queue guaranteed
+    # {gpus: 50%} only may use CPUs and memory without being over its guarantee; a queue
+    # guaranteed 2% of 10 GPUs (rounded to 0) is over it as soon as it holds one.
+    guarded: tuple[bool, bool, bool] = (True, True, True)
+
+    def over(self, used: Resources) -> bool:
+        """Whether ``used`` is more than the guarantee, on a resource the queue is guaranteed
+        some of (with no guarantee at all: as soon as it uses anything)."""
+        g = self.guaranteed
+        amounts = ((used.gpus, g.gpus), (used.cpus, g.cpus), (used.memory_mb, g.memory_mb))
+        if not any(self.guarded):
+            return any(u > 1e-9 for u, _ in amounts)
+        return any(
+            guard and u > t + 1e-9 for guard, (u, t) in zip(self.guarded, amounts, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class TypeLimits:
+    """A queue's capacities in GPUs of each model, made absolute for one cluster: only the
+    models it (or, for maxima, an ancestor) names; others are bound by its GPU capacity only."""
+
+    guaranteed: Mapping[str, float]
+    maximum: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -152,6 +207,43 @@ class QueueTree:
     @cached_property
     def by_path(self) -> dict[str, Queue]:
         return {q.path: q for q in self.root.walk()}
+
+    @cached_property
+    def typed(self) -> bool:
+        """Whether any queue guarantees or caps GPUs of a model."""
+        return any(q.guaranteed.gpu_types or q.maximum.gpu_types for q in self.root.walk())
+
+    def resolve_types(self, totals: Mapping[str, float]) -> dict[str, TypeLimits]:
+        """Per queue, its guaranteed and maximum GPUs of each model named in the tree, for a
+        cluster with ``totals`` GPUs of each model (models match whatever their case). A
+        guarantee is a share (or number) of the parent's guarantee of that model (the root's:
+        every GPU of it); a maximum, of the parent's maximum, and never above it."""
+        by_fold = {m.casefold(): m for m in totals}
+
+        def named(pairs: tuple[tuple[str, Amount], ...]) -> dict[str, Amount]:
+            return {by_fold.get(m.casefold(), m): a for m, a in pairs}
+
+        out: dict[str, TypeLimits] = {}
+
+        def visit(q: Queue, parent: TypeLimits) -> None:
+            own_g, own_m = named(q.guaranteed.gpu_types), named(q.maximum.gpu_types)
+            g = {m: a.of(parent.guaranteed.get(m, 0.0)) for m, a in own_g.items()}
+            m_caps = dict(parent.maximum)
+            for m, a in own_m.items():
+                cap = a.of(parent.maximum.get(m, totals.get(m, 0.0)))
+                m_caps[m] = min(cap, m_caps.get(m, cap))
+            for m, amount in g.items():
+                if m in m_caps:
+                    m_caps[m] = max(m_caps[m], amount)
+            out[q.path] = TypeLimits(g, m_caps)
+            for c in q.children:
+                visit(c, out[q.path])
+
+        everything = {m: float(n) for m, n in totals.items()}
+        out[self.root.path] = TypeLimits(everything, {})
+        for child in self.root.children:
+            visit(child, out[self.root.path])
+        return out
 
     @cached_property
     def leaves(self) -> tuple[Queue, ...]:
@@ -204,15 +296,21 @@ class QueueTree:
             return cached
         out: dict[str, Limits] = {}
 
-        def visit(q: Queue, parent: Limits) -> None:
+        def visit(q: Queue, parent: Limits, gpus: int | None) -> None:
             g = q.guaranteed.of(parent.guaranteed)
+            if gpus is not None:
+                g = Resources(g.cpus, g.memory_mb, gpus)
             m = q.maximum.of(parent.maximum)
             m = Resources(max(m.cpus, g.cpus), max(m.memory_mb, g.memory_mb), max(m.gpus, g.gpus))
-            out[q.path] = Limits(g, m)
-            for c in q.children:
-                visit(c, out[q.path])
+            c = q.guaranteed
+            guarded = (_some(c.gpus), _some(c.cpus), _some(c.memory))
+            out[q.path] = Limits(g, m, guarded)
+            own = out[q.path].guaranteed.gpus
+            fair = apportion([c.guaranteed.gpus.of(own) for c in q.children], own)
+            for c, share in zip(q.children, fair, strict=True):
+                visit(c, out[q.path], share)
 
-        visit(self.root, Limits(total, total))
+        visit(self.root, Limits(total, total), None)
         out[self.root.path] = Limits(total, total)
         self._resolved[total] = out
         return out
@@ -319,8 +417,11 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
         )
     guaranteed = _capacity(path, "guaranteed", spec.get("guaranteed"), NONE, problems)
     maximum = _capacity(path, "maximum", spec.get("maximum"), ALL, problems)
-    for key in RESOURCE_KEYS:
-        g, m = getattr(guaranteed, key), getattr(maximum, key)
+    caps = dict(maximum.gpu_types)
+    pairs = [(k, getattr(guaranteed, k), getattr(maximum, k)) for k in RESOURCE_KEYS] + [
+        (f"gpu_types.{t}", a, caps[t]) for t, a in guaranteed.gpu_types if t in caps
+    ]
+    for key, g, m in pairs:
         if g.share is not None and m.share is not None and g.share > m.share:
             problems.append(
                 f"{path}: guaranteed {key} {g.describe()} is over its maximum {m.describe()}"
@@ -357,6 +458,9 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
     ordering = str(spec.get("ordering", "backfill"))
     if ordering not in ORDERINGS:
         problems.append(f"{path}: ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
+    levels = _levels(path, spec.get("levels"), problems)
+    promote_after = _duration(path, "promote_after", spec, DEFAULT_PROMOTE_AFTER_S, problems)
+    reserve_after = _duration(path, "reserve_after", spec, DEFAULT_RESERVE_AFTER_S, problems)
     max_pending = spec.get("max_pending")
     if max_pending is not None and (
         isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 0
@@ -384,10 +488,46 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
         admin_acl=_acl(path, "admin_acl", spec.get("admin_acl"), Acl(users=frozenset()), problems),
         preemptible=bool(spec.get("preemptible", True)),
         ordering=ordering,
+        levels_gpu_h=levels,
+        promote_after_s=promote_after,
+        reserve_after_s=reserve_after,
         max_pending=max_pending,
         runtimes=None if runtimes is None else frozenset(runtimes),
         children=children,
     )
+
+
+def _levels(path: str, value: Any, problems: list[str]) -> tuple[float, ...]:
+    """``levels: [1, 10]``: attained GPU-hours at which a las job drops a level, increasing."""
+    if value is None:
+        return DEFAULT_LEVELS_GPU_H
+    ok = isinstance(value, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value
+    )
+    if not ok or list(value) != sorted(set(value)):
+        problems.append(
+            f"{path}: levels must be increasing GPU-hour amounts such as [1, 10], not {value!r}"
+        )
+        return DEFAULT_LEVELS_GPU_H
+    return tuple(float(v) for v in value)
+
+
+def _duration(
+    path: str, key: str, spec: Mapping[str, Any], default: float, problems: list[str]
+) -> float | None:
+    """A duration key (``30m``, ``8h``, seconds); ``never`` (or null) turns it off."""
+    if key not in spec:
+        return default
+    value = spec[key]
+    if value is None or value == "never":
+        return None
+    try:
+        return float(parse_duration_s(value))
+    except ValueError:
+        problems.append(
+            f"{path}: {key} must be a duration such as 30m or 8h, or never, not {value!r}"
+        )
+        return default
 
 
 def _capacity(path: str, key: str, value: Any, default: Amount, problems: list[str]) -> Capacity:
@@ -396,19 +536,48 @@ def _capacity(path: str, key: str, value: Any, default: Amount, problems: list[s
     if not isinstance(value, Mapping):
         a = _amount(path, key, value, problems)
         return Capacity(a, a, a)
-    unknown = set(value) - set(RESOURCE_KEYS)
+    unknown = set(value) - set(RESOURCE_KEYS) - {"gpu_types"}
     if unknown:
         problems.append(
-            f"{path}: {key} has unknown resource(s) {sorted(unknown)}; valid: gpus, cpus, memory"
+            f"{path}: {key} has unknown resource(s) {sorted(unknown)}; "
+            "valid: gpus, cpus, memory, gpu_types"
         )
-    return Capacity(
-        *(
-            _amount(path, f"{key}.{r}", value[r], problems, memory=r == "memory")
-            if r in value
-            else default
-            for r in RESOURCE_KEYS
-        )
+    gpus, cpus, memory = (
+        _amount(path, f"{key}.{r}", value[r], problems, memory=r == "memory")
+        if r in value
+        else default
+        for r in RESOURCE_KEYS
     )
+    return Capacity(gpus, cpus, memory, _gpu_types(path, key, value.get("gpu_types"), problems))
+
+
+def _gpu_types(
+    path: str, key: str, value: Any, problems: list[str]
+) -> tuple[tuple[str, Amount], ...]:
+    """``gpu_types: {A100: 8, H100: 50%}``: GPUs of each model, a number or a share."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not value:
+        problems.append(
+            f"{path}: {key}.gpu_types must map GPU models to amounts "
+            "(such as {A100: 8, H100: 50%})"
+        )
+        return ()
+    out = []
+    seen: set[str] = set()
+    for model, amount in value.items():
+        name = str(model).strip()
+        if not _MODEL_RE.match(name):
+            problems.append(
+                f"{path}: {key}.gpu_types: {model!r} is not a GPU model name (such as A100, H100)"
+            )
+            continue
+        if name.casefold() in seen:
+            problems.append(f"{path}: {key}.gpu_types names {name} twice")
+            continue
+        seen.add(name.casefold())
+        out.append((name, _amount(path, f"{key}.gpu_types.{name}", amount, problems)))
+    return tuple(sorted(out))
 
 
 def _amount(path: str, key: str, value: Any, problems: list[str], memory: bool = False) -> Amount:
@@ -431,9 +600,9 @@ def _absolute(
     if value is None:
         return default
     if memory and not isinstance(value, int | float):
-        m = _MEM_RE.match(str(value))
-        if m:
-            return float(m.group(1)) * _MEM_MB[m.group(2).upper()]
+        size = memory_size(str(value))
+        if size is not None and size[2] != "I":  # no Kubernetes "Gi" here
+            return size[0] * MIB_PER_UNIT[size[1]]
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -467,6 +636,19 @@ def _check_sums(q: Queue, problems: list[str]) -> None:
         if total > 1.0 + 1e-9:
             problems.append(
                 f"{q.path}: the children's guaranteed {key} add up to {total * 100:g}% (over 100%)"
+            )
+    by_model: dict[str, float] = {}
+    names: dict[str, str] = {}
+    for c in q.children:
+        for model, amount in c.guaranteed.gpu_types:
+            if amount.share is not None:
+                name = names.setdefault(model.casefold(), model)
+                by_model[name] = by_model.get(name, 0.0) + amount.share
+    for model, total in sorted(by_model.items()):
+        if total > 1.0 + 1e-9:
+            problems.append(
+                f"{q.path}: the children's guaranteed {model} GPUs add up to {total * 100:g}% "
+                "(over 100%)"
             )
     for c in q.children:
         _check_sums(c, problems)

@@ -26,7 +26,7 @@ from dlapp.server.context import Context
 from dlapp.server.limits import BodyLimitMiddleware, BodyTooLarge, SubmitRateMiddleware
 from dlapp.server.queue_config import QueueConfig
 from dlapp.server.routes import router
-from dlapp.server.scheduling import Scheduler
+from dlapp.server.scheduling.loop import Scheduler
 from dlapp.server.usage_monitor import UsageMonitor
 from dlapp.store.db import make_engine, migrate, pool_for_threads, session_factory
 

@@ -16,9 +16,8 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dlapp import accounting
 from dlapp.errors import BadRequest
-from dlapp.server import services, usage_monitor
+from dlapp.server import accounting, services, usage_monitor
 from dlapp.server.auth import Caller, get_caller
 from dlapp.server.context import Context
 from dlapp.server.routes import Ctx, Db, User
@@ -113,16 +112,21 @@ def get_timeseries(
     until: Annotated[str | None, Query(description="ISO date or date-time; default now")] = None,
 ) -> dict[str, Any]:
     """Per queue over time: GPUs guaranteed, allocated and used; apps running and pending; the
-    longest wait. ``root`` is the whole cluster. Times are UNIX seconds."""
+    longest wait. ``root`` is the whole cluster. Times are UNIX seconds. A range that holds
+    now ends with a point for now (as ``/cluster`` and ``/queues`` say it), whatever the
+    sampling interval."""
     now = ctx.clock()
     start, end = parse_time(since, now - 86400), parse_time(until, now + 1)
     if end <= start:
         raise BadRequest("until must be after since")
+    queues = usage_monitor.series(session, start, end)
+    if start <= now < end:
+        usage_monitor.add_now(queues, usage_monitor.take_samples(ctx, session, now))
     return {
         "since": iso(start),
         "until": iso(end),
         "interval_s": ctx.settings.timeseries_interval_s,
-        "queues": usage_monitor.series(session, start, end),
+        "queues": queues,
     }
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from dlapp.errors import BadRequest, NotFoundError
 from dlapp.server.context import Context
+from dlapp.status import StopReason
 from dlapp.store import audit, repo
 from dlapp.store.models import Meta
 
@@ -50,7 +51,7 @@ def set_state(ctx: Context, session: Session, node: str, state: str, by: str) ->
     if state == "cordon":
         for app, c in repo.allocations(session):
             if c.node_id == target.node_id and app.kill_requested is None and app.id not in evicted:
-                app.kill_requested = "evict"  # the scheduler stops it; then it is requeued
+                app.kill_requested = StopReason.EVICT  # the scheduler stops it, then requeues
                 repo.add_event(
                     session,
                     app.id,

@@ -14,6 +14,7 @@ from dlapp.server.limits import pending_limit
 from dlapp.spec import AppSpec
 from dlapp.status import AppState
 from dlapp.store import repo
+from dlapp.store.models import App
 
 
 def cluster_total(ctx: Context) -> Resources:
@@ -31,8 +32,7 @@ def resolve_queue(ctx: Context, spec: AppSpec, user: str, groups: frozenset[str]
             f"(its submit ACL allows: {leaf.submit_acl.describe()})"
         )
     limits = tree.resolve(cluster_total(ctx))
-    r = spec.resources
-    need = Resources(r.cpus, r.memory_mb, r.gpus).scaled(spec.num_containers)
+    need = spec_request(spec).scaled(spec.num_containers)
     for path in tree.ancestors(leaf.path):
         maximum = limits[path].maximum
         if not need.fits_in(maximum):
@@ -47,6 +47,17 @@ def resolve_queue(ctx: Context, spec: AppSpec, user: str, groups: frozenset[str]
             f"{leaf.path} ({cap.describe()})"
         )
     return spec.model_copy(update={"queue": leaf.path})
+
+
+def spec_request(spec: AppSpec) -> Resources:
+    """What each container of ``spec`` asks for, as the scheduler counts it."""
+    r = spec.resources
+    return Resources(r.cpus, r.memory_mb, r.gpu_share)
+
+
+def app_request(app: App) -> Resources:
+    """What each container of a stored app holds, as the scheduler counts it."""
+    return Resources(app.cpus, app.memory_mb, app.gpus)
 
 
 def _res(r: Resources) -> dict[str, float | int]:
@@ -64,7 +75,7 @@ def queues_view(ctx: Context, session: Session) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"running": 0, "pending": 0})
     users: dict[str, dict[str, Resources]] = defaultdict(lambda: defaultdict(Resources))
     for app in repo.list_apps(session, states=[AppState.ACCEPTED, AppState.RUNNING], limit=10**6):
-        need = Resources(app.cpus, app.memory_mb, app.gpus).scaled(app.num_containers)
+        need = app_request(app).scaled(app.num_containers)
         chain = tree.ancestors(app.queue) if app.queue in tree.by_path else [app.queue]
         running = app.state == AppState.RUNNING.value
         for path in chain:

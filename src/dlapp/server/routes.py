@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.types import Receive, Scope, Send
 
-from dlapp.errors import Forbidden, SpecError, TooManyRequests
+from dlapp.errors import BadRequest, Forbidden, SpecError, TooManyRequests
 from dlapp.scheduler import QueueConfigError
-from dlapp.server import queue_service, services
+from dlapp.server import logs, queue_service, services
 from dlapp.server.auth import Caller, get_caller
 from dlapp.server.context import Context
 from dlapp.server.views import app_view, event_view
@@ -31,6 +31,8 @@ from dlapp.store import repo
 
 router = APIRouter(dependencies=[Depends(get_caller)])
 UPLOAD_NAME = "workspace.tar.gz"  # an upload's name on the server: all its errors may show
+MAX_LOG_READ = 16 * 1024 * 1024  # bytes of a log one request reads at most
+MAX_LINES = 1_000_000  # lines of a tail or a head
 
 
 async def get_ctx(request: Request) -> Context:  # async: no worker thread for a lookup
@@ -135,12 +137,33 @@ def get_logs(
     container: Annotated[int, Query(ge=0)] = 0,
     stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
     offset: Annotated[int, Query(ge=0)] = 0,
-    length: Annotated[int, Query(ge=1, le=16 * 1024 * 1024)] = 1024 * 1024,
+    length: Annotated[
+        int, Query(ge=1, le=MAX_LOG_READ, description="bytes read at most (tail, head: too)")
+    ] = 1024 * 1024,
+    tail: Annotated[
+        int | None, Query(ge=1, le=MAX_LINES, description="the last N lines, whole (no offset)")
+    ] = None,
+    head: Annotated[
+        int | None, Query(ge=1, le=MAX_LINES, description="the first N lines, whole")
+    ] = None,
+    attempt: Annotated[
+        int | None, Query(ge=1, description="an earlier attempt's log; default the current one")
+    ] = None,
     follow: bool = False,
 ) -> Response:
+    """A container's log: ``length`` bytes from ``offset``, or the first or last lines (never
+    cut inside a line); ``follow=true`` streams it until the container ends (after the last
+    ``tail`` lines when given). Headers: where the bytes start and end in the log
+    (``X-Dlapp-Offset``, ``X-Dlapp-Next-Offset``), its size then (``X-Dlapp-Size``), whether
+    the container has ended and all was read (``X-Dlapp-Complete``), the attempt read."""
+    if tail is not None and head is not None:
+        raise BadRequest("tail and head cannot be asked together: choose one")
+    if follow and head is not None:
+        raise BadRequest("head cannot be followed: use tail (or neither) with follow")
     app = services.get(ctx, session, app_id, me)
+    src = logs.open_log(ctx, session, app, container, stream, attempt)  # validates the request
     if follow:
-        services.read_log(ctx, session, app, container, stream, 0, 1)  # validates the request
+        start = logs.tail(src, tail, length) if tail is not None else None
         if not ctx.follows.take(me.name):
             raise TooManyRequests(
                 f"{me.name} already follows {ctx.follows.limit} logs, the most allowed "
@@ -148,18 +171,64 @@ def get_logs(
                 retry_after_s=1.0,
             )
         return FollowResponse(
-            services.follow_log(ctx, app_id, container, stream, offset),
+            _after(
+                start,
+                logs.follow(
+                    ctx, app_id, container, stream, start.next_offset if start else offset, attempt
+                ),
+            ),
             release=lambda: ctx.follows.give_back(me.name),
         )
-    chunk = services.read_log(ctx, session, app, container, stream, offset, length)
+    if tail is not None:
+        chunk = logs.tail(src, tail, length)
+    elif head is not None:
+        chunk = logs.head(src, head, length)
+    else:
+        chunk = logs.read_range(src, offset, length, sized=True)
     return Response(
         content=chunk.data,
         media_type="text/plain; charset=utf-8",
         headers={
+            "X-Dlapp-Offset": str(chunk.offset),
             "X-Dlapp-Next-Offset": str(chunk.next_offset),
+            "X-Dlapp-Size": str(chunk.size),
             "X-Dlapp-Complete": "true" if chunk.complete else "false",
+            "X-Dlapp-Attempt": str(src.attempt),
         },
     )
+
+
+@router.get("/apps/{app_id}/logs/download", tags=["apps"], response_model=None)
+def download_logs(
+    ctx: Ctx,
+    session: Db,
+    me: User,
+    app_id: str,
+    container: Annotated[int, Query(ge=0)] = 0,
+    stream: Annotated[str, Query(pattern="^(stdout|stderr)$")] = "stdout",
+    attempt: Annotated[
+        int | None, Query(ge=1, description="an earlier attempt's log; default the current one")
+    ] = None,
+) -> Response:
+    """The whole log as it is now, as a file to save (a running container's up to its size
+    when asked)."""
+    app = services.get(ctx, session, app_id, me)
+    src = logs.open_log(ctx, session, app, container, stream, attempt)
+    return StreamingResponse(
+        logs.download(src),
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{src.filename}"',
+            "X-Dlapp-Attempt": str(src.attempt),
+        },
+    )
+
+
+async def _after(first: logs.LogChunk | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is not None and first.data:
+        yield first.data
+    async for data in rest:
+        yield data
 
 
 @router.get("/cluster", tags=["cluster"])

@@ -1,19 +1,18 @@
-"""Use cases behind the routes: submit, look, kill, read logs, see the cluster."""
+"""Use cases behind the routes: submit, look, kill, see the cluster (logs: ``server.logs``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import anyio
 from sqlalchemy.orm import Session
 
-from dlapp import staging, workspace
+from dlapp.data import staging, workspace
 from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
 from dlapp.runtime import get_runtime
 from dlapp.runtime.policy import check_container
@@ -22,13 +21,12 @@ from dlapp.server import limits, tenancy
 from dlapp.server import nodes as node_states
 from dlapp.server.auth import Caller, may_see
 from dlapp.server.context import Context
-from dlapp.server.queue_service import resolve_queue
+from dlapp.server.queue_service import app_request, resolve_queue, spec_request
 from dlapp.server.views import app_view
 from dlapp.spec import AppSpec
-from dlapp.status import AppState, ContainerState, FinalStatus
+from dlapp.status import AppState, FinalStatus, StopReason
 from dlapp.store import audit, repo, users
-from dlapp.store.models import App
-from dlapp.supervisor import STREAMS, log_dir
+from dlapp.store.models import App, User
 
 MB = 1024 * 1024
 
@@ -41,7 +39,20 @@ def _limits(ctx: Context) -> workspace.WorkspaceLimits:
 
 
 def node_views(ctx: Context) -> list[NodeView]:
-    return [NodeView(n.node_id, n.name, n.total, n.total) for n in ctx.nodes() if n.alive]
+    """The live nodes, empty: their GPU models and MIG instances as they report them."""
+    return [
+        NodeView(
+            n.node_id,
+            n.name,
+            n.total,
+            n.total,
+            model=n.model,
+            mig_total=tuple(sorted(Counter(p for _, p, _ in n.mig).items())),
+            mig_free=tuple(sorted(Counter(p for _, p, _ in n.mig).items())),
+        )
+        for n in ctx.nodes()
+        if n.alive
+    ]
 
 
 def submit(
@@ -53,13 +64,14 @@ def submit(
     # 1. refuse what could never run, before anything is kept
     if upload.stat().st_size > ctx.settings.max_upload_mb * MB:
         raise PayloadTooLarge(f"the workspace tarball is over {ctx.settings.max_upload_mb} MiB")
-    r = spec.resources
     check_feasible(
-        Resources(r.cpus, r.memory_mb, r.gpus),
+        spec_request(spec),
         spec.num_containers,
         node_views(ctx),
         spec.nodes.include,
         spec.nodes.exclude,
+        spec.resources.gpu_type,
+        spec.resources.mig,
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
     limits.check_queue_pending(ctx, session, ctx.queues.tree, spec.queue)
@@ -70,7 +82,7 @@ def submit(
     data = tenancy.data(ctx, tenancy.multi_user(ctx, session))
     staging.check_urls(spec, config=data)
     staging.check_outputs_writable(spec, config=data)
-    workspace.inspect_tarball(upload, _limits(ctx))
+    workspace.inspect_tarball(upload, _limits(ctx), entry=spec.entry.script)
     # 2. keep the tarball under the app's id and record the app, as one step
     now = ctx.clock()
     app_id, seq = repo.next_app_id(session, now)
@@ -111,7 +123,10 @@ def list_apps(
 ) -> repo.AppPage:
     """A page of the apps the caller may see: their own, those in queues they administer, or
     everyone's for a cluster admin, narrowed in the query itself (so every page is full).
-    Asking for another user's apps shows only what the caller may see."""
+    Asking for another user's apps shows only what the caller may see; asking for a user this
+    server does not know is an error (404) that says so."""
+    if where.user and session.get(User, where.user) is None:
+        raise NotFoundError(f"no user {where.user!r} on this server")
     if not caller.is_admin:
         administered = queues.administered_by(caller.name, caller.groups) if queues else []
         if not administered and where.user not in (None, "", caller.name):
@@ -134,88 +149,27 @@ def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller
         )
     else:
         grace = ctx.settings.softkill_grace_s if soft else 0.0
-        app.kill_requested = word
+        app.kill_requested = StopReason.SOFTKILL if soft else StopReason.KILL
         repo.add_event(session, app.id, "info", f"{word} requested (grace {grace:g}s)", now)
-        # the scheduler (on whichever server holds the lease) stops it: see Scheduler._apply_kills
+        # the scheduler (on whichever server holds the lease) stops it: Reconciler.apply_kills
     audit.record(session, caller.name, word, app.id, now, f"app of {app.user}, was {state.value}")
     session.commit()
     return app
 
 
-@dataclass(frozen=True)
-class LogChunk:
-    data: bytes
-    next_offset: int
-    complete: bool  # the container has ended and everything was read
-
-
-def read_log(
-    ctx: Context, session: Session, app: App, index: int, stream: str, offset: int, length: int
-) -> LogChunk:
-    if stream not in STREAMS:
-        raise NotFoundError(f"no log stream {stream!r}; use one of {', '.join(STREAMS)}")
-    if not 0 <= index < app.num_containers:
-        raise NotFoundError(f"{app.id} has containers 0..{app.num_containers - 1}, not {index}")
-    containers = {c.index: c for c in repo.current_containers(session, app)}
-    container = containers.get(index)
-    ended = AppState(app.state).is_terminal() or (
-        container is not None and ContainerState(container.state).is_terminal()
-    )
-    data: bytes | None = None
-    if not ended:
-        data = ctx.executor.read_log(app.id, index, stream, offset, length)
-    if data is None:
-        kept = log_dir(str(ctx.settings.artifacts), app.id, app.attempt, index) / stream
-        data = _read_file(kept, offset, length)
-    complete = ended and len(data) < length
-    return LogChunk(data, offset + len(data), complete)
-
-
-def _read_file(path: Path, offset: int, length: int) -> bytes:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read(length)
-    except FileNotFoundError:
-        return b""
-
-
-async def follow_log(
-    ctx: Context, app_id: str, index: int, stream: str, offset: int, poll_s: float = 0.3
-) -> AsyncIterator[bytes]:
-    """Yield log bytes as they appear until the container has ended and all was read. Each
-    read takes a worker thread for a moment; between reads the follower holds none."""
-    while True:
-        chunk = await anyio.to_thread.run_sync(_read_next, ctx, app_id, index, stream, offset)
-        if chunk.data:
-            yield chunk.data
-            offset = chunk.next_offset
-        if chunk.complete:
-            return
-        if not chunk.data:
-            await anyio.sleep(poll_s)
-
-
-def _read_next(ctx: Context, app_id: str, index: int, stream: str, offset: int) -> LogChunk:
-    with ctx.sessions() as session:
-        app = repo.get_app(session, app_id)
-        return read_log(ctx, session, app, index, stream, offset, 256 * 1024)
-
-
 def cluster(ctx: Context, session: Session) -> dict[str, Any]:
-    """Every node with its resources, and each GPU: free, or the app and user holding it."""
-    held: dict[str, dict[str, dict[str, str]]] = {}
+    """Every node with its resources and GPU model, and each GPU (or MIG instance): free, or
+    the apps and users holding it, with the share each holds (fractional apps share one GPU;
+    ``app_id`` and ``user`` name the first holder)."""
+    held: dict[str, dict[str, list[dict[str, Any]]]] = {}
     used: dict[str, Resources] = {}
     for app, c in repo.allocations(session):
-        used[c.node_id] = used.get(c.node_id, Resources()) + Resources(
-            app.cpus, app.memory_mb, app.gpus
-        )
+        used[c.node_id] = used.get(c.node_id, Resources()) + app_request(app)
+        share = app.gpus if 0 < app.gpus < 1 else 1.0
         for gpu in filter(None, c.gpu_ids.split(",")):
-            held.setdefault(c.node_id, {})[gpu] = {
-                "app_id": app.id,
-                "user": app.user,
-                "container": str(c.index),
-            }
+            held.setdefault(c.node_id, {}).setdefault(gpu, []).append(
+                {"app_id": app.id, "user": app.user, "container": str(c.index), "share": share}
+            )
     nodes = []
     held_back = node_states.states(session)
     for n in ctx.nodes():
@@ -234,9 +188,11 @@ def cluster(ctx: Context, session: Session) -> dict[str, Any]:
                 "total": _res(n.total),
                 "used": _res(u),
                 "free": _res(n.total - u),
-                "gpus": [
-                    {"id": g, **held.get(n.node_id, {}).get(g, {"app_id": None, "user": None})}
-                    for g in n.gpu_ids
+                "model": n.model,
+                "gpus": [_gpu(g, held.get(n.node_id, {}).get(g, [])) for g in n.gpu_ids]
+                + [
+                    _gpu(uuid, held.get(n.node_id, {}).get(uuid, []), profile)
+                    for uuid, profile, _ in n.mig
                 ],
             }
         )
@@ -246,6 +202,21 @@ def cluster(ctx: Context, session: Session) -> dict[str, Any]:
             s.value: n
             for s, n in repo.count_apps(session, (AppState.ACCEPTED, AppState.RUNNING)).items()
         },
+    }
+
+
+def _gpu(gpu: str, holders: list[dict[str, Any]], mig: str | None = None) -> dict[str, Any]:
+    """One GPU (or MIG instance) of the map: its holders and the share of it left free."""
+    free = max(0.0, 1.0 - sum(h["share"] for h in holders))
+    first = holders[0] if holders else {"app_id": None, "user": None, "container": None}
+    return {
+        "id": gpu,
+        "app_id": first["app_id"],
+        "user": first["user"],
+        "container": first["container"],
+        "holders": holders,
+        "free": round(free, 3),
+        **({"mig": mig} if mig else {}),
     }
 
 

@@ -23,11 +23,11 @@ from dataclasses import replace
 from sqlalchemy.orm import Session
 
 from dlapp import unix_accounts
+from dlapp.data.locations import DataConfig, data_config, inside_roots, local_path
 from dlapp.errors import Forbidden, SpecError
 from dlapp.server.context import Context
 from dlapp.spec import AppSpec
 from dlapp.store import accounts
-from dlapp.stores import DataConfig, data_config, inside_roots, local_path
 from dlapp.unix_accounts import AccountPlan, can_switch
 
 

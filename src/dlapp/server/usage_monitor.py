@@ -26,8 +26,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from dlapp.executor.base import UsageKey
-from dlapp.gpu_usage import idle_since
 from dlapp.server import queue_service
+from dlapp.server.accounting import idle_since
 from dlapp.server.context import Context
 from dlapp.status import AppState
 from dlapp.store import repo
@@ -164,8 +164,15 @@ def _usage_rows(session: Session, container_ids: list[int]) -> dict[int, GpuUsag
 
 
 def record_samples(ctx: Context, session: Session, now: float) -> list[QueueSample]:
-    """One row per queue of the tree (and per queue apps are left in): what the queues view
-    says now, plus GPUs used (from the latest utilisation) and the longest wait."""
+    """One row per queue of the tree (and per queue apps are left in), stored: what the queues
+    view says now, plus GPUs used (from the latest utilisation) and the longest wait."""
+    out = take_samples(ctx, session, now)
+    session.add_all(out)
+    return out
+
+
+def take_samples(ctx: Context, session: Session, now: float) -> list[QueueSample]:
+    """``record_samples``' rows, not stored (the plots' point for now)."""
     tree = ctx.queues.tree
     used: dict[str, float] = defaultdict(float)
     sampled: set[str] = set()
@@ -195,13 +202,33 @@ def record_samples(ctx: Context, session: Session, now: float) -> list[QueueSamp
             apps_pending=q["pending_apps"],
             wait_s=round(wait[path], 3),
         )
-        session.add(sample)
         out.append(sample)
     return out
 
 
 def _chain(tree: Any, queue: str) -> list[str]:
     return list(tree.ancestors(queue)) if queue in tree.by_path else [queue]
+
+
+COLUMNS = (
+    "gpus_capacity",
+    "gpus_allocated",
+    "gpus_used",
+    "apps_running",
+    "apps_pending",
+    "wait_s",
+)
+
+
+def add_now(out: dict[str, dict[str, list[Any]]], samples: list[QueueSample]) -> None:
+    """End each queue's series with ``samples`` (``take_samples``, now): a plot then shows
+    what the cluster and queue views say now, not what the last stored sample said up to
+    ``timeseries_interval_s`` ago."""
+    for s in samples:
+        columns = out.setdefault(s.queue, {"time": [], **{c: [] for c in COLUMNS}})
+        columns["time"].append(s.time)
+        for c in COLUMNS:
+            columns[c].append(getattr(s, c))
 
 
 def series(

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from dlapp.gpu_usage import idle_since
+from dlapp.server.accounting import idle_since
 from dlapp.store.models import App, Container, Event
 
 

@@ -11,12 +11,14 @@ from dlapp.sim.cluster import Admission, ClusterSpec, NodeGroup, split_gang
 from dlapp.sim.engine import (
     Dropped,
     JobRecord,
+    Progress,
     SimOptions,
     SimResult,
     SimulationError,
     Simulator,
     simulate,
 )
+from dlapp.sim.fairness import QueueFairness, finish_time_fairness
 from dlapp.sim.policies import POLICIES, load_queues, policy_tree, tree_from_vc, vc_config
 from dlapp.sim.report import build_report, jain, percentile, summary
 from dlapp.sim.trace import SimInputError, Trace, TraceJob, load_trace
@@ -28,6 +30,8 @@ __all__ = [
     "Dropped",
     "JobRecord",
     "NodeGroup",
+    "Progress",
+    "QueueFairness",
     "SimInputError",
     "SimOptions",
     "SimResult",
@@ -36,6 +40,7 @@ __all__ = [
     "Trace",
     "TraceJob",
     "build_report",
+    "finish_time_fairness",
     "jain",
     "load_queues",
     "load_trace",

@@ -2,15 +2,24 @@
 
 A cluster file is YAML, a list of node groups (or a mapping with that list under ``nodes``)::
 
-    - {count: 352, gpus: 8, cpus: 64, memory: 512G}
+    - {count: 352, gpus: 8, cpus: 64, memory: 512G, model: A100}
+    - {count: 100, gpus: 2, cpus: 104, memory: 524288Mi, model: T4, name: t4}
     - {count: 4, gpus: 0, cpus: 32, memory: 128G, name: cpu}   # name: node id prefix
 
-``cpus`` defaults to 8 per GPU (at least 8) and ``memory`` to 64 GiB per GPU (at least 64 GiB).
+``cpus`` defaults to 8 per GPU (at least 8), and may be written in thousandths as Kubernetes
+does (``96000m``); ``memory`` defaults to 64 GiB per GPU (at least 64 GiB), and may be written
+as Kubernetes does (``393216Mi``, ``384Gi``); ``model`` is the GPU model of the group's nodes
+(what jobs' ``gpu_type`` and queues' per-model capacities name). A CSV node list such as
+Alibaba's ``openb_node_list_gpu_node.csv`` (``sn,cpu_milli,memory_mib,gpu,model``) is read too,
+one group per kind of node.
 """
 
 from __future__ import annotations
 
+import csv
 import math
+import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +31,8 @@ from dlapp.errors import InfeasibleError
 from dlapp.scheduler import NodeView, QueueConfigError, QueueTree, Resources, check_feasible
 from dlapp.sim.trace import SimInputError, TraceJob, parse_memory_mb
 
-GROUP_KEYS = ("count", "gpus", "cpus", "memory", "name")
+GROUP_KEYS = ("count", "gpus", "cpus", "memory", "model", "name")
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CPUS_PER_GPU = 8
 MEMORY_MB_PER_GPU = 64 * 1024
 
@@ -34,6 +44,7 @@ class NodeGroup:
     cpus: float
     memory_mb: int
     name: str = "node"
+    model: str = ""
 
     @property
     def node(self) -> Resources:
@@ -60,6 +71,8 @@ class ClusterSpec:
 
     @classmethod
     def from_yaml(cls, path: Path) -> ClusterSpec:
+        if path.suffix.lower() == ".csv":
+            return cls.from_csv(path)
         try:
             data = yaml.safe_load(path.read_text())
         except OSError as exc:
@@ -90,10 +103,54 @@ class ClusterSpec:
             raise SimInputError("; ".join(problems))
         return cls(tuple(groups))
 
+    @classmethod
+    def from_csv(cls, path: Path) -> ClusterSpec:
+        """A node list with a row per node: ``cpu_milli`` (or ``cpus``), ``memory_mib`` (or
+        ``memory``), ``gpu`` (or ``gpus``), ``model``; alike nodes make one group."""
+        try:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except OSError as exc:
+            raise SimInputError(f"cannot read cluster file {path}: {exc.strerror or exc}") from None
+        counts: Counter[tuple[str, str, str, str]] = Counter()
+        for i, row in enumerate(rows, 1):
+            lowered = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            cpus = lowered.get("cpus") or (
+                f"{lowered['cpu_milli']}m" if lowered.get("cpu_milli") else ""
+            )
+            memory = lowered.get("memory") or (
+                f"{lowered['memory_mib']}Mi" if lowered.get("memory_mib") else ""
+            )
+            gpus = lowered.get("gpus") or lowered.get("gpu") or ""
+            if not cpus or not memory or not gpus:
+                raise SimInputError(
+                    f"{path}: row {i} needs cpu_milli (or cpus), memory_mib (or memory) and "
+                    "gpu (or gpus)"
+                )
+            model = lowered.get("model", "")
+            counts[(cpus, memory, gpus, "" if model.lower() == "nan" else model)] += 1
+        if not counts:
+            raise SimInputError(f"{path}: no nodes")
+        groups: list[dict[str, Any]] = []
+        for (cpus, memory, gpus, model), n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            name = f"{(model or 'cpu').lower()}-{len(groups)}-"
+            groups.append(
+                {
+                    "count": n,
+                    "gpus": int(gpus) if gpus.isdigit() else gpus,
+                    "cpus": cpus,
+                    "memory": memory,
+                    "name": name,
+                }
+                | ({"model": model} if model else {})
+            )
+        return cls.from_dict(groups, str(path))
+
     def to_dict(self) -> list[dict[str, Any]]:
         return [
             {"count": g.count, "gpus": g.gpus, "cpus": g.cpus, "memory": f"{g.memory_mb}M"}
             | ({"name": g.name} if len(self.groups) > 1 or g.name != "node" else {})
+            | ({"model": g.model} if g.model else {})
             for g in self.groups
         ]
 
@@ -104,7 +161,7 @@ class ClusterSpec:
             width = max(4, len(str(g.count - 1)))
             for i in range(g.count):
                 node_id = f"{g.name}{i:0{width}d}"
-                views.append(NodeView(node_id, node_id, g.node, g.node))
+                views.append(NodeView(node_id, node_id, g.node, g.node, model=g.model))
         return tuple(views)
 
     @property
@@ -118,6 +175,14 @@ class ClusterSpec:
     @property
     def max_gpus_per_node(self) -> int:
         return max(g.gpus for g in self.groups)
+
+    def gpus_by_model(self) -> dict[str, int]:
+        """GPUs of each model (``""``: of no stated model)."""
+        out: dict[str, int] = {}
+        for g in self.groups:
+            if g.gpus:
+                out[g.model] = out.get(g.model, 0) + g.gpus * g.count
+        return out
 
 
 def _group(spec: Any, where: str, problems: list[str]) -> NodeGroup | None:
@@ -133,9 +198,16 @@ def _group(spec: Any, where: str, problems: list[str]) -> NodeGroup | None:
     gpus = _whole(spec.get("gpus"), "gpus", 0, where, problems)
     if count is None or gpus is None:
         return None
-    cpus = spec.get("cpus", max(CPUS_PER_GPU, CPUS_PER_GPU * gpus))
-    if not isinstance(cpus, int | float) or isinstance(cpus, bool) or cpus < 0:
-        problems.append(f"{where}: cpus must be a non-negative number, not {cpus!r}")
+    cpus = _cpus(spec.get("cpus", max(CPUS_PER_GPU, CPUS_PER_GPU * gpus)))
+    if cpus is None:
+        problems.append(
+            f"{where}: cpus must be a non-negative number (or thousandths: 96000m), "
+            f"not {spec.get('cpus')!r}"
+        )
+        return None
+    model = spec.get("model", "")
+    if not isinstance(model, str) or (model and not _MODEL_RE.match(model)):
+        problems.append(f"{where}: model must be a GPU model name such as A100, not {model!r}")
         return None
     try:
         memory = parse_memory_mb(
@@ -144,7 +216,24 @@ def _group(spec: Any, where: str, problems: list[str]) -> NodeGroup | None:
     except SimInputError as exc:
         problems.append(exc.message)
         return None
-    return NodeGroup(count, gpus, float(cpus), memory, str(spec.get("name", "node")))
+    return NodeGroup(count, gpus, cpus, memory, str(spec.get("name", "node")), model)
+
+
+def _cpus(value: Any) -> float | None:
+    """CPUs from ``64``, ``0.5`` or Kubernetes' thousandths ``96000m``; None when not so."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            number = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        except ValueError:
+            return None
+    elif isinstance(value, int | float):
+        number = float(value)
+    else:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _whole(value: Any, key: str, low: int, where: str, problems: list[str]) -> int | None:
@@ -154,20 +243,30 @@ def _whole(value: Any, key: str, low: int, where: str, problems: list[str]) -> i
     return value
 
 
-def split_gang(job: TraceJob, max_gpus_per_node: int) -> tuple[Resources, int]:
+def split_gang(
+    job: TraceJob, max_gpus_per_node: int, round_fractions: bool = False
+) -> tuple[Resources, int]:
     """(request per container, number of containers) for ``job``.
 
-    A job that fits on one node is one container. A larger one becomes a gang of equal
-    containers of at most ``max_gpus_per_node`` GPUs: the fewest containers that divide its GPUs
-    evenly (64 GPUs on 8-GPU nodes: 8 x 8; 12: 2 x 6). Its CPUs and memory are shared out
-    evenly (memory rounded up to whole MiB).
+    A job that fits on one node is one container (a fraction of a GPU is one container with
+    that share; ``round_fractions`` asks for a whole GPU instead, as before GPU sharing). A
+    larger one becomes a gang of equal containers of at most ``max_gpus_per_node`` GPUs: the
+    fewest containers that divide its GPUs evenly (64 GPUs on 8-GPU nodes: 8 x 8; 12: 2 x 6).
+    Its CPUs and memory are shared out evenly (memory rounded up to whole MiB).
     """
+    gpus = job.gpus
+    if gpus < 1:
+        if gpus > 0 and round_fractions:
+            gpus = 1
+        else:
+            return Resources(job.cpus, job.memory_mb, gpus), 1
+    whole = int(gpus)
     n = 1
-    if max_gpus_per_node > 0 and job.gpus > max_gpus_per_node:
-        n = math.ceil(job.gpus / max_gpus_per_node)
-        while job.gpus % n:
+    if max_gpus_per_node > 0 and whole > max_gpus_per_node:
+        n = math.ceil(whole / max_gpus_per_node)
+        while whole % n:
             n += 1
-    request = Resources(job.cpus / n, math.ceil(job.memory_mb / n), job.gpus // n)
+    request = Resources(job.cpus / n, math.ceil(job.memory_mb / n), whole // n)
     return request, n
 
 
@@ -181,7 +280,7 @@ class Admission:
         self.nodes = cluster.nodes()
         self.tree = tree
         self.limits = tree.resolve(cluster.total)
-        self._fits: dict[tuple[Resources, int], str | None] = {}
+        self._fits: dict[tuple[Resources, int, tuple[str, ...]], str | None] = {}
         self._queues: dict[str, str] = {}
 
     def leaf(self, queue: str) -> str:
@@ -191,12 +290,14 @@ class Admission:
             path = self._queues[queue] = self.tree.leaf(queue).path
         return path
 
-    def refuse(self, request: Resources, n: int, queue: str) -> str | None:
+    def refuse(
+        self, request: Resources, n: int, queue: str, gpu_types: tuple[str, ...] = ()
+    ) -> str | None:
         """Why a job of ``n`` containers of ``request`` in ``queue`` can never run, or None."""
-        key = (request, n)
+        key = (request, n, gpu_types)
         if key not in self._fits:
             try:
-                check_feasible(request, n, self.nodes)
+                check_feasible(request, n, self.nodes, gpu_types=gpu_types)
                 self._fits[key] = None
             except InfeasibleError as exc:
                 self._fits[key] = f"never fits the cluster: {exc.message}"

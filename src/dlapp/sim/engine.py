@@ -19,12 +19,18 @@ the simulator keeps, and time jumps from event to event. One step, as a recipe:
      within its grace period just finishes.
 
 Nothing else changes the state, so calling ``decide`` only after such events gives the same
-decisions as a server that calls it every cycle.
+decisions as a server that calls it every cycle. (With ``las`` / ``srtf`` queues, promotion
+and reservations depend on how long jobs have waited: a cycle that only the clock would change
+is skipped, so those take effect at the next event.)
 
-Exact shortcut: a ``fifo`` queue's line stops at its first app that cannot start, and every
-admitted app holds at least one GPU; so when all of a queue's waiting apps ask for GPUs, only
-the first (free GPUs + 1) apps of each of its users (in line order) can be reached, and only
-those are handed to ``decide``. The others would be told to wait all the same.
+The waiting jobs are kept in a ``Backlog`` between cycles (added on arrival and requeue, removed
+on admission) and handed to ``decide_changes``, which answers only admissions and preemptions:
+a cycle costs what it changes, not the thousands of jobs that wait (``incremental=False`` hands
+``decide`` every waiting head instead, as the server does; a test checks both agree).
+
+Jobs state a ``max_runtime`` when ``runtime_estimate`` is set: their duration times it (1.0:
+exactly; 2.0: users ask for twice what they use). ``srtf`` queues order by it, and running
+jobs' ends give waiting ones their estimates.
 """
 
 from __future__ import annotations
@@ -32,21 +38,27 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from dlapp.errors import DlappError
 from dlapp.scheduler import (
     Admit,
     AppHead,
+    Backlog,
+    Decision,
     NodeView,
     Preempt,
     QueueTree,
     RunningApp,
     Snapshot,
     decide,
+    decide_changes,
 )
+from dlapp.scheduler.gpus import workload
+from dlapp.scheduler.snapshot import PLACEMENTS
 from dlapp.sim.cluster import Admission, ClusterSpec, split_gang
+from dlapp.sim.gpu_state import GpuLedger, RecentMix, job_shape
 from dlapp.sim.timeline import Timeline
 from dlapp.sim.trace import Trace, TraceJob
 
@@ -63,13 +75,23 @@ class SimulationError(DlappError):
 class SimOptions:
     cycle_s: float = 60.0  # decide at most once per this many simulated seconds; 0 = per event
     bucket_s: float = 3600.0  # width of the timeline's buckets (plots, JSON series)
-    cap_fifo_heads: bool = True  # the exact fifo shortcut above
+    incremental: bool = True  # keep a Backlog and call decide_changes (see above)
+    runtime_estimate: float | None = None  # max_runtime = duration x this; None: none stated
+    placement: str = "fgd"  # how containers' nodes are chosen (dlapp.scheduler.PLACEMENTS)
+    round_fractions: bool = False  # a job asking for a fraction of a GPU takes a whole one
+    workload_window: int = 1000  # fgd keeps room for the mix of this many latest arrivals
 
     def __post_init__(self) -> None:
         if self.cycle_s < 0 or not math.isfinite(self.cycle_s):
             raise ValueError("cycle_s must be a non-negative number of seconds")
         if self.bucket_s <= 0:
             raise ValueError("bucket_s must be positive")
+        if self.runtime_estimate is not None and not 1.0 <= self.runtime_estimate < math.inf:
+            raise ValueError("runtime_estimate must be at least 1 (a max_runtime ends no job)")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement {self.placement!r} is not one of {', '.join(PLACEMENTS)}")
+        if self.workload_window < 1:
+            raise ValueError("workload_window must be at least 1 job")
 
 
 @dataclass(slots=True)
@@ -90,12 +112,22 @@ class JobRecord:
     left_at_notice: float = 0.0
 
     @property
-    def gpus(self) -> int:
+    def gpus(self) -> float:
         return self.head.total.gpus
 
     @property
     def containers(self) -> int:
         return self.head.num_containers
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a replay is: simulated time, jobs finished of those in the trace, wall time."""
+
+    now: float
+    finished: int
+    jobs: int
+    wall_s: float
 
 
 @dataclass(frozen=True)
@@ -116,6 +148,7 @@ class DecideStats:
     running: int = 0  # running apps in the snapshots, summed
 
     def add(self, seconds: float, heads: int, running: int) -> None:
+        """One call: its CPU seconds, the heads waiting and the apps running then."""
         self.calls += 1
         self.seconds += seconds
         self.max_s = max(self.max_s, seconds)
@@ -147,22 +180,32 @@ class Simulator:
         cluster: ClusterSpec,
         tree: QueueTree,
         options: SimOptions | None = None,
+        progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.trace, self.cluster, self.tree = trace, cluster, tree
         self.options = options or SimOptions()
+        self.progress = progress  # told how far the replay is, about once a second
+        self._told = 0.0
+        self.finished = 0
         self.nodes: dict[str, NodeView] = {n.node_id: n for n in cluster.nodes()}
         self.free_gpus = sum(n.free.gpus for n in self.nodes.values() if n.schedulable)
         self.admission = Admission(cluster, tree)
         limits = tree.resolve(cluster.total)
         leaves = [q.path for q in tree.leaves]
         self.timeline = Timeline(
-            leaves, [limits[q].guaranteed.gpus for q in leaves], self.options.bucket_s
+            leaves,
+            [limits[q].guaranteed.gpus for q in leaves],
+            self.options.bucket_s,
+            total_gpus=self.free_gpus,
         )
-        self.fifo = {q.path for q in tree.leaves if q.ordering == "fifo"}
+        # devices and fragmentation, measured against the whole trace's mix of jobs
+        shapes = (job_shape(j, split_gang(j, cluster.max_gpus_per_node)[0]) for j in trace.jobs)
+        self.gpus = GpuLedger(self.nodes.values(), workload(shapes))
+        self.mix = RecentMix(self.options.workload_window)
+        self.timeline.gpu_state(self.free_gpus, self.gpus.fragmented)
         self.records: dict[str, JobRecord] = {}
         self.dropped: list[Dropped] = []
-        self.waiting: dict[str, dict[str, AppHead]] = defaultdict(dict)  # queue -> id -> head
-        self.n_waiting = 0
+        self.waiting = Backlog(tree)
         self.running: dict[str, RunningApp] = {}
         self.events: list[tuple[float, int, int, str, int]] = []  # time, n, kind, app, attempt
         self._n = 0
@@ -198,10 +241,14 @@ class Simulator:
                     self.timeline.advance(when)
                     changed |= self._complete(app_id, attempt, when, kind == _STOP)
             # 3-4. decide and apply
-            if changed and self.n_waiting:
+            if changed and len(self.waiting):
                 self.timeline.advance(now)
                 self._decide(now)
+            if self.progress is not None and time.perf_counter() - self._told >= 1.0:
+                self._told = time.perf_counter()
+                self.progress(Progress(now, self.finished, len(jobs), self._told - started))
         self.timeline.advance(self.last_end)
+        self.timeline.close()
         return SimResult(
             trace=self.trace,
             cluster=self.cluster,
@@ -227,11 +274,13 @@ class Simulator:
     # -- events --------------------------------------------------------------------------------
 
     def _arrive(self, job: TraceJob, seq: int) -> bool:
-        request, n = split_gang(job, self.cluster.max_gpus_per_node)
-        why = self.admission.refuse(request, n, job.queue)
+        request, n = split_gang(job, self.cluster.max_gpus_per_node, self.options.round_fractions)
+        self.mix.add(job_shape(job, request))
+        why = self.admission.refuse(request, n, job.queue, job.gpu_types)
         if why is not None:
             self.dropped.append(Dropped(job, why))
             return False
+        estimate = self.options.runtime_estimate
         head = AppHead(
             app_id=job.job_id,
             user=job.user,
@@ -239,6 +288,9 @@ class Simulator:
             seq=seq,
             request=request,
             num_containers=n,
+            waiting_since=job.submit,
+            max_runtime_s=None if estimate is None else job.duration * estimate,
+            gpu_types=job.gpu_types,
         )
         self.records[head.app_id] = JobRecord(
             job=job, head=head, remaining=job.duration, waiting_since=job.submit
@@ -247,8 +299,7 @@ class Simulator:
         return True
 
     def _wait(self, head: AppHead) -> None:
-        self.waiting[head.queue][head.app_id] = head
-        self.n_waiting += 1
+        self.waiting.add(head)
         self.timeline.waits(head.queue, 1)
 
     def _complete(self, app_id: str, attempt: int, now: float, preempted: bool) -> bool:
@@ -259,56 +310,45 @@ class Simulator:
         if app is None or rec.attempt != attempt:
             return False
         del self.running[app_id]
-        for node_id in app.nodes:
-            view = self.nodes[node_id]
-            self.nodes[node_id] = replace(view, free=view.free + app.request)
+        for i, node_id in enumerate(app.nodes):
+            devices = app.devices[i] if app.devices else ()
+            self.nodes[node_id] = self.gpus.give(self.nodes[node_id], app.request, devices)
         self.free_gpus += app.total.gpus
+        self.timeline.gpu_state(self.free_gpus, self.gpus.fragmented)
         self.timeline.held_by(app.queue, -app.total.gpus)
         rec.gpu_s += (now - rec.started) * app.total.gpus
         if preempted:
             rec.attempt += 1
             rec.remaining = rec.left_at_notice
             rec.waiting_since = now
+            # back in line with the work it has done (las reads it) and waiting from now
+            rec.head = replace(rec.head, ran_s=rec.job.duration - rec.remaining, waiting_since=now)
             self._wait(rec.head)
         else:
             rec.end = now
+            self.finished += 1
             rec.remaining = 0.0
             self.last_end = max(self.last_end, now)
         return True
 
     # -- deciding ------------------------------------------------------------------------------
 
-    def _heads(self) -> list[AppHead]:
-        """The waiting heads to hand to ``decide`` (see the fifo shortcut above)."""
-        reach = self.free_gpus + 1
-        heads: list[AppHead] = []
-        for queue, apps in self.waiting.items():
-            if (
-                self.options.cap_fifo_heads
-                and queue in self.fifo
-                and len(apps) > reach
-                and all(h.request.gpus >= 1 for h in apps.values())
-            ):
-                by_user: dict[str, list[AppHead]] = defaultdict(list)
-                for h in apps.values():
-                    by_user[h.user].append(h)
-                for line in by_user.values():
-                    heads.extend(heapq.nsmallest(reach, line, key=lambda h: (-h.priority, h.seq)))
-            else:
-                heads.extend(apps.values())
-        return heads
-
     def _decide(self, now: float) -> None:
-        heads = self._heads()
         snapshot = Snapshot(
             tuple(self.nodes.values()),
             running=tuple(self.running.values()),
             queues=self.tree,
             now=now,
+            placement=self.options.placement,
+            workload=self.mix.workload(),
         )
         t0 = time.process_time()  # CPU time: other work on the machine does not count
-        decisions = decide(heads, snapshot)
-        self.stats.add(time.process_time() - t0, len(heads), len(self.running))
+        decisions: list[Decision]
+        if self.options.incremental:
+            decisions = list(decide_changes(self.waiting, snapshot))
+        else:
+            decisions = decide(list(self.waiting), snapshot)
+        self.stats.add(time.process_time() - t0, len(self.waiting), len(self.running))
         for d in decisions:
             if isinstance(d, Admit):
                 self._start(d, now)
@@ -321,21 +361,26 @@ class Simulator:
         head = rec.head
         if len(d.nodes) != head.num_containers:
             raise SimulationError(f"{head.app_id}: admitted on {len(d.nodes)} nodes")
-        for node_id in d.nodes:
+        for i, node_id in enumerate(d.nodes):
             view = self.nodes[node_id]
             free = view.free - head.request
             if free.is_negative() or not view.schedulable:
                 raise SimulationError(f"{head.app_id}: admitted on {node_id}, which has no room")
-            self.nodes[node_id] = replace(view, free=free)
-        del self.waiting[head.queue][head.app_id]
-        self.n_waiting -= 1
+            devices = d.devices[i] if d.devices else ()
+            try:
+                self.nodes[node_id] = self.gpus.take(view, head.request, devices)
+            except ValueError as exc:  # its devices' shares do not add up
+                raise SimulationError(f"{head.app_id} on {node_id}: {exc}") from None
+        self.waiting.remove(head.app_id)
         self.timeline.waits(head.queue, -1)
         self.timeline.held_by(head.queue, head.total.gpus)
         self.free_gpus -= head.total.gpus
+        self.timeline.gpu_state(self.free_gpus, self.gpus.fragmented)
         rec.queued_s += now - rec.waiting_since
         if rec.first_start is None:
             rec.first_start = now
         rec.started = now
+        left = head.remaining_s  # of its max_runtime, when it states one
         self.running[head.app_id] = RunningApp(
             app_id=head.app_id,
             user=head.user,
@@ -345,6 +390,9 @@ class Simulator:
             nodes=d.nodes,
             priority=head.priority,
             started_at=now,
+            ends_by=None if left is None else now + left,
+            ran_before_s=head.ran_s,
+            devices=d.devices,
         )
         self._push(now + rec.remaining, _COMPLETE, head.app_id, rec.attempt)
 
@@ -366,7 +414,12 @@ class Simulator:
 
 
 def simulate(
-    trace: Trace, cluster: ClusterSpec, tree: QueueTree, options: SimOptions | None = None
+    trace: Trace,
+    cluster: ClusterSpec,
+    tree: QueueTree,
+    options: SimOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> SimResult:
-    """Replay ``trace`` on ``cluster`` with the queue tree ``tree`` (see ``policy_tree``)."""
-    return Simulator(trace, cluster, tree, options).run()
+    """Replay ``trace`` on ``cluster`` with the queue tree ``tree`` (see ``policy_tree``);
+    ``progress`` is called about once a second of wall time."""
+    return Simulator(trace, cluster, tree, options, progress).run()

@@ -123,6 +123,54 @@ def write_comparison(reports: Sequence[tuple[str, dict[str, Any]]], path: Path) 
     return path
 
 
+def write_compare(reports: Sequence[tuple[str, dict[str, Any]]], path: Path) -> Path:
+    """``dlapp simulate --compare``'s figure, three panels side by side: the JCT CDF of each
+    replay, the mean queueing delay per queue, and the GPU allocation over time (daily mean,
+    as a share of each replay's cluster)."""
+    fig = _new_figure(17, 5)
+    cdf, waits, alloc = fig.subplots(1, 3)
+    for label, report in reports:
+        points = report.get("jct_cdf_s") or []
+        if points:
+            fractions = [k / (len(points) - 1) for k in range(len(points))]
+            cdf.plot([max(v, 1.0) / 3600 for v in points], fractions, label=label, linewidth=1.2)
+    cdf.set_xscale("log")
+    cdf.set_xlabel("job completion time (hours, log scale)")
+    cdf.set_ylabel("share of jobs finished by then")
+    cdf.set_title("JCT CDF")
+    cdf.legend(fontsize="small")
+    queues = [q["queue"] for q in reports[0][1]["queues"]] if reports else []
+    width = 0.8 / max(1, len(reports))
+    for k, (label, report) in enumerate(reports):
+        by_queue = {q["queue"]: q for q in report["queues"]}
+        values = [
+            (by_queue[q]["queueing_s"]["mean"] or 0.0) / 3600 if q in by_queue else 0.0
+            for q in queues
+        ]
+        waits.bar([m + k * width for m in range(len(queues))], values, width, label=label)
+    waits.set_xticks([m + width * (len(reports) - 1) / 2 for m in range(len(queues))])
+    waits.set_xticklabels([_short(q) for q in queues], rotation=60, fontsize="small")
+    waits.set_ylabel("mean queueing delay (hours)")
+    waits.set_title("waiting per queue")
+    waits.legend(fontsize="small")
+    for label, report in reports:
+        series = report["timeline"]
+        gpus = report["cluster"]["gpus"] or 1
+        per_day = max(1, round(86400 / series["bucket_s"]))
+        days = [d / per_day for d in range(0, len(series["t_h"]), per_day)]
+        share = [v / gpus for v in _daily(series["gpus_held"], per_day)]
+        alloc.plot(days, share, label=label, linewidth=1)
+    alloc.set_ylim(0, 1.05)
+    alloc.set_xlabel(_day_label(reports[0][1]) if reports else "day")
+    alloc.set_ylabel("GPUs held, share of the cluster (daily mean)")
+    alloc.set_title("allocation")
+    alloc.margins(x=0)
+    alloc.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _bars(
     ax: Any,
     reports: Sequence[tuple[str, dict[str, Any]]],

@@ -6,7 +6,11 @@
   each queue with head-of-line blocking (the first app that cannot start holds back the rest),
   as YARN's Capacity Scheduler does;
 - ``fifo-skip``: the same tree with every queue ``ordering: backfill``: FIFO that lets a later
-  app which fits start while an earlier one waits.
+  app which fits start while an earlier one waits;
+- ``las``: every queue ``ordering: las``, least attained GPU service first (Tiresias's levels,
+  a job that has waited long promoted), no duration needed;
+- ``srtf``: every queue ``ordering: srtf``, shortest remaining ``max_runtime`` first (give the
+  jobs one: ``SimOptions.runtime_estimate``, ``dlapp simulate --runtime-estimate``).
 
 Preemption is the tree's ``preemption.enabled``; ``policy_tree`` may override it and its grace.
 ``tree_from_vc`` builds a tree from a list of virtual clusters and their node counts
@@ -25,8 +29,8 @@ import yaml
 from dlapp.scheduler import DEFAULT_TREE, Queue, QueueConfigError, QueueTree, parse_tree
 from dlapp.sim.trace import SimInputError
 
-POLICIES = ("dlapp", "fifo", "fifo-skip")
-_ORDERING = {"fifo": "fifo", "fifo-skip": "backfill"}
+POLICIES = ("dlapp", "fifo", "fifo-skip", "las", "srtf")
+_ORDERING = {"fifo": "fifo", "fifo-skip": "backfill", "las": "las", "srtf": "srtf"}
 
 
 def load_queues(path: Path | None) -> QueueTree:

@@ -9,6 +9,12 @@ Definitions (all times in seconds of simulated time):
   share of the cluster's GPUs (held, not busy: a preempted job holds its GPUs in its grace);
 - per queue: share of all GPU-time held vs. the queue's guaranteed share; time *starved*:
   while the queue had jobs waiting and held fewer GPUs than its guarantee;
+- unallocated GPU share: free GPUs over time, as a share of the cluster's (mean over the
+  replay); fragmented: the part of it the trace's kinds of job could not use where it was (in
+  pieces too small, or on nodes short of CPU, memory or the model asked for; see
+  ``dlapp.sim.gpu_state``);
+- GPU-hours asked: each finished job's duration times its GPUs, fractions as asked, and as
+  they would be if each fraction were rounded up to a whole GPU (what sharing saves);
 - normalised delay of a queue: its jobs' summed JCT over their summed durations (1.0: nobody
   waited); fairness is Jain's index over the queues' normalised delays,
   (sum x)^2 / (n * sum x^2): 1.0 when every queue is slowed alike, 1/n when one queue alone is.
@@ -22,15 +28,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlapp.sim.engine import JobRecord, SimResult
+from dlapp.sim.fairness import QueueFairness
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of already sorted values, linearly interpolated."""
-    if not sorted_values:
-        return math.nan
-    pos = (len(sorted_values) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values`` (in any order), interpolated linearly
+    between the closest ranks. The benchmarks' reports use it too (bench/stats.py)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is not between 0 and 100")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary(values: Sequence[float]) -> dict[str, float | None]:
@@ -70,8 +82,37 @@ def _figures(records: Sequence[JobRecord]) -> dict[str, Any]:
     }
 
 
-def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every figure of ``result``; ``meta`` (policy name, inputs) is copied in first."""
+def _cdf(values: Sequence[float], points: int = 51) -> list[float]:
+    """``points`` quantiles of ``values``, 0% to 100% evenly (for a CDF plot); [] when none."""
+    if not values:
+        return []
+    ordered = sorted(values)
+    return [round(percentile(ordered, 100 * k / (points - 1)), 1) for k in range(points)]
+
+
+def _gpu_hours(records: Sequence[JobRecord]) -> dict[str, Any]:
+    """GPU-hours the finished jobs asked for, and what rounding fractions up would reserve."""
+    done = [r for r in records if r.end is not None]
+    asked = sum(r.job.duration * r.job.gpus for r in done) / 3600
+    rounded = sum(r.job.duration * math.ceil(r.job.gpus) for r in done) / 3600
+    fractional = [r for r in done if 0 < r.job.gpus < 1]
+    return {
+        "asked": round(asked, 1),
+        "rounded_up": round(rounded, 1),
+        "saved_by_sharing": round(rounded - asked, 1),
+        "saved_share": round((rounded - asked) / rounded, 4) if rounded else 0.0,
+        "fractional_jobs": len(fractional),
+        "fractional_job_share": round(len(fractional) / len(done), 4) if done else 0.0,
+    }
+
+
+def build_report(
+    result: SimResult,
+    meta: dict[str, Any] | None = None,
+    fairness: Sequence[QueueFairness] = (),
+) -> dict[str, Any]:
+    """Every figure of ``result``; ``meta`` (policy name, inputs) is copied in first;
+    ``fairness``, each queue's finish-time fairness (``finish_time_fairness(result)``)."""
     total = result.cluster.total
     span = result.end
     capacity_gpu_s = total.gpus * span
@@ -82,6 +123,7 @@ def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[
         by_queue[r.head.queue].append(r)
     held_gpu_s = sum(tl.gpu_s)
     work_gpu_s = sum(r.job.duration * r.gpus for r in result.records if r.end is not None)
+    rho = {f.queue: f.rho for f in fairness}
     queues = []
     for i, path in enumerate(tl.queues):
         records = by_queue.get(path, [])
@@ -99,6 +141,8 @@ def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[
                 "waiting_mean": round(tl.pending_s[i] / span, 2) if span else 0.0,
                 "waiting_peak": tl.peak_waiting[i],
                 "starved_h": round(tl.starved_s[i] / 3600, 2),
+                "longest_starved_h": round(tl.longest_starved_s[i] / 3600, 2),
+                "finish_time_fairness": rho.get(path),
             }
         )
     delays = [q["normalised_delay"] for q in queues if q["normalised_delay"] is not None]
@@ -127,6 +171,8 @@ def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[
             },
             "span_h": round(span / 3600, 2),
             "overall": _figures(result.records),
+            "jct_cdf_s": _cdf([(r.end or 0.0) - r.job.submit for r in result.records if r.end]),
+            "finish_time_fairness": [f.to_dict() for f in fairness],
             "allocation": {
                 "mean_share": round(held_gpu_s / capacity_gpu_s, 4) if capacity_gpu_s else 0.0,
                 "mean_gpus": round(held_gpu_s / span, 1) if span else 0.0,
@@ -134,10 +180,26 @@ def build_report(result: SimResult, meta: dict[str, Any] | None = None) -> dict[
                 "work_share": round(work_gpu_s / capacity_gpu_s, 4) if capacity_gpu_s else 0.0,
                 "lost_gpu_h": round((held_gpu_s - work_gpu_s) / 3600, 1),
             },
+            "fragmentation": {
+                "unallocated_share_mean": round(tl.free_gpu_s / capacity_gpu_s, 4)
+                if capacity_gpu_s
+                else 0.0,
+                "fragmented_share_mean": round(tl.frag_gpu_s / capacity_gpu_s, 4)
+                if capacity_gpu_s
+                else 0.0,
+                "fragmented_of_unallocated": round(tl.frag_gpu_s / tl.free_gpu_s, 4)
+                if tl.free_gpu_s
+                else 0.0,
+            },
+            "gpu_hours": _gpu_hours(result.records),
             "fairness": {
                 "jain_normalised_delay": jain(delays),
                 "worst_normalised_delay": max(delays) if delays else None,
                 "starved_h": round(sum(tl.starved_s) / 3600, 2),
+                "longest_starved_h": round(max(tl.longest_starved_s, default=0.0) / 3600, 2),
+                "worst_finish_time_fairness": max(
+                    (r for r in rho.values() if r is not None), default=None
+                ),
             },
             "queues": queues,
             "decide": {  # CPU time

@@ -37,7 +37,7 @@ class App(Base):
     num_containers: Mapped[int] = mapped_column(Integer)
     cpus: Mapped[float] = mapped_column(Float)
     memory_mb: Mapped[int] = mapped_column(Integer)
-    gpus: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[float] = mapped_column(Float)  # per container: a share (see spec gpu_share)
     workspace: Mapped[str] = mapped_column(Text)  # tarball location in the artifact store
     kill_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -68,6 +68,9 @@ class Container(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     log_location: Mapped[str | None] = mapped_column(Text, nullable=True)
     diagnostics: Mapped[str] = mapped_column(Text, default="")
+    # contract.ContainerCause once it has ended ("" before): what the scheduler decides from.
+    # Deferred: only the scheduler's queries (repo.*_containers) load it
+    cause: Mapped[str] = mapped_column(String(16), server_default="", deferred=True)
 
     app: Mapped[App] = relationship(back_populates="containers")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session, lazyload, undefer
 
 from dlapp.errors import NotFoundError
 from dlapp.spec import AppSpec
@@ -68,7 +68,7 @@ def add_app(session: Session, new: NewApp, now: float, app_id: str, seq: int) ->
         num_containers=spec.num_containers,
         cpus=spec.resources.cpus,
         memory_mb=spec.resources.memory_mb,
-        gpus=spec.resources.gpus,
+        gpus=spec.resources.gpu_share,
         workspace=new.workspace,
         kill_requested=None,
         attempt=0,
@@ -244,6 +244,7 @@ def add_containers(session: Session, app: App, nodes: Sequence[tuple[str, str]])
 def current_containers(session: Session, app: App) -> list[Container]:
     q = (
         select(Container)
+        .options(undefer(Container.cause))
         .where(Container.app_id == app.id, Container.attempt == app.attempt)
         .order_by(Container.index)
     )
@@ -252,7 +253,12 @@ def current_containers(session: Session, app: App) -> list[Container]:
 
 def all_containers(session: Session, app: App) -> list[Container]:
     """Every container of every attempt of ``app``."""
-    q = select(Container).where(Container.app_id == app.id).order_by(Container.id)
+    q = (
+        select(Container)
+        .options(undefer(Container.cause))
+        .where(Container.app_id == app.id)
+        .order_by(Container.id)
+    )
     return list(session.scalars(q))
 
 
@@ -287,3 +293,24 @@ def allocations(session: Session) -> list[tuple[App, Container]]:
         .order_by(App.seq, Container.index)
     )
     return [(row[0], row[1]) for row in session.execute(q)]
+
+
+def earlier_runs(session: Session, before: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """(seconds it ran, when its last run ended) over each app's attempts numbered below
+    ``before[app_id]``, from the first container of each; only apps that have run appear. The
+    scheduler's las ordering reads the service an app has had, its promotion how long it has
+    waited since."""
+    if not before:
+        return {}
+    q = select(Container.app_id, Container.attempt, Container.start_time, Container.end_time).where(
+        Container.app_id.in_(list(before)),
+        Container.index == 0,
+        Container.start_time.is_not(None),
+    )
+    out: dict[str, tuple[float, float]] = {}
+    for app_id, attempt, start, end in session.execute(q):
+        if attempt >= before[app_id] or start is None or end is None:
+            continue
+        ran, last = out.get(app_id, (0.0, 0.0))
+        out[app_id] = (ran + max(0.0, end - start), max(last, end))
+    return out

@@ -157,7 +157,21 @@ function showSignIn(message) {
       "section",
       { class: "signin" },
       el("h1", {}, "Sign in to dlapp"),
-      el("p", {}, "Paste your token (from `dlapp admin user add` or your admin). It is kept in this tab only."),
+      el(
+        "p",
+        { id: "signin-help" },
+        "Paste your token: the one ",
+        el("code", {}, "dlapp admin user add"),
+        " printed for you (ask your admin). On the embedded cluster (",
+        el("code", {}, "dlapp up"),
+        ") you are its admin: your token is in ",
+        el("code", {}, "admin.token"),
+        " in its data directory (",
+        el("code", {}, "cat ~/.local/share/dlapp/admin.token"),
+        ", or under ",
+        el("code", {}, "$DLAPP_HOME"),
+        "). It is kept in this tab only.",
+      ),
       form,
       note,
     ),
@@ -202,7 +216,8 @@ async function route() {
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.dataset.page === name);
   }
-  if (name === "apps" && parts[1]) return appPage(gen, decodeURIComponent(parts[1]));
+  // #/apps/ID, or #/apps/ID/logs/INDEX/STREAM: that app's page showing that log (the CLI prints these)
+  if (name === "apps" && parts[1]) return appPage(gen, decodeURIComponent(parts[1]), logChoice(parts.slice(2)));
   const pages = { cluster: clusterPage, queues: queuesPage, apps: appsPage };
   (pages[name] || clusterPage)(gen);
 }
@@ -217,7 +232,7 @@ function clusterPage(gen) {
   live(
     gen,
     async () => {
-      const ts = await getJson("/timeseries");
+      const ts = await getJson("/timeseries"); // its last point is now: as the summary says
       if (gen !== generation) return;
       const root = ts.queues.root;
       plot.replaceChildren(
@@ -231,7 +246,7 @@ function clusterPage(gen) {
           : el("p", { class: "muted" }, "no samples yet"),
       );
     },
-    15000,
+    3000,
   );
   live(
     gen,
@@ -267,13 +282,42 @@ function nodeCard(n) {
   );
 }
 
+function gpuName(g) {
+  return g.mig ? "MIG " + g.mig : "GPU " + g.id;
+}
+
 function gpuTile(g) {
   if (!g.app_id) {
     return el(
       "div",
       { class: "gpu free", "data-gpu": g.id },
-      el("span", { class: "gpu-id" }, "GPU " + g.id),
+      el("span", { class: "gpu-id" }, gpuName(g)),
       el("span", { class: "gpu-app" }, "free"),
+    );
+  }
+  const holders = g.holders || [];
+  if (holders.length > 1 || (holders.length === 1 && holders[0].share < 1)) {
+    // a GPU shared by fractional apps: one piece per holder, and what is left free
+    const pieces = holders.map((h) =>
+      el(
+        "a",
+        {
+          class: "gpu-piece",
+          href: "#/apps/" + encodeURIComponent(h.app_id),
+          "data-app": h.app_id,
+          title: `${h.app_id} (${h.user}), container ${h.container}: ${h.share} of the GPU`,
+          style: `flex: ${h.share}`,
+          "--hue": hue(h.user),
+        },
+        `${h.app_id.replace(/^application_\d+_/, "app ")} ${h.share}`,
+      ),
+    );
+    if (g.free > 0) pieces.push(el("span", { class: "gpu-piece free", style: `flex: ${g.free}` }, `free ${g.free}`));
+    return el(
+      "div",
+      { class: "gpu shared", "data-gpu": g.id },
+      el("span", { class: "gpu-id" }, gpuName(g)),
+      el("div", { class: "gpu-pieces" }, ...pieces),
     );
   }
   return el(
@@ -286,7 +330,7 @@ function gpuTile(g) {
       title: `${g.app_id} (${g.user}), container ${g.container}`,
       "--hue": hue(g.user),
     },
-    el("span", { class: "gpu-id" }, "GPU " + g.id),
+    el("span", { class: "gpu-id" }, gpuName(g)),
     el("span", { class: "gpu-app" }, g.app_id.replace(/^application_\d+_/, "app ")),
     el("span", { class: "gpu-user" }, g.user),
   );
@@ -556,7 +600,13 @@ function appsPage(gen) {
 
 // -- one App ----------------------------------------------------------------------------------
 
-function appPage(gen, id) {
+function logChoice(parts) {
+  if (parts[0] !== "logs") return null;
+  const container = Number(parts[1] || 0);
+  return { container: Number.isInteger(container) && container >= 0 ? container : 0, stream: parts[2] === "stderr" ? "stderr" : "stdout" };
+}
+
+function appPage(gen, id, shownLog = null) {
   const title = el("h1", {}, id);
   const actions = el("div", { class: "actions" });
   const facts = el("dl", { id: "facts", class: "facts" });
@@ -566,17 +616,29 @@ function appPage(gen, id) {
   const timeline = el("ol", { id: "timeline", class: "timeline" });
   const spec = el("pre", { id: "spec", class: "spec" });
   const log = el("pre", { id: "log", class: "log" });
-  const logState = { container: 0, stream: "stdout", offset: 0, complete: false };
+  const logNotice = el("p", { id: "log-notice", class: "log-notice", hidden: true });
+  const logState = { container: 0, stream: "stdout", ...shownLog, offset: null, complete: false, hidden: 0, size: 0 };
   const pick = el(
     "select",
     {
       id: "log-stream",
       onchange: (ev) => {
         const [c, s] = ev.target.value.split(":");
-        Object.assign(logState, { container: Number(c), stream: s, offset: 0, complete: false });
+        Object.assign(logState, { container: Number(c), stream: s, offset: null, complete: false, hidden: 0, size: 0 });
         log.textContent = "";
+        logNotice.hidden = true;
       },
     },
+  );
+  const download = el(
+    "button",
+    {
+      id: "log-download",
+      type: "button",
+      title: "the whole log, as a file",
+      onclick: () => downloadLog(id, logState).catch((e) => showError(e.message)),
+    },
+    "Download",
   );
   main.replaceChildren(
     el("p", {}, el("a", { href: "#/apps" }, "← Apps")),
@@ -592,7 +654,8 @@ function appPage(gen, id) {
       containers,
     ),
     gpuUse,
-    el("h2", {}, "Log ", pick),
+    el("h2", {}, "Log ", pick, " ", download),
+    logNotice,
     log,
     el("div", { class: "columns" }, el("div", {}, el("h2", {}, "Timeline"), timeline), el("div", {}, el("h2", {}, "Spec"), spec)),
   );
@@ -663,6 +726,8 @@ function appPage(gen, id) {
       for (let i = 0; i < app.num_containers; i++) for (const s of ["stdout", "stderr"]) want.push(`${i}:${s}`);
       if (pick.options.length !== want.length) {
         pick.replaceChildren(...want.map((v) => el("option", { value: v }, "container " + v.replace(":", " "))));
+        pick.value = `${logState.container}:${logState.stream}`;
+        if (shownLog) log.scrollIntoView();
       }
       const events = await getJson(`/apps/${encodeURIComponent(id)}/events`);
       if (gen !== generation) return;
@@ -671,7 +736,7 @@ function appPage(gen, id) {
           el("li", { class: "event kind-" + e.kind }, el("time", {}, time(e.time)), " ", el("span", { class: "badge" }, e.kind), " ", e.reason),
         ),
       );
-      await tailLog(gen, id, logState, log);
+      await tailLog(gen, id, logState, log, logNotice);
     },
     2000,
   );
@@ -711,14 +776,22 @@ function gpuUseView(app) {
   ];
 }
 
-async function tailLog(gen, id, state, pre) {
+const LOG_VIEW_CHARS = 200000; // the view keeps this much of a log's end; the rest: Download
+const LOG_TAIL_LINES = 2000; // a log is opened at its last lines
+
+// The log's end, then what it writes next. The view never holds more than LOG_VIEW_CHARS: what
+// it does not show is said above it (with the Download button for the whole log).
+async function tailLog(gen, id, state, pre, notice) {
   if (state.complete) return;
-  const params = new URLSearchParams({
-    container: String(state.container),
-    stream: state.stream,
-    offset: String(state.offset),
-    length: String(256 * 1024),
-  });
+  const first = state.offset === null;
+  const params = new URLSearchParams({ container: String(state.container), stream: state.stream });
+  if (first) {
+    params.set("tail", String(LOG_TAIL_LINES));
+    params.set("length", String(LOG_VIEW_CHARS));
+  } else {
+    params.set("offset", String(state.offset));
+    params.set("length", String(256 * 1024));
+  }
   let resp;
   try {
     resp = await api(`/apps/${encodeURIComponent(id)}/logs?${params}`);
@@ -728,13 +801,54 @@ async function tailLog(gen, id, state, pre) {
   }
   const text = await resp.text();
   if (gen !== generation) return;
-  state.offset = Number(resp.headers.get("X-Dlapp-Next-Offset") || state.offset);
+  const header = (name, fallback) => Number(resp.headers.get(name) ?? fallback);
+  if (first) state.hidden = header("X-Dlapp-Offset", 0); // bytes before the tail: not shown
+  state.offset = header("X-Dlapp-Next-Offset", state.offset);
+  state.size = Math.max(header("X-Dlapp-Size", 0), state.offset);
   state.complete = resp.headers.get("X-Dlapp-Complete") === "true";
   if (text) {
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    pre.textContent = (pre.textContent + text).slice(-200000);
+    let all = pre.textContent + text;
+    if (all.length > LOG_VIEW_CHARS) {
+      // drop whole lines from the top, never half of one
+      const cut = all.indexOf("\n", all.length - LOG_VIEW_CHARS);
+      const drop = cut < 0 ? all.length - LOG_VIEW_CHARS : cut + 1;
+      state.hidden += new TextEncoder().encode(all.slice(0, drop)).length;
+      all = all.slice(drop);
+    }
+    pre.textContent = all;
     if (atBottom) pre.scrollTop = pre.scrollHeight;
   }
+  notice.hidden = state.hidden <= 0;
+  notice.textContent = state.hidden > 0
+    ? `The first ${bytes(state.hidden)} of this log (${bytes(state.size)} so far) are not shown: ` +
+      "this view keeps its end. Download has all of it."
+    : "";
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return i ? n.toFixed(1) + " " + units[i] : n + " B";
+}
+
+// The whole log as a file: fetched with the token (a plain link could not send it), then
+// saved under the server's name for it.
+async function downloadLog(id, state) {
+  const params = new URLSearchParams({ container: String(state.container), stream: state.stream });
+  const resp = await api(`/apps/${encodeURIComponent(id)}/logs/download?${params}`);
+  const blob = await resp.blob();
+  const named = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+  const url = URL.createObjectURL(blob);
+  const a = el("a", { href: url, download: named ? named[1] : `${id}.log`, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 // -- start ------------------------------------------------------------------------------------

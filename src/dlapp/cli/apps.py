@@ -1,0 +1,325 @@
+"""The commands on apps: launch, status, list, kill, softkill, logs, spec check."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from dlapp.cli.common import connect, dashboard_url, err, human_size, launch_app, out, print_json
+from dlapp.data.locations import in_hdfs_namespace
+from dlapp.errors import DlappError
+from dlapp.spec import PROPERTIES, AppSpec, properties_username
+
+
+@click.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="wait for the app; exit 0 only if it SUCCEEDED")
+@click.option("--follow", is_flag=True, help="stream container 0's stdout until the app ends")
+def launch(spec_file: str, wait: bool, follow: bool) -> None:
+    """Launch the app described by SPEC_FILE (app.yaml or dl_app.properties)."""
+    sys.exit(launch_app(spec_file, wait, follow))
+
+
+# -- status / list ----------------------------------------------------------------------------
+
+FAILED_OUTPUT_EVENT = "failed-output"  # an event's reason: where a failed app's output went
+
+
+def show_status(app_id: str, as_json: bool) -> int:
+    with connect() as client:
+        app = client.get(app_id)
+        events = [] if as_json else client.events(app_id)
+    if as_json:
+        print_json(app)
+        return 0
+    staged = [e for e in events if e["kind"] == "staging"]
+    kept = [e["reason"] for e in events if e["kind"] == FAILED_OUTPUT_EVENT]
+    starting = [str(c["index"]) for c in app["containers"] if c["state"] == "STARTING"]
+    state = app["state"]
+    if state == "RUNNING" and starting:  # its supervisors stage the workspace and inputs in
+        state += f" (starting: staging in; container {', '.join(starting)} not started yet)"
+    out.print(f"Application ID : {app['id']}")
+    out.print(f"Name           : {app['name']}")
+    out.print(f"User           : {app['user']}")
+    out.print(f"Queue          : {app['queue']}")
+    out.print(f"State          : {state}")
+    out.print(f"Final status   : {app['final_status']}")
+    if app["pending_reason"]:
+        out.print(f"Pending because: {app['pending_reason']}")
+    if app["diagnostics"]:
+        out.print(f"Diagnostics    : {app['diagnostics']}")
+    if app["final_status"] == "FAILED" and kept:  # save_on_failure: <url>.failed-<app id>
+        for url in dict.fromkeys(kept):
+            out.print(f"Output kept at : {url}", markup=False)
+    out.print(f"Submitted      : {app['submit_time']}")
+    out.print(f"Started        : {app['start_time'] or '-'}")
+    out.print(f"Finished       : {app['finish_time'] or '-'}")
+    if app["elapsed_s"] is not None:
+        out.print(f"Elapsed        : {app['elapsed_s']:.1f}s")
+    if staged:  # the latest progress or summary line of its data staging
+        out.print(f"Staging        : {staged[-1]['reason']}", markup=False)
+    gpu = app.get("gpu_usage")
+    if gpu:
+        mean = gpu["utilisation_mean"]
+        out.print(
+            f"GPU use        : {'-' if mean is None else f'{mean:.0f}%'} on average, "
+            f"{gpu['gpu_hours_used']:.2f} GPU-hours used"
+            + (f"; IDLE since {gpu['idle_since']}" if gpu["idle"] else "")
+        )
+    out.print(f"Dashboard      : {dashboard_url(app)}")
+    out.print(f"API            : {app['url']} (JSON, with your token)")
+    if app["containers"]:
+        table = Table("index", "node", "gpu ids", "state", "exit code", "diagnostics")
+        for c in app["containers"]:
+            table.add_row(
+                str(c["index"]),
+                c["node"],
+                ",".join(c["gpu_ids"]) or "-",
+                c["state"],
+                "-" if c["exit_code"] is None else str(c["exit_code"]),
+                c["diagnostics"],
+            )
+        out.print(table)
+        for c in app["containers"]:  # pages a browser opens (the API's URLs need a token)
+            for stream in ("stdout", "stderr"):
+                url = dashboard_url(app, (c["index"], stream))
+                out.print(f"container {c['index']} {stream}: {url}")
+    return 0
+
+
+@click.command()
+@click.argument("app_id")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(app_id: str, as_json: bool) -> None:
+    """Show one app: state, times, containers (node, GPU ids, exit code), log URLs."""
+    sys.exit(show_status(app_id, as_json))
+
+
+LIST_LIMIT = 100  # apps ``dlapp list`` shows unless told otherwise
+
+
+def list_apps(
+    user: str | None,
+    show_all: bool,
+    as_json: bool,
+    queue: str | None = None,
+    limit: int = LIST_LIMIT,
+) -> int:
+    if limit < 0:
+        raise DlappError(f"--limit must be 0 (every app) or more, not {limit}")
+    states = () if show_all else ("ACCEPTED", "RUNNING")
+    with connect() as client:
+        if limit == 0:
+            apps, more = list(client.iter_apps(user=user, queue=queue, states=states)), None
+        else:
+            apps, more = client.list_page(user=user, queue=queue, states=states, limit=limit)
+    if as_json:
+        print_json(apps)
+        return 0
+    table = Table(
+        "id", "name", "user", "queue", "state", "final status", "gpus", "submitted", "why pending"
+    )
+    for a in apps:
+        table.add_row(
+            a["id"],
+            a["name"],
+            a["user"],
+            a["queue"],
+            a["state"],
+            a["final_status"],
+            str(a["resources"]["gpus"] * a["num_containers"])
+            + (" (idle)" if (a.get("gpu_usage") or {}).get("idle") else ""),
+            a["submit_time"],
+            a.get("pending_reason") or "",
+        )
+    out.print(table)
+    if more is not None:
+        out.print(f"the newest {len(apps)} shown; there are more (--limit N, --limit 0 for all)")
+    if not apps:
+        out.print(
+            "no apps" + ("" if show_all else " queued or running (--all shows finished ones)")
+        )
+    return 0
+
+
+@click.command("list")
+@click.option("--user", help="only this user's apps")
+@click.option("--queue", help="only this queue's apps")
+@click.option("--all", "show_all", is_flag=True, help="include finished apps")
+@click.option(
+    "--limit",
+    type=int,
+    default=LIST_LIMIT,
+    show_default=True,
+    help="show the newest N apps; 0: all of them",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_cmd(
+    user: str | None, queue: str | None, show_all: bool, limit: int, as_json: bool
+) -> None:
+    """List queued and running apps (all with --all), newest first."""
+    sys.exit(list_apps(user, show_all, as_json, queue, limit))
+
+
+# -- kill / softkill / logs -------------------------------------------------------------------
+
+
+def kill_app(app_id: str, soft: bool, owner: str | None = None) -> int:
+    """Kill or softkill ``app_id``; with ``owner`` (``dlapp-kill USER ID``), only if it is
+    that user's app."""
+    with connect() as client:
+        if owner is not None:
+            user = client.get(app_id)["user"]
+            if user != owner:
+                raise DlappError(f"{app_id} is {user}'s app, not {owner}'s: nothing was killed")
+        app = client.softkill(app_id) if soft else client.kill(app_id)
+    word = "softkill" if soft else "kill"
+    out.print(f"{word} sent to {app_id} (state {app['state']}, final status {app['final_status']})")
+    return 0
+
+
+@click.command()
+@click.argument("app_id")
+def kill(app_id: str) -> None:
+    """End an app now."""
+    sys.exit(kill_app(app_id, soft=False))
+
+
+@click.command()
+@click.argument("app_id")
+def softkill(app_id: str) -> None:
+    """SIGTERM the app, wait the grace period, then SIGKILL."""
+    sys.exit(kill_app(app_id, soft=True))
+
+
+TAIL_LINES = 100  # lines ``dlapp logs`` shows unless told otherwise
+MAX_READ = 16 * 1024 * 1024  # bytes of a log one request reads at most (the server's limit)
+
+
+@click.command()
+@click.argument("app_id")
+@click.option("--container", "-c", default=0, show_default=True, help="container index")
+@click.option("--stderr", is_flag=True, help="stderr instead of stdout")
+@click.option("--tail", "-n", type=click.IntRange(min=1), help=f"the last N lines [{TAIL_LINES}]")
+@click.option("--head", type=click.IntRange(min=1), help="the first N lines")
+@click.option("--all", "whole", is_flag=True, help="the whole log, however long")
+@click.option(
+    "--attempt",
+    type=click.IntRange(min=1),
+    help="an earlier attempt's log (before a preemption or a requeue) [the current one]",
+)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="keep reading until the container ends: from the start, or with --tail N the last N",
+)
+def logs(
+    app_id: str,
+    container: int,
+    stderr: bool,
+    tail: int | None,
+    head: int | None,
+    whole: bool,
+    attempt: int | None,
+    follow: bool,
+) -> None:
+    """Print the end of a container's stdout (or stderr), live or after the app ended.
+
+    The last 100 lines by default; a notice on stderr says what was left out."""
+    stream = "stderr" if stderr else "stdout"
+    chosen = [name for name, on in (("--tail", tail), ("--head", head), ("--all", whole)) if on]
+    if len(chosen) > 1:
+        raise DlappError(f"{' and '.join(chosen)} cannot be used together: choose one")
+    if follow and (head or whole):
+        raise DlappError(f"--follow reads on from the end: not with {chosen[0]}")
+    with connect() as client:
+        if follow:
+            for text in client.follow_logs(app_id, container, stream, tail, attempt):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            return
+        if whole:
+            for data in client.download_logs(app_id, container, stream, attempt):
+                sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+            return
+        lines = client.log_lines(
+            app_id,
+            container,
+            stream,
+            tail=None if head else tail or TAIL_LINES,
+            head=head,
+            attempt=attempt,
+            max_bytes=MAX_READ,
+        )
+    shown = lines.text.count("\n") + (0 if lines.text.endswith("\n") or not lines.text else 1)
+    if lines.cut_before and not head:
+        err.print(
+            f"[dlapp] the last {shown} lines of {human_size(lines.size)}: "
+            f"{human_size(lines.cut_before)} before them left out "
+            "(--tail N for more, --head N for the start, --all for the whole log)",
+            markup=False,
+        )
+    sys.stdout.write(lines.text)
+    sys.stdout.flush()
+    if lines.cut_after and head:
+        err.print(
+            f"[dlapp] the first {shown} lines of {human_size(lines.size)}: "
+            f"{human_size(lines.cut_after)} after them left out "
+            "(--head N for more, --tail N for the end, --all for the whole log)",
+            markup=False,
+        )
+    if attempt is None and lines.attempt > 1:
+        err.print(
+            f"[dlapp] attempt {lines.attempt}'s log; the earlier ones: --attempt 1"
+            + (f" to {lines.attempt - 1}" if lines.attempt > 2 else ""),
+            markup=False,
+        )
+
+
+@click.group()
+def spec() -> None:
+    """Work with app specs."""
+
+
+@spec.command("check")
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the normalised spec as JSON")
+def spec_check(spec_file: str, as_json: bool) -> None:
+    """Validate SPEC_FILE and print the normalised spec, or every problem. What only a server
+    can tell (a scheme it must be configured for, an ignored username) comes as notes."""
+    path = Path(spec_file)
+    parsed = AppSpec.from_file(path)
+    if as_json:
+        print_json(parsed.to_dict())
+    else:
+        click.echo(parsed.to_yaml(), nl=False)
+    for note in spec_notes(path, parsed):
+        err.print(f"note: {note}", markup=False)
+
+
+def spec_notes(path: Path, parsed: AppSpec) -> list[str]:
+    """What a valid spec may still meet on a server."""
+    notes = []
+    hdfs = [b.url for b in (*parsed.inputs, *parsed.outputs) if in_hdfs_namespace(b.url)]
+    if hdfs:
+        notes.append(
+            f"{', '.join(hdfs)}: hdfs:/// paths (no namenode in the URL) are served only by a "
+            "server whose admin set hdfs_endpoint or hdfs_map (docs/data.md#hdfs); any other "
+            "server refuses them at launch"
+        )
+    named = properties_username(path.read_text()) if path.suffix in PROPERTIES else None
+    if named is not None:
+        notes.append(
+            f"username={named} is ignored: an app runs as the user whose token launches it"
+        )
+    return notes
+
+
+def register(group: click.Group) -> None:
+    for command in (launch, status, list_cmd, kill, softkill, logs, spec):
+        group.add_command(command)

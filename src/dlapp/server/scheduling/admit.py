@@ -1,0 +1,251 @@
+"""Admission: the queue heads and the snapshot the pure policy decides on, and its decisions
+carried out (admit and start, preempt, or say why an app waits)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.orm import Session
+
+from dlapp.contract import ContainerCause
+from dlapp.errors import DlappError
+from dlapp.scheduler import (
+    Admit,
+    AppHead,
+    Decision,
+    Preempt,
+    Resources,
+    RunningApp,
+    Snapshot,
+    Wait,
+)
+from dlapp.server import nodes, tenancy
+from dlapp.server.context import Context
+from dlapp.server.queue_service import app_request
+from dlapp.server.scheduling import gpus
+from dlapp.server.scheduling.effects import Effects
+from dlapp.server.scheduling.plans import container_plans
+from dlapp.server.views import iso
+from dlapp.spec import AppSpec
+from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
+from dlapp.store import repo
+from dlapp.store.models import App
+
+logger = logging.getLogger(__name__)
+
+
+class Specs:
+    """Parsed specs by app id (a spec never changes)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, AppSpec] = {}
+
+    def __call__(self, app: App) -> AppSpec:
+        spec = self._by_id.get(app.id)
+        if spec is None:
+            spec = self._by_id[app.id] = repo.app_spec(app)
+        return spec
+
+
+class Admission:
+    def __init__(
+        self,
+        ctx: Context,
+        effects: Effects,
+        specs: Specs,
+        claims: dict[str, str],
+        commit: Callable[[Session], None],
+    ) -> None:
+        self.ctx = ctx
+        self.effects = effects
+        self.specs = specs
+        self.claims = claims  # preempted app -> the queue its resources go to
+        self.commit = commit  # fenced: raises when the lease was lost
+
+    # -- what decide() sees ---------------------------------------------------------------------
+
+    def heads(self, session: Session, pending: Sequence[App]) -> list[AppHead]:
+        """The waiting apps as ``decide`` sees them, with the service they have had and how
+        long they have waited (the las / srtf orderings, promotion and reservations)."""
+        runs = repo.earlier_runs(session, {a.id: a.attempt + 1 for a in pending if a.attempt})
+        return [self.head(a, runs.get(a.id)) for a in pending]
+
+    def head(self, app: App, runs: tuple[float, float] | None = None) -> AppHead:
+        """``runs``: (seconds it ran before, when its last run ended), when it has run."""
+        spec = self.specs(app)
+        ran, last_end = runs if runs is not None else (0.0, None)
+        return AppHead(
+            app_id=app.id,
+            user=app.user,
+            queue=app.queue,
+            seq=app.seq,
+            request=app_request(app),
+            num_containers=app.num_containers,
+            include_nodes=spec.nodes.include,
+            exclude_nodes=spec.nodes.exclude,
+            priority=spec.priority,
+            spread=spec.nodes.strategy == "spread",
+            ran_s=ran,
+            waiting_since=last_end if last_end is not None else app.submit_time,
+            max_runtime_s=spec.max_runtime_s,
+            gpu_types=spec.resources.gpu_type,
+            mig=spec.resources.mig,
+        )
+
+    def snapshot(self, session: Session) -> Snapshot:
+        used: dict[str, Resources] = {}
+        holds: dict[str, list[gpus.Held]] = {}
+        for app, c in repo.allocations(session):
+            used[c.node_id] = used.get(c.node_id, Resources()) + app_request(app)
+            holds.setdefault(c.node_id, []).append(
+                gpus.held(app.gpus, self.specs(app), c.node_id, c.gpu_ids)
+            )
+        views = []
+        held_back = nodes.states(session)  # drained or cordoned: no new apps
+        for n in self.ctx.nodes(max_age_s=0.0):  # fresh: never place on a node just lost
+            if not n.alive:
+                continue
+            free = n.total - used.get(n.node_id, Resources())
+            views.append(
+                gpus.node_view(n, holds.get(n.node_id, ()), free, n.node_id not in held_back)
+            )
+        return Snapshot(
+            tuple(views),
+            running=self._running(session),
+            queues=self.ctx.queues.tree,
+            now=self.ctx.clock(),
+        )
+
+    def _running(self, session: Session) -> tuple[RunningApp, ...]:
+        placed: dict[str, list[str]] = {}
+        devices: dict[str, list[tuple[int, ...]]] = {}
+        apps: dict[str, App] = {}
+        by_id = {n.node_id: n for n in self.ctx.nodes()}
+        for app, c in repo.allocations(session):
+            apps[app.id] = app
+            placed.setdefault(app.id, []).append(c.node_id)
+            node = by_id.get(c.node_id)
+            ids = c.gpu_ids.split(",") if c.gpu_ids else []
+            devices.setdefault(app.id, []).append(
+                gpus.device_indices(node, ids) if node is not None else ()
+            )
+        runs = repo.earlier_runs(session, {i: a.attempt for i, a in apps.items() if a.attempt > 1})
+        out = []
+        for app_id, app in apps.items():
+            spec = self.specs(app)
+            started = app.start_time or 0.0
+            out.append(
+                RunningApp(
+                    app_id=app_id,
+                    user=app.user,
+                    queue=app.queue,
+                    seq=app.seq,
+                    request=app_request(app),
+                    nodes=tuple(placed[app_id]),
+                    priority=spec.priority,
+                    started_at=started,
+                    ends_by=None if spec.max_runtime_s is None else started + spec.max_runtime_s,
+                    stopping=app.kill_requested is not None,
+                    claimed_by=self.claims.get(app_id),
+                    ran_before_s=runs.get(app_id, (0.0, 0.0))[0],
+                    mig=spec.resources.mig,
+                    devices=_known(devices[app_id], app_request(app).gpus, spec),
+                )
+            )
+        return tuple(out)
+
+    # -- carrying decisions out -----------------------------------------------------------------
+
+    def apply(
+        self,
+        session: Session,
+        pending: Sequence[App],
+        decisions: Sequence[Decision],
+        snapshot: Snapshot,
+    ) -> None:
+        by_id = {a.id: a for a in pending}
+        for d in decisions:
+            if isinstance(d, Admit):
+                self._admit(session, by_id[d.app_id], d, snapshot)
+            elif isinstance(d, Wait):
+                app = by_id[d.app_id]
+                reason = f"{d.reason} (position {d.position} in queue {app.queue})"
+                if d.estimate is not None:
+                    reason += f"; could start by {iso(d.estimate)}"
+                if app.pending_reason != reason:
+                    app.pending_reason = reason
+            elif isinstance(d, Preempt):
+                self._preempt(session, d)
+
+    def _preempt(self, session: Session, d: Preempt) -> None:
+        app = session.get(App, d.app_id)
+        if app is None or app.state != AppState.RUNNING.value or app.kill_requested:
+            return
+        now = self.ctx.clock()
+        grace = self.ctx.queues.tree.preemption_grace_s
+        app.kill_requested = StopReason.PREEMPT
+        self.claims[app.id] = d.for_queue
+        repo.add_event(session, app.id, "preemption", d.reason, now)
+        repo.add_event(session, d.for_app, "preemption", f"{d.app_id} preempted for this app", now)
+        notice = {"reason": "preempted", "detail": d.reason, "deadline": now + grace}
+        self.effects.stop_app(app.id, app.attempt, grace, notice)
+
+    def _admit(self, session: Session, app: App, admit: Admit, snapshot: Snapshot) -> None:
+        now = self.ctx.clock()
+        spec = repo.app_spec(app)
+        app.attempt += 1
+        names = {n.node_id: n.name for n in snapshot.nodes}
+        repo.add_containers(session, app, [(n, names.get(n, n)) for n in admit.nodes])
+        # 2. its GPUs: the devices decide chose, MIG instances free on its nodes; kept with its
+        #    containers from now (its engine may report others when they start)
+        infos = {n.node_id: n for n in self.ctx.nodes()}
+        holds: dict[str, list[gpus.Held]] = {}
+        for other, c in repo.allocations(session):
+            if other.id != app.id:
+                holds.setdefault(c.node_id, []).append(
+                    gpus.held(other.gpus, self.specs(other), c.node_id, c.gpu_ids)
+                )
+        grants = gpus.grants(spec, [infos[n] for n in admit.nodes], admit.devices, holds)
+        for c, grant in zip(repo.current_containers(session, app), grants, strict=True):
+            c.gpu_ids = ",".join(grant.gpu_ids)
+        repo.transition(
+            session,
+            app,
+            AppState.RUNNING,
+            f"admitted on {', '.join(names.get(n, n) for n in admit.nodes)}",
+            now,
+        )
+        multi = tenancy.multi_user(self.ctx, session)
+        account = tenancy.account_plan(self.ctx, session, app.user, multi)
+        data = tenancy.data(self.ctx, multi)  # the account's uid, given now, is kept below
+        self.commit(session)  # fenced: a server that lost the lease never starts anything
+        node_names = [names.get(n, n) for n in admit.nodes]
+        plans = container_plans(self.ctx, app, spec, node_names, admit.nodes, data, account, grants)
+        try:
+            self.ctx.executor.start(plans, admit.nodes, app_request(app))
+        except (DlappError, OSError, ValueError) as exc:
+            logger.exception("could not start %s", app.id)
+            for c in repo.current_containers(session, app):
+                repo.update_container(
+                    session,
+                    c,
+                    now,
+                    state=ContainerState.LOST.value,
+                    diagnostics=str(exc),
+                    cause=ContainerCause.LOST,
+                )
+            repo.transition(
+                session, app, AppState.FINISHED, f"could not start: {exc}", now, FinalStatus.FAILED
+            )
+
+
+def _known(
+    devices: list[tuple[int, ...]], gpus_each: float, spec: AppSpec
+) -> tuple[tuple[int, ...], ...]:
+    """Each container's device indices, when every one of them is known (else ``()``: the
+    policy then counts them where they most likely are)."""
+    if spec.resources.mig is not None or gpus_each <= 0:
+        return ()
+    count = 1 if gpus_each < 1 else round(gpus_each)
+    return tuple(devices) if all(len(d) == count for d in devices) else ()
