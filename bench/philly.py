@@ -9,6 +9,11 @@ OUT/<scenario>/<run>/report.json and its PNGs. Then, per scenario, a markdown ta
 runs side by side and OUT/<scenario>/compare.png (copied to FIGURES/philly-<scenario>.png
 with --figures). The trace and the virtual clusters come from ../shared/traces/.
 
+--in-process runs the same replays in worker processes of this script, without the CLI (so
+on a machine with no more than dlapp's core dependencies; the commands are printed all the
+same), --tables-only prints the tables and draws the figures from the reports already in OUT,
+and --traces says where the trace and the virtual clusters are.
+
 The saturated scenarios (n48, n52, n96) replay every ordering with and without preemption,
 the jobs stating their duration as max_runtime (`--runtime-estimate 1`), and the
 duration-aware reference of bench/reference.py on the same cluster in the same run: their
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from dlapp.cli.sim import _duration  # noqa: E402
+from dlapp.errors import DlappError  # noqa: E402
 from dlapp.sim import load_trace  # noqa: E402
 from dlapp.sim.plots import write_compare, write_comparison  # noqa: E402
 
@@ -96,6 +102,46 @@ def command(scenario: str, label: str, extra: list[str], out: Path, limit: int |
     argv += [a.format(vc=TRACES / "philly_vc.csv") for a in base] + extra
     argv += ["--label", label, "--out", str(out / scenario / label)]
     return argv + (["--limit", str(limit)] if limit else [])
+
+
+def run_in_process(argv: list[str]) -> tuple[float, float]:
+    """What ``dlapp simulate argv`` does, in this process (only the options used above)."""
+    from dlapp.sim import (
+        ClusterSpec,
+        SimOptions,
+        build_report,
+        finish_time_fairness,
+        policy_tree,
+        simulate,
+        tree_from_vc,
+    )
+
+    print("$", " ".join(argv).replace(str(ROOT) + "/", ""), flush=True)
+    started, cpu = time.perf_counter(), time.process_time()
+    args = argv[2:]
+
+    def value(flag: str, default: str | None = None) -> str | None:
+        return args[args.index(flag) + 1] if flag in args else default
+
+    trace = load_trace(Path(args[0]))
+    limit = value("--limit")
+    if limit:
+        trace = trace.head(int(limit))
+    tree = tree_from_vc(Path(value("--queues-from-vc") or ""), value("--vc-maximum", "100%") or "")
+    preemption = True if "--preemption" in args else False if "--no-preemption" in args else None
+    policy = value("--policy", "dlapp") or "dlapp"
+    tree = policy_tree(tree, policy, preemption)
+    estimate = value("--runtime-estimate")
+    options = SimOptions(runtime_estimate=None if estimate is None else float(estimate))
+    cluster = ClusterSpec.uniform(int(value("--nodes") or 0), 8)
+    result = simulate(trace, cluster, tree, options)
+    fair = finish_time_fairness(result) if "--fairness" in args else []
+    meta = {"label": value("--label"), "policy": policy, "queues_source": tree.source}
+    report = build_report(result, meta, fair) | {"timeline": result.timeline.series()}
+    folder = Path(value("--out") or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def run(argv: list[str]) -> tuple[float, float]:
@@ -183,6 +229,7 @@ def reference_report(scenario: str, limit: int | None) -> dict[str, Any]:
 
 
 def main() -> None:
+    global TRACES
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--scenario", nargs="+", choices=list(SCENARIOS), default=["n48", "n52", "n96"]
@@ -191,14 +238,27 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="replay only the first N jobs")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "dlapp-philly")
     parser.add_argument("--figures", type=Path, help="copy each compare.png here")
+    parser.add_argument("--traces", type=Path, default=TRACES, help="philly.csv is here")
+    parser.add_argument("--in-process", action="store_true", help="replay without the CLI")
+    parser.add_argument("--tables-only", action="store_true", help="from the reports in OUT")
     args = parser.parse_args()
+    TRACES = args.traces
     runs = [
         (scenario, label, command(scenario, label, extra, args.out, args.limit))
         for scenario in args.scenario
         for label, extra in SCENARIOS[scenario][1]
     ]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        walls = list(pool.map(run, [argv for _, _, argv in runs]))
+    if args.tables_only:
+        walls = []
+        for s, label, _ in runs:
+            saved = json.loads((args.out / s / label / "report.json").read_text())
+            walls.append((saved["wall_s"], saved["cpu_s"]))
+    elif args.in_process:
+        with ProcessPoolExecutor(max_workers=args.parallel) as procs:
+            walls = list(procs.map(run_in_process, [argv for _, _, argv in runs]))
+    else:
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            walls = list(pool.map(run, [argv for _, _, argv in runs]))
     for scenario in args.scenario:
         reports = []
         saturated = scenario.startswith("n")
@@ -211,9 +271,13 @@ def main() -> None:
                 print(saturated_row(label, wall, report, ref) if ref else row(label, wall, report))
         if ref is not None:
             print(saturated_row(f"reference ({ref['wall_s']:.0f} s)", None, ref, ref))
-            png = write_compare(reports, args.out / scenario / "compare.png")
-        else:
-            png = write_comparison(reports, args.out / scenario / "compare.png")
+            (args.out / scenario / "reference.json").write_text(json.dumps(ref, indent=1))
+        try:
+            draw = write_compare if ref is not None else write_comparison
+            png = draw(reports, args.out / scenario / "compare.png")
+        except DlappError as exc:  # no matplotlib here: the tables are all
+            print(f"\n(no figure: {exc.message})")
+            continue
         if args.figures:
             args.figures.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, args.figures / f"philly-{scenario}.png")

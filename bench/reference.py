@@ -173,8 +173,8 @@ def replay(
     jct = [(j.end or 0.0) - j.job.submit for j in done]
     wait = [(j.start or 0.0) - j.job.submit for j in done]
     by_queue: dict[str, list[Job]] = defaultdict(list)
-    for j in done:
-        by_queue[j.job.queue].append(j)
+    for done_job in done:
+        by_queue[done_job.job.queue].append(done_job)
     delays = {
         q: round(
             sum((j.end or 0.0) - j.job.submit for j in js) / sum(j.job.duration for j in js), 3

@@ -1,4 +1,4 @@
-"""``dlapp node join`` on a second Ray node: a gang that needs two nodes waits on a one-node
+"""``dlapp node join`` on a second Ray node: a gang that needs two nodes is refused by a one-node
 cluster; ``dlapp node join HEAD`` (``ray start --address``, as an admin runs it on a GPU
 machine) adds a node, the server sees it, and the gang runs across both nodes.
 
@@ -7,6 +7,7 @@ ended by their ids: ``ray stop`` would end every Ray process on the machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -36,10 +37,8 @@ def joined_marker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv(MARK, value)
     yield value
     for pid in processes_with_env(MARK, value):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     wait_for(lambda: not processes_with_env(MARK, value), 30, "the joined node to end")
 
 
@@ -65,26 +64,17 @@ def test_a_node_joined_with_dlapp_node_join_runs_a_gang_with_the_head(
             assert len(_nodes(api, token)) == 1
             script = 'echo "rank $RANK of $WORLD_SIZE"\n'
             gang = {"cpus": 1, "memory": "128M", "gpus": 1}
-            resp = submit(api, tmp_path, token, script, num_containers=2, resources=gang)
-            assert resp.status_code == 201, resp.text
-            app_id = resp.json()["id"]
-            waiting = wait_for(
-                lambda: (
-                    (a := api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json())[
-                        "pending_reason"
-                    ]
-                    and a
-                ),
-                30,
-                "the gang to wait for a second node",
-            )
-            assert waiting["state"] == "ACCEPTED"
+            refused = submit(api, tmp_path, token, script, num_containers=2, resources=gang)
+            assert refused.status_code == 422 and "the cluster has 1 GPU" in refused.text
             # the admin joins a second machine (here: this one) to the head
             assert cli.main(["node", "join", cluster.address, "--gpus", "1", "--cpus", "2"]) == 0
             assert f"ray start --address={cluster.address} --num-gpus=1" in capsys.readouterr().out
             assert processes_with_env(MARK, joined_marker)  # the node's own processes
             nodes = wait_for(lambda: len(n := _nodes(api, token)) == 2 and n, 60, "two nodes")
             assert all(n["total"]["gpus"] == 1 for n in nodes)
+            resp = submit(api, tmp_path, token, script, num_containers=2, resources=gang)
+            assert resp.status_code == 201, resp.text
+            app_id = resp.json()["id"]
             done = wait_for(
                 lambda: (
                     (a := api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json())["state"]

@@ -3,7 +3,17 @@ mode, from NVML answers written as a real node's NVML gives them (``tests/nvml``
 
 from __future__ import annotations
 
-from dlapp.runtime.gpus import GpuDevice, MigInstance, count_gpus, discover
+import json
+
+from dlapp.cli.nodes_join import join_command
+from dlapp.runtime.gpus import (
+    GpuDevice,
+    MigInstance,
+    count_gpus,
+    discover,
+    from_ray_resources,
+    ray_resources,
+)
 from nvml_replay import NVMLError, ReplayedNvml
 
 
@@ -50,3 +60,26 @@ def test_no_driver_means_no_gpus() -> None:
 
     assert discover(NoDriver("t4.json")) == []
     assert isinstance(count_gpus(), int)  # this machine: whatever NVML (if any) finds
+
+
+def test_a_node_declares_its_model_memory_and_mig_instances_to_ray() -> None:
+    devices = discover(ReplayedNvml("h200_mig.json"))
+
+    gpus, resources = ray_resources(devices)
+
+    assert gpus == 1  # the GPU in MIG mode is handed out by its instances only
+    assert resources["dlapp_gpu_model:H200"] == 1 and resources["dlapp_gpu_memory_mb"] == 143771
+    mig = sorted(k for k in resources if k.startswith("dlapp_mig:"))
+    assert len(mig) == 4 and mig[0].startswith("dlapp_mig:1g.18gb:MIG-")
+    model, memory, instances = from_ray_resources({**resources, "GPU": 1.0, "CPU": 8.0})
+    assert (model, memory) == ("H200", 143771)
+    assert sorted(p for _, p, _ in instances) == ["1g.18gb", "1g.18gb", "2g.35gb", "3g.71gb"]
+    cmd = join_command("10.0.0.1:6379", gpus, resources=resources)
+    assert "--num-gpus=1" in cmd
+    declared = json.loads(next(c for c in cmd if c.startswith("--resources=")).split("=", 1)[1])
+    assert declared == resources
+
+
+def test_a_node_without_dlapps_labels_takes_rays_accelerator_type() -> None:
+    assert from_ray_resources({"GPU": 8.0, "accelerator_type:A100": 1.0}) == ("A100", 0, ())
+    assert ray_resources([], model=None) == (0, {})

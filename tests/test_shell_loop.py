@@ -96,12 +96,12 @@ def _shell(spec: Path, env: dict[str, str]) -> Terminal:
     raise AssertionError(f"the shell did not answer:\n{term.output}")
 
 
-def _edit_and_run(term: Terminal) -> str:
-    """In the shell: change the entry script, `dlapp run --wait`; the app id."""
+def _edit_and_run(term: Terminal, run: str = "dlapp run") -> str:
+    """In the shell: change the entry script, then ``RUN --wait``; what the terminal showed."""
     term.type("touch /workspace/made-in-the-shell; echo touch-rc=$?")
     term.read_until(r"touch-rc=(\d)")
     term.type("echo tokens=$(env | grep -c TOKEN) server=${DLAPP_SERVER:-none}")
-    term.type("echo 'echo edited in the shell' > run.sh; dlapp run --wait")
+    term.type(f"echo 'echo edited in the shell' > run.sh; {run} --wait")
     term.type("echo run-rc=$?")
     term.read_until(r"run-rc=\d+", timeout=180)
     term.type("exit")
@@ -146,7 +146,7 @@ def test_dlapp_run_in_the_shell_submits_with_the_users_own_server_and_token(
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLAPP_")}
     env |= {"DLAPP_SERVER": server_url, "DLAPP_TOKEN": tokens["alice"]}
     env |= {"XDG_CONFIG_HOME": str(tmp_path / "no-config"), "DLAPP_HOME": str(tmp_path / "h")}
-    output = _edit_and_run(_shell(spec, env))
+    output = _edit_and_run(_shell(spec, env), run="dlapp-run")  # the reference system's name
 
     assert "run-rc=0" in output, output
     app_id = APP_ID.search(output)
@@ -231,6 +231,16 @@ def test_the_shells_dlapp_prints_what_the_host_ran_and_exits_with_its_status(
         ran = _shim(relay_dir, "run", "--wait")
         assert ran.communicate(timeout=30) == ("host ran: launch /home/ann/app.yaml --wait\n", None)
         assert ran.returncode == 3
+        (tmp_path / "dlapp-run").symlink_to(shim_path(relay_dir))  # the reference name
+        with subprocess.Popen(
+            ["sh", str(tmp_path / "dlapp-run"), "--follow"],
+            env={**os.environ, "DLAPP_RELAY": str(relay_dir)},
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as reference:
+            assert reference.communicate(timeout=30)[0] == (
+                "host ran: launch /home/ann/app.yaml --follow\n"
+            )
         shown = _shim(relay_dir, "--help")
         assert "dlapp run [--wait]" in shown.communicate(timeout=30)[0]
         assert shown.returncode == 0
@@ -265,6 +275,23 @@ def test_a_request_not_from_the_shells_user_is_ignored(tmp_path: Path) -> None:
             time.sleep(0.05)
         time.sleep(0.3)
     assert not planted.exists() and not (relay_dir / "out.planted").exists()
+
+
+def test_a_request_that_is_a_link_is_not_followed(tmp_path: Path) -> None:
+    """The shell's user may swap a request for a link to a file only the host user reads:
+    the relay never reads through it (its text would come back as an error message)."""
+    relay_dir = tmp_path / "relay"
+    prepare(relay_dir, os.getuid(), os.getgid())
+    secret = tmp_path / "secret"
+    secret.write_text("/\nstatus\nthe-host-users-secret\n")
+    link = relay_dir / "req.linked"
+    link.symlink_to(secret)
+    with Relay(relay_dir, os.getuid(), PLACE, ["sh", "-c", 'echo "ran $*"', "sh"]):
+        deadline = time.monotonic() + 10
+        while link.is_symlink() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert not link.is_symlink() and not (relay_dir / "out.linked").exists()
 
 
 # -- the shell's GPUs where the machine has none ---------------------------------------------

@@ -22,7 +22,6 @@ from spec_builders import REFERENCE_PROPERTIES
 MNIST = Path(__file__).resolve().parent.parent / "examples" / "mnist"
 
 
-
 def spec_dict(**changes: Any) -> dict[str, Any]:
     """A minimal valid native spec, with top-level keys replaced by ``changes``."""
     data: dict[str, Any] = {"name": "t", "entry": {"script": "run.sh"}}

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from dlapp.cli.relay import RELAY_IN_CONTAINER, SHIM_IN_CONTAINER
+from dlapp.cli.relay import RELAY_IN_CONTAINER, RUN_SHIM_IN_CONTAINER, SHIM_IN_CONTAINER
 from dlapp.config import ContainerPolicy
 from dlapp.errors import InfeasibleError
 from dlapp.runtime.base import LaunchRequest
@@ -102,6 +102,7 @@ def shell_args(
         *_bind(files.spec, SPEC_IN_CONTAINER, read_only=True),
         *_bind(files.relay, RELAY_IN_CONTAINER),
         *_bind(files.shim, SHIM_IN_CONTAINER, read_only=True),
+        *_bind(files.shim, RUN_SHIM_IN_CONTAINER, read_only=True),
     ]
     return argv[:image_at] + mounts + argv[image_at:]
 

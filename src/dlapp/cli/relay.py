@@ -1,8 +1,9 @@
 """``dlapp`` inside a dev shell: a relay to the ``dlapp shell`` process on the host.
 
 The shell's image need not hold dlapp (nor Python), reach the server, or hold a token. ``dlapp
-shell`` mounts ``SHIM`` (POSIX sh: busybox, dash and bash run it) at ``/dlapp/bin/dlapp``, first
-on the shell's PATH, and a relay directory at ``/dlapp/relay``. Typed in the shell, ``dlapp ARGS``
+shell`` mounts ``SHIM`` (POSIX sh: busybox, dash and bash run it) at ``/dlapp/bin/dlapp`` and
+``/dlapp/bin/dlapp-run`` (the reference system's name of ``dlapp run``), first on the shell's
+PATH, and a relay directory at ``/dlapp/relay``. Typed in the shell, ``dlapp ARGS``
 drops a request there (its working directory and ARGS, one a line); the ``dlapp shell`` process
 on the host, which waits for the container anyway, runs the command as its user with their own
 client configuration (the server saved by ``dlapp login``, ``DLAPP_SERVER``/``DLAPP_TOKEN``, or
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 RELAY_IN_CONTAINER = "/dlapp/relay"
 SHIM_IN_CONTAINER = "/dlapp/bin/dlapp"
+RUN_SHIM_IN_CONTAINER = "/dlapp/bin/dlapp-run"  # the same script: ``dlapp run``
 RELAYED = ("run", "status", "list", "logs", "kill", "softkill", "queues", "gpus")
 MAX_REQUEST_BYTES = 64 * 1024
 POLL_S = 0.1
@@ -51,6 +53,7 @@ EXIT_REFUSED = 2
 SHIM = r"""#!/bin/sh
 # dlapp inside a dlapp shell: hands the command to `dlapp shell` on the host (dlapp.cli.relay)
 relay=${DLAPP_RELAY:-/dlapp/relay}
+case ${0##*/} in dlapp-run) set -- run "$@" ;; esac  # the reference system's name
 if [ ! -d "$relay" ]; then
   echo "dlapp: not in a dlapp shell (no $relay)" >&2
   exit 1
@@ -221,21 +224,27 @@ class Relay:
     def _take(self, rid: str) -> None:
         path = self.directory / f"req.{rid}"
         try:
-            st = path.lstat()
-            text = path.read_text() if _acceptable(st, self.uid) else None
+            text = _read_request(path, self.uid)
+        except OSError:  # a link (ELOOP), gone, unreadable
+            text = None
+        with contextlib.suppress(OSError):
             path.unlink()
-        except (OSError, UnicodeDecodeError):
-            return
         if text is None or not rid.isalnum():
-            logger.warning("dlapp shell relay: ignored request %r (not the shell user's)", rid)
+            logger.warning("dlapp shell relay: ignored request %r (not the shell user's file)", rid)
             return
         thread = threading.Thread(target=self._serve, args=(rid, text), daemon=True)
         self._threads.append(thread)
         thread.start()
 
     def _cancel(self, rid: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.directory / f"cancel.{rid}").unlink()
+        path = self.directory / f"cancel.{rid}"
+        try:
+            mine = path.lstat().st_uid == self.uid
+            path.unlink()
+        except OSError:
+            return
+        if not mine:
+            return
         with self._lock:
             proc = self._running.get(rid)
         if proc is not None:
@@ -287,8 +296,21 @@ def _interrupt(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGINT)
 
 
-def _acceptable(st: os.stat_result, uid: int) -> bool:
-    return stat.S_ISREG(st.st_mode) and st.st_uid == uid and st.st_size <= MAX_REQUEST_BYTES
+def _read_request(path: Path, uid: int) -> str | None:
+    """The text of a request file, or None unless it is a small regular file of ``uid``'s,
+    opened without following a link (whoever made it may swap it for one at any moment)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid or st.st_size > MAX_REQUEST_BYTES:
+            return None
+        data = os.read(fd, MAX_REQUEST_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode() if len(data) <= MAX_REQUEST_BYTES else None
+    except UnicodeDecodeError:
+        return None
 
 
 @contextlib.contextmanager
