@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from dlapp.cli import main as cli
 from dlapp.client import DlappClient
-from dlapp.config import ServerSettings
+from dlapp.config import ServerSettings, load_server_settings
 from dlapp.data import staging
 from dlapp.data.locations import DataConfig, Profile, hdfs_routes, problem, url_problem
 from dlapp.errors import DataError
@@ -177,6 +177,18 @@ def test_the_hdfs_settings_refuse_what_is_no_store_url() -> None:
         ServerSettings(hdfs_map={"user/": "s3://bucket/user/"})
     with pytest.raises(ValidationError, match="credentials do not belong"):
         ServerSettings(hdfs_endpoint="webhdfs://hdfs:secret@namenode:9870")
+
+
+def test_the_hdfs_settings_come_from_the_environment_too(tmp_path: Path) -> None:
+    env = {
+        "DLAPP_HDFS_ENDPOINT": "webhdfs://namenode.lab.example:9870",
+        "DLAPP_HDFS_MAP": '{"/user/": "s3://lab-hdfs/user/"}',
+    }
+    s = load_server_settings(env=env, home=tmp_path)
+    assert hdfs_routes(s.hdfs_endpoint, s.hdfs_map) == (
+        ("/user/", "s3://lab-hdfs/user/"),
+        ("/", "webhdfs://namenode.lab.example:9870/"),
+    )
 
 
 def test_the_hdfs_settings_travel_to_the_node(namenode: WebHdfs) -> None:
