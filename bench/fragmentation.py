@@ -222,10 +222,14 @@ def fill(tasks: list[Task], cluster: ClusterSpec, placement: str) -> Fill:
 # -- 2. replay ----------------------------------------------------------------------------------
 
 
+MAX_REPLAY_S = 6 * 3600.0  # replayed durations are cut here: arrivals span many of them
+
+
 def replay_trace(rng: random.Random, cluster: ClusterSpec, jobs: int, load: float) -> Trace:
     """``jobs`` tasks arriving as a Poisson process whose GPU demand is ``load`` of the
-    cluster's GPUs (fractions as asked)."""
-    drawn = [(draw_task(rng), draw_duration(rng)) for _ in range(jobs)]
+    cluster's GPUs (fractions as asked); durations from the trace's, cut at 6 hours so that
+    the arrivals span many of them (a steady state, not the tail of a few long jobs)."""
+    drawn = [(draw_task(rng), min(draw_duration(rng), MAX_REPLAY_S)) for _ in range(jobs)]
     gpu_s = sum(t.gpus * d for t, d in drawn)
     rate = load * cluster.total.gpus * len(drawn) / gpu_s  # arrivals per second
     now, out = 0.0, []
@@ -257,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=0.125, help="share of the node list")
     parser.add_argument("--seeds", type=int, default=5, help="fill runs, each new tasks")
-    parser.add_argument("--replay-jobs", type=int, default=4000, help="0: no replay")
-    parser.add_argument("--replay-load", type=float, default=0.8)
+    parser.add_argument("--replay-jobs", type=int, default=8000, help="0: no replay")
+    parser.add_argument("--replay-load", type=float, default=0.9)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     cluster = ClusterSpec.from_dict(cluster_groups(args.scale), "openb node list")

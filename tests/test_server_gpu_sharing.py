@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
+from dlapp.contract import gpu_env
 from dlapp.data.workspace import pack_workspace
 from dlapp.executor import LocalExecutor
 from dlapp.runtime.gpus import GpuDevice, discover
@@ -137,3 +138,24 @@ def test_gpu_hours_count_a_fraction_as_its_share() -> None:
     rows = {r.key: r.gpu_hours for r in usage([half, whole], 0.0, 7200.0)}
 
     assert rows == {"alice": 0.5, "bob": 1.0}
+
+
+def test_a_fraction_is_enforced_by_mps_where_the_node_runs_it_and_stated_otherwise() -> None:
+    with_mps = gpu_env(["3"], 0.25, 35942, mps=True)
+    without = gpu_env(["3"], 0.25, 35942, mps=False)
+    whole = gpu_env(["0", "1"], 1.0, 143771, mps=True)
+
+    assert with_mps == {
+        "CUDA_VISIBLE_DEVICES": "3",
+        "DLAPP_GPU_FRACTION": "0.25",
+        "DLAPP_GPU_MEMORY_MB": "35942",
+        "DLAPP_GPU_MEMORY_LIMIT": "mps",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": "0=35942M",
+    }
+    assert (
+        without["DLAPP_GPU_MEMORY_LIMIT"] == "none"
+        and "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT" not in without
+    )
+    assert "DLAPP_GPU_MEMORY_LIMIT" not in whole and whole["DLAPP_GPU_FRACTION"] == "1"
+    assert gpu_env([], 0.0, 0, mps=True) == {"CUDA_VISIBLE_DEVICES": ""}

@@ -8,13 +8,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
 
 from dlapp import tls
 from dlapp.errors import DlappError, ServerError, ServerUnavailable, error_from_dict
-from dlapp.spec import AppSpec
+
+if TYPE_CHECKING:  # a caller that submits has built one; the CLI's other commands need not
+    from dlapp.spec import AppSpec
 
 TERMINAL = "FINISHED"
 

@@ -16,34 +16,23 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from dlapp.credentials import check_private
-from dlapp.errors import DlappError
-from dlapp.spec import canonical_user
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def default_home(env: Mapping[str, str] = os.environ) -> Path:
-    """Where the embedded cluster keeps its state: ``$DLAPP_HOME`` or the user's data dir."""
-    if env.get("DLAPP_HOME"):
-        return Path(env["DLAPP_HOME"]).expanduser()
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "dlapp"
-
+# the client's settings live in a module of their own (callers may still find them here)
+from dlapp.client_config import ClientSettings as ClientSettings
+from dlapp.client_config import build, env_overrides, read_yaml
+from dlapp.client_config import client_config_path as client_config_path
+from dlapp.client_config import default_home as default_home
+from dlapp.client_config import load_client_settings as load_client_settings
 
 _USERNS_RE = re.compile(r"^(host|nomap|(keep-id|auto)(:[\w=,/-]+)?)$")
 Engine = Literal["docker", "podman"]
@@ -121,6 +110,8 @@ class ContainerPolicy(BaseModel):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
+        from dlapp.spec import canonical_user  # the spec's models: not for the client's settings
+
         if v == "auto":
             return v
         try:
@@ -511,44 +502,6 @@ class ServerSettings(BaseModel):
         return self.public_url or f"{scheme}://{self.host}:{self.port}"
 
 
-class ClientSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    server: str | None = None
-    token: SecretStr | None = None  # for ``server``; the embedded cluster uses its admin.token
-    ca_file: Path | None = None  # the CA that signed ``server``'s certificate (else the system's)
-    timeout_s: float = 30.0
-
-
-def _env_overrides(model: type[BaseModel], env: Mapping[str, str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name in model.model_fields:
-        key = f"DLAPP_{name.upper()}"
-        if env.get(key) not in (None, ""):
-            out[name] = env[key]
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise DlappError(f"cannot read configuration {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise DlappError(f"configuration {path} must be a mapping")
-    return data
-
-
-def _build(model: type[M], values: dict[str, Any], source: str) -> M:
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise DlappError(f"invalid configuration ({source}): {problems}") from None
-
-
 def load_server_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] = os.environ,
@@ -558,25 +511,7 @@ def load_server_settings(
     home = Path(overrides["home"]) if overrides.get("home") else default_home(env)
     path = config_file or home / "server.yaml"
     if config_file is not None or path.exists():
-        values.update(_read_yaml(path))
-    values.update(_env_overrides(ServerSettings, env))
+        values.update(read_yaml(path))
+    values.update(env_overrides(ServerSettings, env))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(ServerSettings, values, str(path))
-
-
-def client_config_path(env: Mapping[str, str] = os.environ) -> Path:
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "dlapp" / "client.yaml"
-
-
-def load_client_settings(env: Mapping[str, str] = os.environ, **overrides: Any) -> ClientSettings:
-    values: dict[str, Any] = {}
-    path = client_config_path(env)
-    if path.exists():
-        values.update(_read_yaml(path))
-    from_env = _env_overrides(ClientSettings, env)
-    if values.get("token") and "token" not in from_env and not overrides.get("token"):
-        check_private(path, "the token")  # a token others can read is no secret: refuse it
-    values.update(from_env)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(ClientSettings, values, str(path))
+    return build(ServerSettings, values, str(path))

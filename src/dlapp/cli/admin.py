@@ -26,7 +26,7 @@ from rich.table import Table
 
 from dlapp.cli.common import connect, print_json
 from dlapp.client import DlappClient
-from dlapp.config import client_config_path, default_home, load_client_settings
+from dlapp.client_config import client_config_path, default_home, load_client_settings
 from dlapp.credentials import ADMIN_TOKEN_FILE, write_private
 from dlapp.errors import DlappError
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 
 from dlapp.cli.common import connect, dashboard_url, err, human_size, launch_app, out, print_json
-from dlapp.data.locations import in_hdfs_namespace
 from dlapp.errors import DlappError
-from dlapp.spec import PROPERTIES, AppSpec, properties_username
+
+if TYPE_CHECKING:  # the spec's models and the data locations: imported where used
+    from dlapp.spec import AppSpec
 
 
 @click.command()
@@ -292,6 +294,8 @@ def spec() -> None:
 def spec_check(spec_file: str, as_json: bool) -> None:
     """Validate SPEC_FILE and print the normalised spec, or every problem. What only a server
     can tell (a scheme it must be configured for, an ignored username) comes as notes."""
+    from dlapp.spec import AppSpec
+
     path = Path(spec_file)
     parsed = AppSpec.from_file(path)
     if as_json:
@@ -304,6 +308,9 @@ def spec_check(spec_file: str, as_json: bool) -> None:
 
 def spec_notes(path: Path, parsed: AppSpec) -> list[str]:
     """What a valid spec may still meet on a server."""
+    from dlapp.data.locations import in_hdfs_namespace
+    from dlapp.spec import PROPERTIES, properties_username
+
     notes = []
     hdfs = [b.url for b in (*parsed.inputs, *parsed.outputs) if in_hdfs_namespace(b.url)]
     if hdfs:

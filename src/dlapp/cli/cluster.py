@@ -11,7 +11,7 @@ from rich.table import Table
 
 from dlapp import embedded
 from dlapp.cli.common import connect, err, out, print_json
-from dlapp.config import default_home
+from dlapp.client_config import default_home
 from dlapp.credentials import ADMIN_TOKEN_FILE
 
 

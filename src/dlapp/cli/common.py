@@ -8,18 +8,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
-from dlapp import __version__, embedded
-from dlapp.client import DlappClient
-from dlapp.config import default_home, load_client_settings
+from dlapp import __version__
+from dlapp.client_config import default_home, load_client_settings
 from dlapp.credentials import ADMIN_TOKEN_FILE, read_private
-from dlapp.data.workspace import check_entry_script, pack_workspace
 from dlapp.errors import DlappError, ServerUnavailable
-from dlapp.spec import PROPERTIES, AppSpec, properties_username
+
+if TYPE_CHECKING:  # imported where used, as are the workspace packer and the embedded cluster
+    from dlapp.client import DlappClient
+    from dlapp.spec import AppSpec
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -31,6 +32,8 @@ SHOW_PROGRESS_BYTES = 16 * 1024 * 1024
 def connect(autostart: bool = False, gpus: int | None = None) -> DlappClient:
     """A client for the configured server with its token, else for the embedded cluster with the
     token of its first admin (``<home>/admin.token``, written there by the server)."""
+    from dlapp.client import DlappClient
+
     settings = load_client_settings()
     if settings.server:
         if settings.token is None:
@@ -44,6 +47,8 @@ def connect(autostart: bool = False, gpus: int | None = None) -> DlappClient:
             settings.timeout_s,
             ca_file=settings.ca_file,
         )
+    from dlapp import embedded  # only without a server configured
+
     home = default_home()
     info = embedded.running(home)
     if info is None and autostart:
@@ -80,6 +85,9 @@ def print_json(data: Any) -> None:
 
 
 def launch_app(spec_file: str, wait: bool, follow: bool) -> int:
+    from dlapp.data.workspace import check_entry_script
+    from dlapp.spec import AppSpec
+
     path = Path(spec_file)
     out.print(f"dlapp launcher {__version__}")
     spec = AppSpec.from_file(path)
@@ -99,6 +107,8 @@ def launch_app(spec_file: str, wait: bool, follow: bool) -> int:
 
 def warn_ignored_username(path: Path, client: DlappClient) -> None:
     """A dl_app.properties' ``username`` is ignored: say so when it names someone else."""
+    from dlapp.spec import PROPERTIES, properties_username
+
     named = properties_username(path.read_text()) if path.suffix in PROPERTIES else None
     if named is None:
         return
@@ -112,6 +122,8 @@ def warn_ignored_username(path: Path, client: DlappClient) -> None:
 
 
 def submit_and_watch(client: DlappClient, spec: AppSpec, wait: bool, follow: bool) -> int:
+    from dlapp.data.workspace import pack_workspace
+
     health = client.health()
     out.print(f"checking the server {client.base_url}: dlapp {health.get('version')} ok")
     ws = Path(spec.workspace.path)

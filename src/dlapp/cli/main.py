@@ -2,11 +2,15 @@
 
 Every command talks to a server through ``DlappClient``; with no server configured it uses the
 embedded local cluster (``dlapp up``), and ``launch`` starts that cluster when it is not up.
-Each command group lives in a module of its own, registered here. Tested through ``main(argv)``.
+Each command group lives in a module of its own, loaded only when one of its commands runs (or
+``--help`` lists them all): ``dlapp status ID`` imports no simulator, server, Ray or container
+code (``tests/test_cli_imports.py``; ``bench/cli_startup.py`` times it). Tested through
+``main(argv)``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -14,24 +18,64 @@ from typing import Any
 import click
 
 from dlapp import __version__
-from dlapp.cli import admin, apps, cluster, containers, sim, usage
-from dlapp.cli.apps import kill_app, list_apps, show_status
-from dlapp.cli.common import err, launch_app
 from dlapp.errors import DlappError
 
+# The modules whose ``register(group)`` adds their commands, in the order they are registered.
+MODULES = (
+    "apps",  # dlapp launch, status, list, kill, softkill, logs, spec
+    "cluster",  # dlapp queues, gpus, node, up, down, server
+    "admin",  # dlapp admin ..., dlapp login, dlapp token
+    "sim",  # dlapp simulate
+    "usage",  # dlapp usage
+    "containers",  # dlapp images, dlapp shell, dlapp run
+)
+# Which module registers a command: only that one is imported to run it. A command missing here
+# still runs (every module is loaded to find it); a test keeps this table whole.
+COMMANDS = {
+    **dict.fromkeys(("launch", "status", "list", "kill", "softkill", "logs", "spec"), "apps"),
+    **dict.fromkeys(("queues", "gpus", "node", "up", "down", "server"), "cluster"),
+    **dict.fromkeys(("admin", "login", "token"), "admin"),
+    "simulate": "sim",
+    "usage": "usage",
+    **dict.fromkeys(("images", "shell", "run"), "containers"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands' modules are imported when a command is looked up: the one
+    module of that command (``COMMANDS``), or all of them to list them (``--help``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded: set[str] = set()
+
+    def load(self, module: str) -> None:
+        if module not in self.loaded:
+            self.loaded.add(module)
+            importlib.import_module(f"dlapp.cli.{module}").register(self)
+
+    def load_all(self) -> None:
+        for module in MODULES:
+            self.load(module)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            if cmd_name in COMMANDS:
+                self.load(COMMANDS[cmd_name])
+            if cmd_name not in self.commands:
+                self.load_all()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.load_all()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dlapp")
 def cli() -> None:
     """Run deep-learning apps on a shared GPU cluster."""
 
-
-apps.register(cli)  # dlapp launch, status, list, kill, softkill, logs, spec
-cluster.register(cli)  # dlapp queues, gpus, node, up, down, server
-admin.register(cli)  # dlapp admin ..., dlapp login
-sim.register(cli)  # dlapp simulate
-usage.register(cli)  # dlapp usage
-containers.register(cli)  # dlapp images, dlapp shell, dlapp run
 
 # -- entry points -----------------------------------------------------------------------------
 
@@ -44,6 +88,8 @@ def _run(fn: Any, argv: Sequence[str] | None, prog: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     except DlappError as exc:
+        from dlapp.cli.common import err
+
         err.print(f"{prog}: error: {exc.message}", markup=False)
         return 1
     except click.ClickException as exc:
@@ -72,14 +118,20 @@ def _reference(name: str, fn: Any, help: str) -> Any:
 
 
 def _ref_launcher_fn(spec_file: str) -> None:
+    from dlapp.cli.common import launch_app
+
     sys.exit(launch_app(spec_file, wait=False, follow=False))
 
 
 def _ref_status_fn(app_id: str) -> None:
+    from dlapp.cli.apps import show_status
+
     sys.exit(show_status(app_id, as_json=False))
 
 
 def _ref_list_fn(user: str | None) -> None:
+    from dlapp.cli.apps import list_apps
+
     sys.exit(list_apps(user, show_all=True, as_json=False))
 
 
@@ -87,6 +139,8 @@ def _ref_kill(soft: bool) -> Any:
     def fn(args: tuple[str, ...]) -> None:
         if len(args) not in (1, 2):
             raise click.UsageError("give [USER] APP_ID")
+        from dlapp.cli.apps import kill_app
+
         sys.exit(kill_app(args[-1], soft, owner=args[0] if len(args) == 2 else None))
 
     return fn
@@ -125,11 +179,15 @@ softkill_main = _reference(
 
 def shell_main(argv: Sequence[str] | None = None) -> int:
     """``dlapp-shell``: ``dlapp shell``, the development shell."""
+    from dlapp.cli import containers
+
     return _run(containers.shell, argv, "dlapp-shell")
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     """``dlapp-run``: ``dlapp run``, which launches from inside that shell."""
+    from dlapp.cli import containers
+
     return _run(containers.run, argv, "dlapp-run")
 
 

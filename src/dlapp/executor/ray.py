@@ -369,8 +369,9 @@ class RayExecutor(Executor):
         if not c.started and _ready(c.start_ref):
             c.started = True
             try:
-                info = ray.get(c.start_ref)
-                info["notes"] = [*self._settle_ship(c), *info.get("notes", ())]
+                info = ray.get(c.start_ref)  # None: taken over, and it never started
+                if info is not None:
+                    info["notes"] = [*self._settle_ship(c), *info.get("notes", ())]
                 out.append(Report(plan.app_id, plan.attempt, plan.index, "started", info=info))
                 if self._warm_workers:
                     warm(c.node_id)  # for the next supervisor on this node

@@ -105,7 +105,14 @@ class Supervisor:
             "DLAPP_APP_ID": plan.app_id,
             "CONTAINER_INDEX": str(plan.index),
             "NUM_CONTAINERS": str(plan.num_containers),
-            **gpu_env(gpu_ids, plan.gpu_share, plan.gpu_memory_mb, mps_running()),
+            # MPS serves processes of this machine; a container engine's would need its
+            # pipes mounted in, which dlapp does not do: there the share is stated only
+            **gpu_env(
+                gpu_ids,
+                plan.gpu_share,
+                plan.gpu_memory_mb,
+                spec.runtime == "process" and mps_running(),
+            ),
             "DLAPP_WORKSPACE": str(self.workdir),
             "DLAPP_NOTICE_FILE": str(self.notice_file),
             "DLAPP_CHECKPOINT_DIR": str(self._checkpoints()),

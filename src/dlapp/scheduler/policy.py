@@ -679,7 +679,7 @@ class _Cycle:
         number of those apps."""
         made = self._futures.get(path)
         if made is None:
-            future = self._copy_free()
+            future = self._copy_free("pack")  # whether room will be there, not where
             count = 0
             for app in self.snapshot.running:
                 if app.stopping and app.claimed_by in (None, path):

@@ -132,7 +132,7 @@ def flag_idle(session: Session, now: float, idle_after_s: float, idle_below: flo
                 session,
                 app.id,
                 IDLE_EVENT,
-                f"its {app.gpus * len(containers)} GPU(s) have been idle (under "
+                f"its {app.gpus * len(containers):g} GPU(s) have been idle (under "
                 f"{idle_below:g}% utilisation) for {_took(now - (since or now))}; "
                 "end the app if it is done",
                 now,
