@@ -18,6 +18,9 @@ sleeps, and checks, printing PASS or FAIL for each:
 6. ``dlapp usage`` (``/api/v1/usage``) reports GPU-hours used above 0 after the app is killed.
 
 Exit status: 0 when every check passed. ``--keep`` leaves the home (server log, store) behind.
+
+GPU sharing (discovery, two fractional containers on one GPU, their memory caps, MPS) has a
+check of its own that needs no server: ``bench/gpu_share_check.py``.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -52,18 +53,17 @@ if cap:
     torch.cuda.set_per_process_memory_fraction(share, 0)
 out = {"visible": os.environ["CUDA_VISIBLE_DEVICES"], "share": share, "memory_mb": memory_mb,
        "device": torch.cuda.get_device_name(0)}
-held = torch.empty(int(memory_mb * 0.8) * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
-out["held_from"] = time.time()
-time.sleep(float(sys.argv[1]))
-out["held_until"] = time.time()
-del held
-torch.cuda.empty_cache()
-try:
-    more = torch.empty(int(memory_mb * 1.3) * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
-    out["over_share"] = "allowed"
-    del more
-except torch.OutOfMemoryError:
-    out["over_share"] = "refused"
+if sys.argv[2] == "hold":  # 80% of its share, for a while
+    held = torch.empty(int(memory_mb * 0.8) * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
+    out["held_from"] = time.time()
+    time.sleep(float(sys.argv[1]))
+    out["held_until"] = time.time()
+else:  # 110% of its share, alone on the GPU: only a cap refuses it
+    try:
+        more = torch.empty(int(memory_mb * 1.1) * 1024 * 1024, dtype=torch.uint8, device="cuda:0")
+        out["over_share"] = "allowed"
+    except torch.OutOfMemoryError:
+        out["over_share"] = "refused"
 print(json.dumps(out), flush=True)
 """
 
@@ -141,17 +141,25 @@ def check_decide(devices: list) -> None:  # type: ignore[type-arg]
     )
 
 
-def run_pair(device: str, memory_mb: int, hold_s: float, mps: bool) -> list[dict]:  # type: ignore[type-arg]
-    env = {**os.environ, **gpu_env([device], 0.5, memory_mb // 2, mps)}
+def run_pair(
+    device: str,
+    memory_mb: int,
+    hold_s: float,
+    mps: bool,
+    phase: str = "hold",
+    n: int = 2,
+    env_over: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    env = {**os.environ, **gpu_env([device], 0.5, memory_mb // 2, mps), **(env_over or {})}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(hold_s)],
+            [sys.executable, "-c", CHILD, str(hold_s), phase],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for _ in range(n)
     ]
     out = []
     for p in procs:
@@ -180,10 +188,20 @@ def check_pair(devices: list, index: int, hold_s: float) -> None:  # type: ignor
         len(got) == 2 and together and told and same,
         json.dumps(got),
     )
+    capped = run_pair(str(gpu.index), gpu.memory_mb, 0, mps=False, phase="over", n=1)
+    free = run_pair(
+        str(gpu.index),
+        gpu.memory_mb,
+        0,
+        mps=False,
+        phase="over",
+        n=1,
+        env_over={"DLAPP_GPU_MEMORY_LIMIT": "off-for-the-control"},
+    )
     check(
-        "3. each is refused more memory than its share (per-process cap)",
-        len(got) == 2 and all(g["over_share"] == "refused" for g in got),
-        str([g.get("over_share") for g in got]),
+        "3. more memory than its share is refused (per-process cap); without the cap, not",
+        [g["over_share"] for g in capped + free] == ["refused", "allowed"],
+        str([g["over_share"] for g in capped + free]),
     )
 
 
@@ -213,10 +231,10 @@ def check_mps(devices: list, index: int, hold_s: float) -> None:  # type: ignore
         os.environ.update(
             {k: mps_env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
         )
-        got = run_pair(str(gpu.index), gpu.memory_mb, 1.0, mps=True)
+        got = run_pair(str(gpu.index), gpu.memory_mb, 0, mps=True, phase="over", n=1)
         check(
-            "4. MPS enforces a container's memory",
-            len(got) == 2 and all(g["over_share"] == "refused" for g in got),
+            "4. MPS enforces a container's memory (no per-process cap: MPS refuses it)",
+            [g["over_share"] for g in got] == ["refused"],
             json.dumps(got),
         )
     finally:

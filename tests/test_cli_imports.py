@@ -14,6 +14,8 @@ import click
 import pytest
 
 from dlapp.cli import main as cli
+from dlapp.client_config import _client_model, build, client_settings
+from dlapp.errors import DlappError
 
 # What no light command may pull in: Ray, the server (FastAPI, SQLAlchemy), the simulator and
 # the scheduler, the embedded cluster, containers and data transfers, the spec's models.
@@ -75,7 +77,7 @@ def test_status_loads_the_client_and_its_commands_module_only() -> None:
         "assert main(['status', 'application_1_0001']) == 1"
     )
     modules = loaded_after(code)
-    assert heavy(modules) == []
+    assert heavy(modules) == [] and "pydantic" not in modules
     assert {"dlapp.cli.apps", "dlapp.client", "httpx"} <= modules
     assert {m for m in modules if m.startswith("dlapp.cli.")} <= {
         "dlapp.cli.main",
@@ -101,3 +103,44 @@ def test_help_still_lists_every_command() -> None:
     with click.Context(group) as ctx:
         assert group.list_commands(ctx) == sorted(cli.COMMANDS)
     assert group.loaded == set(cli.MODULES)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"server": "http://x", "token": "dlapp_t", "ca_file": "/ca.pem", "timeout_s": "12.5"},
+        {"timeout_s": 5},
+        {"timeout_s": " 5 "},  # not plain: the pydantic model reads it
+        {"timeout_s": "1e2"},
+        {"token": ""},
+    ],
+)
+def test_client_settings_without_pydantic_read_as_the_pydantic_model(
+    values: dict[str, object],
+) -> None:
+    plain = client_settings(values, "client.yaml")
+    model = build(_client_model(), dict(values), "client.yaml")
+    token = None if model.token is None else model.token.get_secret_value()
+    assert (plain.server, plain.ca_file, plain.timeout_s) == (
+        model.server,
+        model.ca_file,
+        model.timeout_s,
+    )
+    assert (None if plain.token is None else plain.token.get_secret_value()) == token
+    assert "dlapp_t" not in repr(plain)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"user": "alice"}, "user: Extra inputs are not permitted"),
+        ({"timeout_s": "soon"}, "timeout_s: Input should be a valid number"),
+        ({"server": 5}, "server: Input should be a valid string"),
+    ],
+)
+def test_a_bad_client_setting_gets_the_pydantic_message(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DlappError, match=rf"invalid configuration \(client.yaml\): {message}"):
+        client_settings(values, "client.yaml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,7 +82,11 @@ class DlappClient:
         the system's certificate authorities."""
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify = tls.client_context(ca_file) if self.base_url.startswith("https:") else True
+        if self.base_url.startswith("https:"):
+            verify = tls.client_context(ca_file)
+        else:  # plain http: no CA bundle to load (a CLI command's tens of ms), and a context
+            # that trusts no certificate, should a request ever leave for an https URL
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=headers,

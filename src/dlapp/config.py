@@ -512,6 +512,6 @@ def load_server_settings(
     path = config_file or home / "server.yaml"
     if config_file is not None or path.exists():
         values.update(read_yaml(path))
-    values.update(env_overrides(ServerSettings, env))
+    values.update(env_overrides(ServerSettings.model_fields, env))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return build(ServerSettings, values, str(path))

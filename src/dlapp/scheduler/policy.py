@@ -28,6 +28,7 @@ keeps in a ``Backlog`` between cycles and answers only the admissions and preemp
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -164,6 +165,7 @@ class _Cycle:
         self.decisions: dict[str, Admit] = {}
         self.waits: dict[str, tuple[str, float | None]] = {}  # app -> (reason, estimate)
         self._rooms: dict[str, tuple[Resources, Resources]] = {}
+        self._relative: dict[str, tuple[float, float, str]] = {}
         self._caps: dict[str, Resources] = {}
         self.preempts: list[Preempt] = []
         self.failed_shapes: dict[Shape, str] = {}
@@ -175,10 +177,13 @@ class _Cycle:
         self._victim_order: list[tuple[RunningApp, str]] | None = None
         self._victim_use: dict[str, Resources] | None = None
         self._by_queue: dict[str, list[RunningApp]] | None = None
+        self._ranks: dict[str, list[tuple[float, RunningApp]]] = {}
         self._futures: dict[str, tuple[FreeIndex, list[int]]] = {}
         self.reserved: dict[str, str] = {}  # app holding a reservation -> its Wait reason
         self._promised: dict[str, Resources] = defaultdict(Resources)  # reserved, per node
-        self._schedulable: list[NodeView] | None = None
+        self._by_free: list[NodeView] | None = None  # schedulable nodes, most free first
+        self._over_failed: set[Shape] = set()  # could not start even on others' reserved room
+        self._reserved_failed: set[str] = set()  # held room, and could not start on it
         self._holder_queue: dict[str, str] = {}  # app holding a reservation -> its queue
         self._holds: dict[str, list[tuple[str, Resources]]] = {}  # app -> its containers' room
         self._held: dict[str, list[tuple[str, Resources, tuple[int, ...]]]] = {}  # taken now
@@ -219,7 +224,10 @@ class _Cycle:
 
     def relative_use(self, path: str) -> tuple[float, float, str]:
         """Sort key of queues: used/guaranteed (on the resources it is guaranteed some of),
-        then dominant share of the cluster."""
+        then dominant share of the cluster. Cached until the next admission."""
+        known = self._relative.get(path)
+        if known is not None:
+            return known
         used, limits = self.usage[path], self.limits_of(path)
         g = limits.guaranteed
         ratios = [
@@ -233,7 +241,8 @@ class _Cycle:
         ]
         relative = max(ratios) if ratios else math.inf
         relative = min(relative, self.quotas.relative(path))  # a GPU model's guarantee
-        return (relative, share(used, self.total), path)
+        known = self._relative[path] = (relative, share(used, self.total), path)
+        return known
 
     def user_cap(self, path: str) -> Resources:
         cap = self._caps.get(path)
@@ -302,6 +311,7 @@ class _Cycle:
         self._charge(path, head.user, head.total)
         self.quotas.charge(self.chain(path), nodes, head.request.gpus)
         self._rooms.clear()
+        self._relative.clear()
         self.decisions[head.app_id] = Admit(head.app_id, nodes, self.free.slots(head))
         # an admission can only shrink free space: failed shapes stay failed this cycle
 
@@ -379,16 +389,21 @@ class _Cycle:
                 return (p.gpus - f.gpus, p.cpus - f.cpus, n.name)
             return (-f.gpus, -f.cpus, n.name)
 
-        if self._schedulable is None:
-            self._schedulable = [n for n in self.free.nodes.values() if n.schedulable]
+        if self._by_free is None:  # once a cycle: reservations are made before anything moves
+            self._by_free = sorted(
+                (n for n in self.free.nodes.values() if n.schedulable),
+                key=lambda n: (-free[n.node_id].gpus, -free[n.node_id].cpus, n.name),
+            )
         picky = bool(head.include_nodes or head.exclude_nodes or head.gpu_types)
         usable = (
             n
-            for n in self._schedulable
+            for n in self._by_free
             if r.fits_in(room(n)) and (not picky or (head.allows(n) and head.accepts(n)))
         )
-        # each node chosen holds one container at least: no more nodes than containers
-        nearest = heapq.nsmallest(head.num_containers, usable, key=most_free)
+        # each node chosen holds a container at least, and room already promised only moves a
+        # node down the order: the best are among the first (containers + promised) usable
+        first = list(itertools.islice(usable, head.num_containers + len(promised)))
+        nearest = sorted(first, key=most_free)
         plan: list[tuple[str, int]] = []
         left = head.num_containers
         for n in nearest:
@@ -417,14 +432,20 @@ class _Cycle:
             taken = []
             for node_id, r in plan:  # container by container: each on its own devices
                 part = _clamp(r, free[node_id])
-                taken.append((node_id, part, self.free.take(node_id, part, mig=None)))
+                if part.gpus > 0 or part.cpus > 0 or part.memory_mb > 0:
+                    taken.append((node_id, part, self.free.take(node_id, part, mig=None)))
             self._held[app_id] = taken
 
     def place_over_reservations(self, head: AppHead, path: str) -> tuple[str, ...] | None:
         """Place ``head``, of a queue within its guarantee, on room that other queues' apps
         hold (and its own, when it holds some); what is left of theirs stays theirs."""
         others = [a for a, taken in self._held.items() if taken and self._holder_queue[a] != path]
-        if not others:
+        key = shape(head)
+        if not others or key in self._over_failed:
+            return None
+        held = sum(part.gpus for a in others for _, part, _ in self._held[a])
+        if self._free_gpus() + held < head.total.gpus - 1e-9:
+            self._over_failed.add(key)
             return None
         own = self._held.pop(head.app_id, [])
         for app_id in [head.app_id, *others]:
@@ -436,6 +457,8 @@ class _Cycle:
                 self.free.take(node_id, part, devices or None)
             if own:
                 self._held[head.app_id] = own
+            else:  # no room of its own: the same would fail again this cycle
+                self._over_failed.add(key)
         free = self.free.free
         for app_id in others:
             taken = []
@@ -448,6 +471,8 @@ class _Cycle:
     def place_reserved(self, head: AppHead) -> tuple[str, ...] | str:
         """Place an app that holds a reservation: with its room given back to it when that is
         held; else its Wait reason."""
+        if head.app_id in self._reserved_failed:  # free room only shrinks in a cycle
+            return self.reserved[head.app_id]
         taken = self._held.pop(head.app_id, [])
         for node_id, part, devices in taken:
             self.free.give(node_id, part, devices or None)
@@ -457,7 +482,13 @@ class _Cycle:
         for node_id, part, devices in taken:
             self.free.take(node_id, part, devices or None)
         self._held[head.app_id] = taken
+        if head.app_id in self._holds:  # its room is held now: it failed with all of it
+            self._reserved_failed.add(head.app_id)
         return self.reserved[head.app_id]
+
+    def _free_gpus(self) -> float:
+        free = self.free.free
+        return sum(free[i].gpus for i, n in self.free.nodes.items() if n.schedulable)
 
     # -- preemption ----------------------------------------------------------------------------
 
@@ -532,10 +563,7 @@ class _Cycle:
         grace = self.tree.preemption_grace_s
         if q.ordering == "las":
             rank: float = las_level(head.attained_gpu_s, q.levels_gpu_h)
-
-            def worse(app: RunningApp) -> float | None:
-                level = las_level(app.attained_gpu_s(self.now), q.levels_gpu_h)
-                return float(level) if level > rank else None
+            bar = rank  # a victim's level must be above the head's
 
             def reason(victim: RunningApp) -> str:
                 level = las_level(victim.attained_gpu_s(self.now), q.levels_gpu_h)
@@ -550,12 +578,7 @@ class _Cycle:
             if remaining is None:
                 return None
             rank = remaining
-
-            def worse(app: RunningApp) -> float | None:
-                left = app.remaining_s(self.now)
-                if left is None:
-                    return math.inf
-                return left if left > _SRTF_MARGIN * remaining + grace else None
+            bar = _SRTF_MARGIN * remaining + grace  # a victim's time left must be above this
 
             def reason(victim: RunningApp) -> str:
                 left = victim.remaining_s(self.now)
@@ -565,15 +588,28 @@ class _Cycle:
                     f"it has {said}, {head.app_id} {_hours(remaining)}"
                 )
 
-        ranked = []
-        for app in self._running_in(path):
-            how_bad = worse(app)
-            if how_bad is not None:
-                ranked.append((-how_bad, -app.started_at, -app.seq, app.app_id, app))
-        if not ranked:
-            return None
-        ranked.sort()
-        return self._take_back(head, path, (a for *_, a in ranked), rank, reason, "level")
+        ranked = self._ranked(path, q)
+        if not ranked or ranked[0][0] <= bar:
+            return None  # no running app of the queue is far enough behind
+        victims = itertools.takewhile(lambda pair: pair[0] > bar, ranked)
+        return self._take_back(head, path, (a for _, a in victims), rank, reason, "level")
+
+    def _ranked(self, path: str, q: Queue) -> list[tuple[float, RunningApp]]:
+        """The queue's running apps with how far behind each is (las: its level; srtf: its
+        time left, inf with none), the furthest first, then the youngest. Once a cycle."""
+        ranked = self._ranks.get(path)
+        if ranked is None:
+            now, keyed = self.now, []
+            for app in self._running_in(path):
+                if q.ordering == "las":
+                    behind = float(las_level(app.attained_gpu_s(now), q.levels_gpu_h))
+                else:
+                    left = app.remaining_s(now)
+                    behind = math.inf if left is None else left
+                keyed.append((-behind, -app.started_at, -app.seq, app.app_id, app))
+            keyed.sort()
+            ranked = self._ranks[path] = [(-k[0], k[-1]) for k in keyed]
+        return ranked
 
     def _take_back(
         self,
