@@ -101,9 +101,19 @@ def test_unsupported_storage_scheme_is_refused(
     client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:
     spec = AppSpec.from_file(
+        make_app("true\n", name="ftp", inputs=[{"url": "ftp://host/x", "path": "data"}])
+    )
+    with pytest.raises(DataError, match="scheme 'ftp' is not supported"):
+        client.submit(spec, pack(Path(spec.workspace.path), tmp_path))
+
+
+def test_hdfs_paths_on_a_server_that_serves_none_say_what_to_configure(
+    client: DlappClient, make_app: AppFactory, tmp_path: Path
+) -> None:
+    spec = AppSpec.from_file(
         make_app("true\n", name="hdfs", inputs=[{"url": "hdfs:///user/x/*", "path": "data"}])
     )
-    with pytest.raises(DataError, match="scheme 'hdfs' is not supported"):
+    with pytest.raises(DataError, match="does not serve hdfs:/// paths.*hdfs_endpoint"):
         client.submit(spec, pack(Path(spec.workspace.path), tmp_path))
 
 

@@ -202,7 +202,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-class Resources(_Strict):
+class ResourceSpec(_Strict):
     """Per-container request.
 
     ``gpus``: whole GPUs (``2``), a fraction of one GPU shared with other fractional apps
@@ -294,7 +294,7 @@ class Resources(_Strict):
         return tuple(out)
 
     @model_validator(mode="after")
-    def _typed_needs_gpus(self) -> Resources:
+    def _typed_needs_gpus(self) -> ResourceSpec:
         if self.gpu_type and self.gpus <= 0:
             raise ValueError(
                 f"gpu_type {list(self.gpu_type)} asks for GPU models, but gpus is 0: "
@@ -439,7 +439,7 @@ class AppSpec(_Strict):
     runtime: Literal["process", "docker", "podman"] = "process"
     workspace: Workspace = Workspace()
     entry: Entry
-    resources: Resources = Resources()
+    resources: ResourceSpec = ResourceSpec()
     num_containers: int = Field(default=1, ge=1, le=1024)
     env: dict[str, str] = Field(default_factory=dict)
     inputs: tuple[DataBinding, ...] = ()
@@ -799,13 +799,13 @@ def _set_dotted(out: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _valid_keys(model: type[BaseModel]) -> list[str]:
-    hidden = {"mig"} if model is Resources else set()  # written inside gpus
+    hidden = {"mig"} if model is ResourceSpec else set()  # written inside gpus
     return sorted((f.alias or name) for name, f in model.model_fields.items() if name not in hidden)
 
 
 _MODELS_AT: dict[str, type[BaseModel]] = {
     "": AppSpec,
-    "resources": Resources,
+    "resources": ResourceSpec,
     "workspace": Workspace,
     "entry": Entry,
     "nodes": NodeSelector,

@@ -77,9 +77,26 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Apply Alembic migrations up to ``revision`` (the store's schema is only made this way)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            # SQLite alters a column by copying its table and dropping the old one: with
+            # foreign keys on, that drop would cascade to every row that refers to it (an
+            # app's containers and events). The pragma holds outside a transaction only.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the store's migration broke references: {broken}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
