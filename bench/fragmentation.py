@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         ms = statistics.mean(f.decide_ms for f in fills_of)
         fills[placement] = {
             "unallocated_at_first_refusal": round(unalloc, 4),
+            "unallocated_at_first_refusal_per_seed": [
+                round(f.unallocated_at_first_refusal, 4) for f in fills_of
+            ],
             "allocated_at_full_load": round(alloc, 4),
             "refused": refused,
             "decide_ms": round(ms, 3),
@@ -298,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         fills["fgd"]["unallocated_at_first_refusal"]
         / fills["best-fit"]["unallocated_at_first_refusal"]
     )
+    print(f"\nunallocated at first refusal, per seed (0..{args.seeds - 1}):")
+    for placement, fills_of in runs.items():
+        seeds = " ".join(f"{f.unallocated_at_first_refusal:>6.1%}" for f in fills_of)
+        print(f"{placement:<16}{seeds}")
     print(f"fgd's unallocated share / best fit's: {ratio:.2f} (aim: at most 0.6)")
     figures["fill"] = fills
     figures["fgd_over_best_fit"] = round(ratio, 3)

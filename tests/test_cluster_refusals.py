@@ -113,7 +113,7 @@ def test_hdfs_paths_on_a_server_that_serves_none_say_what_to_configure(
     spec = AppSpec.from_file(
         make_app("true\n", name="hdfs", inputs=[{"url": "hdfs:///user/x/*", "path": "data"}])
     )
-    with pytest.raises(DataError, match="does not serve hdfs:/// paths.*hdfs_endpoint"):
+    with pytest.raises(DataError, match=r"does not serve hdfs:/// paths.*hdfs_endpoint"):
         client.submit(spec, pack(Path(spec.workspace.path), tmp_path))
 
 

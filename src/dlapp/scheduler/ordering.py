@@ -9,8 +9,10 @@ A queue's ``ordering`` (queues.yaml) says who is next in its line; priority alwa
   job's), then user share, then submission order. No duration needs to be known;
 - ``srtf``, shortest remaining time first: then what is left of the job's stated
   ``max_runtime`` (jobs that state none come after those that do), then submission order;
-- ``las`` and ``srtf`` promote: a job that has waited ``promote_after`` (default 12 h) goes
-  ahead of every level, the longest-waiting first, so no job starves behind shorter ones.
+- ``las`` and ``srtf`` promote: a job that has waited ``promote_factor`` (default 4) times
+  its size (las: the time it has run; srtf: its time left), or ``promote_after`` (default
+  3 days) at most, goes ahead of every level, in the order of their promotion, so no job
+  starves behind shorter ones, and the wait of each is bounded in proportion to its size.
 
 A line is a merge of *groups*: the waiting heads of one user with one shape (request per
 container, containers, node lists, spread). Heads of a group are alike to the policy: when one
@@ -74,15 +76,23 @@ def key(head: AppHead, queue: Queue | None) -> Key:
 
 
 def promote_at(head: AppHead, queue: Queue | None) -> float:
-    """When ``head`` goes ahead of the levels (``inf``: never)."""
-    if (
-        queue is None
-        or queue.ordering not in ("las", "srtf")
-        or queue.promote_after_s is None
-        or head.waiting_since is None
-    ):
+    """When ``head`` goes ahead of the levels (``inf``: never): once it has waited
+    ``promote_factor`` times its size (las: the time it has run; srtf: its time left), or
+    ``promote_after``, whichever comes first. A job that has not run yet in a las queue is
+    at the first level already: only ``promote_after`` applies to it."""
+    if queue is None or queue.ordering not in ("las", "srtf") or head.waiting_since is None:
         return math.inf
-    return head.waiting_since + queue.promote_after_s
+    wait = math.inf if queue.promote_after_s is None else queue.promote_after_s
+    size = head.ran_s if queue.ordering == "las" else head.remaining_s
+    if queue.promote_factor is not None and size:
+        wait = min(wait, queue.promote_factor * size)
+    return head.waiting_since + wait
+
+
+def is_large(head: AppHead) -> bool:
+    """More than one GPU: an app that backfill can pass for ever, and that reservations are
+    for (a one-GPU app starts at the next GPU that frees, when it is its turn)."""
+    return head.total.gpus > 1 + 1e-9
 
 
 def by_user_share(queue: Queue | None) -> bool:
@@ -123,7 +133,7 @@ class QueueLine:
         self.path, self.queue = path, queue
         self.heads: dict[str, AppHead] = {}
         self.groups: dict[tuple[str, Shape], Group] = {}
-        self.oldest: list[tuple[float, int, str]] = []  # (waiting_since, seq, id)
+        self.oldest: list[tuple[float, int, str]] = []  # large heads: (waiting_since, seq, id)
         self._keys: dict[str, tuple[tuple[str, Shape], Key, float]] = {}
         self._gids = 0
 
@@ -143,13 +153,13 @@ class QueueLine:
             bisect.insort(group.keys, k)
             if when != math.inf:
                 bisect.insort(group.promos, (when, head.seq, head.app_id))
-            if head.waiting_since is not None:
+            if head.waiting_since is not None and is_large(head):
                 bisect.insort(self.oldest, (head.waiting_since, head.seq, head.app_id))
         else:
             group.keys.append(k)
             if when != math.inf:
                 group.promos.append((when, head.seq, head.app_id))
-            if head.waiting_since is not None:
+            if head.waiting_since is not None and is_large(head):
                 self.oldest.append((head.waiting_since, head.seq, head.app_id))
 
     def sort(self) -> None:
@@ -166,7 +176,7 @@ class QueueLine:
         _discard(group.keys, k)
         if when != math.inf:
             _discard(group.promos, (when, head.seq, app_id))
-        if head.waiting_since is not None:
+        if head.waiting_since is not None and is_large(head):
             _discard(self.oldest, (head.waiting_since, head.seq, app_id))
         if not group.keys:
             del self.groups[gkey]

@@ -350,8 +350,9 @@ class _Cycle:
     # -- reservations --------------------------------------------------------------------------
 
     def reserve(self, lines: dict[str, _Line]) -> None:
-        """Step 0: each queue's longest-waiting app, once past its queue's ``reserve_after``,
-        gets room set aside on the nodes nearest to holding it, kept from every other app
+        """Step 0: each queue's longest-waiting app (in a ``fifo`` queue: the first in line,
+        which holds back the rest), once past its queue's ``reserve_after``, gets room set
+        aside on the nodes nearest to holding it, kept from every other app
         (``hold_reserved``) but those of another queue taking its guarantee: that promise
         comes first (``place_over_reservations``)."""
         due: list[tuple[float, int, str, str]] = []
@@ -360,6 +361,11 @@ class _Cycle:
             if q is None or q.reserve_after_s is None or not oldest:
                 continue
             since, seq, app_id = oldest[0]
+            if q.ordering == "fifo":
+                first = line.ql.heads[min(g.keys[0] for g in line.ql.groups.values())[4]]
+                if first.waiting_since is None:
+                    continue
+                since, seq, app_id = first.waiting_since, first.seq, first.app_id
             if self.now - since >= q.reserve_after_s:
                 due.append((since, seq, app_id, path))
         for since, _, app_id, path in sorted(due):

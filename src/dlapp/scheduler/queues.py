@@ -43,6 +43,7 @@ QUEUE_KEYS = (
     "ordering",
     "levels",
     "promote_after",
+    "promote_factor",
     "reserve_after",
     "max_pending",
     "runtimes",
@@ -51,7 +52,8 @@ QUEUE_KEYS = (
 ORDERINGS = ("backfill", "fifo", "las", "srtf")
 # las: attained GPU-hours at which a job drops to the next priority level (Tiresias's levels)
 DEFAULT_LEVELS_GPU_H = (1.0, 10.0)
-DEFAULT_PROMOTE_AFTER_S = 12 * 3600.0  # las / srtf: a job that has waited this long goes first
+DEFAULT_PROMOTE_AFTER_S = 3 * 86400.0  # las / srtf: a job that has waited this long goes first
+DEFAULT_PROMOTE_FACTOR = 4.0  # ... or this many times its size (las: time run; srtf: left)
 DEFAULT_RESERVE_AFTER_S = 2 * 3600.0  # a queue's longest waiter this old gets a reservation
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -142,6 +144,7 @@ class Queue:
     ordering: str = "backfill"
     levels_gpu_h: tuple[float, ...] = DEFAULT_LEVELS_GPU_H  # las only
     promote_after_s: float | None = DEFAULT_PROMOTE_AFTER_S  # las / srtf; None: never
+    promote_factor: float | None = DEFAULT_PROMOTE_FACTOR  # las / srtf; None: no such rule
     reserve_after_s: float | None = DEFAULT_RESERVE_AFTER_S  # not fifo; None: never
     max_pending: int | None = None  # apps waiting in it (and its children) at once; None: no cap
     runtimes: frozenset[str] | None = None  # runtimes its apps may use; None: its parent's
@@ -302,8 +305,8 @@ class QueueTree:
                 g = Resources(g.cpus, g.memory_mb, gpus)
             m = q.maximum.of(parent.maximum)
             m = Resources(max(m.cpus, g.cpus), max(m.memory_mb, g.memory_mb), max(m.gpus, g.gpus))
-            c = q.guaranteed
-            guarded = (_some(c.gpus), _some(c.cpus), _some(c.memory))
+            asked = q.guaranteed
+            guarded = (_some(asked.gpus), _some(asked.cpus), _some(asked.memory))
             out[q.path] = Limits(g, m, guarded)
             own = out[q.path].guaranteed.gpus
             fair = apportion([c.guaranteed.gpus.of(own) for c in q.children], own)
@@ -460,6 +463,7 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
         problems.append(f"{path}: ordering must be one of {', '.join(ORDERINGS)}, not {ordering!r}")
     levels = _levels(path, spec.get("levels"), problems)
     promote_after = _duration(path, "promote_after", spec, DEFAULT_PROMOTE_AFTER_S, problems)
+    promote_factor = _factor(path, spec, problems)
     reserve_after = _duration(path, "reserve_after", spec, DEFAULT_RESERVE_AFTER_S, problems)
     max_pending = spec.get("max_pending")
     if max_pending is not None and (
@@ -490,6 +494,7 @@ def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
         ordering=ordering,
         levels_gpu_h=levels,
         promote_after_s=promote_after,
+        promote_factor=promote_factor,
         reserve_after_s=reserve_after,
         max_pending=max_pending,
         runtimes=None if runtimes is None else frozenset(runtimes),
@@ -510,6 +515,17 @@ def _levels(path: str, value: Any, problems: list[str]) -> tuple[float, ...]:
         )
         return DEFAULT_LEVELS_GPU_H
     return tuple(float(v) for v in value)
+
+
+def _factor(path: str, spec: Mapping[str, Any], problems: list[str]) -> float | None:
+    """``promote_factor: 4`` (a positive number), or ``never``."""
+    value = spec.get("promote_factor", DEFAULT_PROMOTE_FACTOR)
+    if value is None or value == "never":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        problems.append(f"{path}: promote_factor must be a positive number or never, not {value!r}")
+        return DEFAULT_PROMOTE_FACTOR
+    return float(value)
 
 
 def _duration(
