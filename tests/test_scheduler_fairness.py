@@ -121,6 +121,36 @@ def test_a_reserved_app_starts_when_room_frees_before_anyone_ahead_takes_it(
     assert admitted(decide([big, small], snap)) == [first]
 
 
+@pytest.mark.parametrize(
+    ("runtime", "admitted_too"), [(1 * H, True), (3 * H, False), (None, False)]
+)
+def test_an_app_that_ends_before_a_reservation_needs_the_room_may_use_it(
+    runtime: float | None, admitted_too: bool
+) -> None:
+    # big has waited 3 h and holds n2's room; n2's other app ends at 5 h: the room is needed
+    # from then, so an app that states it ends by then may use it meanwhile (EASY backfill)
+    queues = tree(
+        {"q": {"guaranteed": "10%", "reserve_after": "2h"}, "idle": {"guaranteed": "90%"}}
+    )
+    snap = make_snapshot(
+        make_node("n1").gpus(4).used(gpus=4),
+        make_node("n2").gpus(4).used(gpus=2),
+        queues=queues,
+        running=(
+            make_running("r1").gpus(4).on("n1").queue("q").ends_by(9 * H).build(),
+            make_running("r2").gpus(2).on("n2").queue("q").ends_by(5 * H).build(),
+        ),
+        now=3 * H,
+    )
+    big = make_app("big").gpus(4).queue("q").waiting_since(0).build()
+    small = make_app("small").gpus(1).queue("q").waiting_since(3 * H - 60)
+    if runtime is not None:
+        small = small.max_runtime(runtime)
+    decisions = decide([big, small.build()], snap)
+    assert admitted(decisions) == (["small"] if admitted_too else [])
+    assert waits(decisions)["big"].reason.startswith("reserved after waiting 3.0 h")
+
+
 # -- a guarantee given back in one cycle -------------------------------------------------------
 
 

@@ -249,16 +249,37 @@ def test_the_shells_dlapp_prints_what_the_host_ran_and_exits_with_its_status(
         assert refused.returncode == 2
 
 
+# A shell and a terminal start with SIGINT's default action; a test process may have been
+# started with it ignored (a background job), which sh could then not trap nor sleep obey.
+DEFAULT_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
+
+
 def test_ctrl_c_in_the_shell_interrupts_the_command_on_the_host(tmp_path: Path) -> None:
     relay_dir = tmp_path / "relay"
     prepare(relay_dir, os.getuid(), os.getgid())
-    program = ["sh", "-c", 'echo "following $*"; exec sleep 60', "sh"]
-    with Relay(relay_dir, os.getuid(), PLACE, program), _shim(relay_dir, "run", "--follow") as shim:
+    program = [*DEFAULT_SIGINT, "sh", "-c", 'echo "following $*"; exec sleep 60', "sh"]
+    with (
+        Relay(relay_dir, os.getuid(), PLACE, program),
+        subprocess.Popen(
+            [*DEFAULT_SIGINT, "sh", str(shim_path(relay_dir)), "run", "--follow"],
+            env={**os.environ, "DLAPP_RELAY": str(relay_dir)},
+            cwd="/",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as shim,
+    ):
         assert shim.stdout is not None
         ready, _, _ = select.select([shim.stdout], [], [], 30)
         assert ready and shim.stdout.readline().startswith("following launch")
         shim.send_signal(signal.SIGINT)  # Ctrl-C in the shell
-        assert shim.wait(10) == 128 + signal.SIGINT  # the host's command was interrupted
+        # the host's command was interrupted (well before its 60 s sleep ends)
+        assert shim.wait(30) == 128 + signal.SIGINT
 
 
 def test_a_request_not_from_the_shells_user_is_ignored(tmp_path: Path) -> None:

@@ -81,13 +81,26 @@ def test_promotion_keeps_a_long_job_from_starving_behind_short_ones() -> None:
     for i in range(60):
         trace.job(at=i * 90, gpus=1, duration=100)
     node = ClusterSpec.uniform(1, 1)
-    starved = run(trace, node, one_queue("srtf", promote_after="never"), options=EXACT_RUNTIMES)
+    never = one_queue("srtf", promote_after="never", promote_factor="never")
+    starved = run(trace, node, never, options=EXACT_RUNTIMES)
     long_job = next(r for r in starved.records if r.job.duration == 1000)
     assert long_job.first_start is not None and long_job.first_start > 5000
-    promoted = run(trace, node, one_queue("srtf", promote_after="10m"), options=EXACT_RUNTIMES)
+    capped = one_queue("srtf", promote_after="10m", promote_factor="never")
+    promoted = run(trace, node, capped, options=EXACT_RUNTIMES)
     long_job = next(r for r in promoted.records if r.job.duration == 1000)
     # it waits 10 min, then starts when the short job running then ends (100 s at most)
     assert long_job.first_start is not None and 600 <= long_job.first_start <= 1 + 600 + 100
+    # promoted after four times its 1000 s, or 10 min if that comes first: the same here
+    both = run(trace, node, one_queue("srtf", promote_after="10m"), options=EXACT_RUNTIMES)
+    assert [r.first_start for r in both.records] == [r.first_start for r in promoted.records]
+    # in proportion to its size alone: after 4 x 1000 s
+    proportional = one_queue("srtf", promote_after="never", promote_factor=4)
+    long_job = next(
+        r
+        for r in run(trace, node, proportional, options=EXACT_RUNTIMES).records
+        if r.job.duration == 1000
+    )
+    assert long_job.first_start is not None and 4000 <= long_job.first_start <= 1 + 4000 + 100
 
 
 def test_a_big_job_gets_its_reservation_in_the_replay() -> None:

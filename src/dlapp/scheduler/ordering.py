@@ -9,10 +9,11 @@ A queue's ``ordering`` (queues.yaml) says who is next in its line; priority alwa
   job's), then user share, then submission order. No duration needs to be known;
 - ``srtf``, shortest remaining time first: then what is left of the job's stated
   ``max_runtime`` (jobs that state none come after those that do), then submission order;
-- ``las`` and ``srtf`` promote: a job that has waited ``promote_factor`` (default 4) times
-  its size (las: the time it has run; srtf: its time left), or ``promote_after`` (default
-  3 days) at most, goes ahead of every level, in the order of their promotion, so no job
-  starves behind shorter ones, and the wait of each is bounded in proportion to its size.
+- ``las`` and ``srtf`` promote: a job that has waited ``promote_after`` (default 7 days), or
+  ``promote_factor`` times its size if that is set (las: the time it has run; srtf: its time
+  left), goes ahead of every level, in the order of their promotion, so no job starves behind
+  shorter ones. (Each promotion moves a long job ahead of short ones: at saturation it costs
+  mean JCT, see docs/benchmarks.md.)
 
 A line is a merge of *groups*: the waiting heads of one user with one shape (request per
 container, containers, node lists, spread). Heads of a group are alike to the policy: when one

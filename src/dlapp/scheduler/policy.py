@@ -182,6 +182,9 @@ class _Cycle:
         self.reserved: dict[str, str] = {}  # app holding a reservation -> its Wait reason
         self._promised: dict[str, Resources] = defaultdict(Resources)  # reserved, per node
         self._by_free: list[NodeView] | None = None  # schedulable nodes, most free first
+        self._starts: dict[str, float] = {}  # app holding a reservation -> when it can start
+        self._ending: dict[str, list[tuple[float, Resources]]] | None = None  # per node
+        self._short_failed: dict[Shape, float] = {}  # backfill: the shortest that did not fit
         self._over_failed: set[Shape] = set()  # could not start even on others' reserved room
         self._reserved_failed: set[str] = set()  # held room, and could not start on it
         self._holder_queue: dict[str, str] = {}  # app holding a reservation -> its queue
@@ -423,12 +426,60 @@ class _Cycle:
                 break
         if left:
             return []
-        names = []
+        names, starts = [], [self.now]
         for node_id, k in plan:
             self._promised[node_id] = self._promised[node_id] + r.scaled(k)
             names.append(self.free.nodes[node_id].name)
+            starts.append(self._room_by(node_id, self._promised[node_id]))
         self._holds[head.app_id] = [(node_id, r) for node_id, k in plan for _ in range(k)]
+        self._starts[head.app_id] = max(starts)
         return names
+
+    def _room_by(self, node_id: str, need: Resources) -> float:
+        """When ``need`` will be free on the node, from its running apps' ``max_runtime``:
+        now when it is already; ``inf`` when an app that must end first states none."""
+        if self._ending is None:
+            self._ending = defaultdict(list)
+            for app in self.snapshot.running:
+                for n in app.nodes:
+                    ends = math.inf if app.ends_by is None else app.ends_by
+                    self._ending[n].append((ends, app.request))
+            for apps in self._ending.values():
+                apps.sort(key=lambda pair: pair[0])
+        room = self.free.free[node_id]
+        if need.fits_in(room):
+            return self.now
+        for ends, request in self._ending.get(node_id, []):
+            room = room + request
+            if need.fits_in(room):
+                return ends
+        return math.inf
+
+    def place_before_reservations(self, head: AppHead) -> tuple[str, ...] | None:
+        """Backfill (Slurm's EASY): ``head``, which states a ``max_runtime``, may use room
+        reserved for apps that will not need it before it ends."""
+        left = head.remaining_s
+        key = shape(head)
+        if left is None or self._short_failed.get(key, math.inf) <= left:
+            return None
+        until = self.now + left
+        lent = [a for a, taken in self._held.items() if taken and self._starts[a] >= until]
+        if not lent:
+            return None
+        for app_id in lent:
+            for node_id, part, devices in self._held[app_id]:
+                self.free.give(node_id, part, devices or None)
+        placed = self.free.place(head)
+        free = self.free.free
+        for app_id in lent:
+            taken = []
+            for node_id, part, _ in self._held[app_id]:
+                part = _clamp(part, free[node_id])
+                taken.append((node_id, part, self.free.take(node_id, part, mig=None)))
+            self._held[app_id] = taken
+        if placed is None:
+            self._short_failed[key] = min(left, self._short_failed.get(key, math.inf))
+        return placed
 
     def hold_reserved(self) -> None:
         """Before lending idle capacity: take the reserved room (what is still free of it)
@@ -750,8 +801,18 @@ class _Cycle:
         self.hold_reserved()
         # 1-2. first every queue up to its guarantee (preempting for it when that is on), then
         #      idle capacity lent out up to each queue's maximum; the least-served queue first
+        #      (when every queue orders by the same rank, las or srtf, lent capacity goes to
+        #      the best-ranked app of any queue: the shortest, or least served, first)
+        orderings = {line.ql.queue.ordering for line in lines.values() if line.ql.queue}
+        by_rank = len(orderings) == 1 and orderings <= {"las", "srtf"}
+
+        def key(path: str, borrowing: bool) -> tuple[object, ...]:
+            if borrowing and by_rank:
+                return (lines[path].peek(), self.relative_use(path))
+            return (self.relative_use(path),)
+
         for borrowing in (False, True):
-            order = [(self.relative_use(path), path) for path, line in lines.items() if line]
+            order = [(key(path, borrowing), path) for path, line in lines.items() if line]
             heapq.heapify(order)
             while order:
                 _, path = heapq.heappop(order)
@@ -765,7 +826,7 @@ class _Cycle:
                 if not self.serve(head, path, line, borrowing) and line.fifo:
                     line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
                     continue
-                heapq.heappush(order, (self.relative_use(path), path))
+                heapq.heappush(order, (key(path, borrowing), path))
         return lines
 
     def serve(self, head: AppHead, path: str, line: _Line, borrowing: bool) -> bool:
@@ -788,6 +849,8 @@ class _Cycle:
         placed = self.place_reserved(typed) if held is not None else self.try_place(typed)
         if isinstance(placed, str) and not borrowing and self._held:
             placed = self.place_over_reservations(typed, path) or placed
+        if isinstance(placed, str) and held is None and self._held:
+            placed = self.place_before_reservations(typed) or placed
         if isinstance(placed, tuple):
             self.admit(head, path, placed)
             return True
@@ -868,6 +931,8 @@ class _Line:
         self.blocked_by: str | None = None
         self._last: tuple[int, int] | None = None  # (gid, stream) of the last head taken
         self._held: AppHead | None = None
+        self._last_key: tuple[float, ...] = (math.inf,)
+        self._held_key: tuple[float, ...] = (math.inf,)
         for group in ql.groups.values():
             gid = group.gid
             self.groups[gid] = group
@@ -914,6 +979,36 @@ class _Line:
     def put_back(self, head: AppHead) -> None:
         """Return the app just taken: it is the next one again."""
         self._held = head
+        self._held_key = self._last_key
+
+    def peek(self) -> tuple[float, ...]:
+        """Where the next app stands in the line (priority, band, share, rank, seq); (inf,)
+        when none is left. Takes nothing."""
+        if self._held is not None:
+            return self._held_key
+        if self._last is not None:
+            gid, stream = self._last
+            self._last = None
+            if gid not in self.dropped:
+                self._push(gid, stream)
+        while self.heap:
+            prio, band, user_share, rank, seq, app_id, gid, stream = self.heap[0]
+            if gid in self.dropped:
+                heapq.heappop(self.heap)
+            elif app_id in self.served:
+                heapq.heappop(self.heap)
+                self._push(gid, stream)
+            elif (
+                stream == 1
+                and self.by_share
+                and (now_share := self._share(self.groups[gid].user)) > user_share + 1e-12
+            ):
+                heapq.heapreplace(
+                    self.heap, (prio, band, now_share, rank, seq, app_id, gid, stream)
+                )
+            else:
+                return (prio, band, user_share, rank, seq)
+        return (math.inf,)
 
     def next(self) -> AppHead | None:
         if self._held is not None:
@@ -940,6 +1035,7 @@ class _Line:
                     continue
             self.served.add(app_id)
             self._last = (gid, stream)
+            self._last_key = (prio, band, user_share, rank, seq)
             return self.ql.heads[app_id]
         return None
 

@@ -52,8 +52,8 @@ QUEUE_KEYS = (
 ORDERINGS = ("backfill", "fifo", "las", "srtf")
 # las: attained GPU-hours at which a job drops to the next priority level (Tiresias's levels)
 DEFAULT_LEVELS_GPU_H = (1.0, 10.0)
-DEFAULT_PROMOTE_AFTER_S = 3 * 86400.0  # las / srtf: a job that has waited this long goes first
-DEFAULT_PROMOTE_FACTOR = 4.0  # ... or this many times its size (las: time run; srtf: left)
+DEFAULT_PROMOTE_AFTER_S = 7 * 86400.0  # las / srtf: a job that has waited this long goes first
+DEFAULT_PROMOTE_FACTOR: float | None = None  # ... or this many times its size (off: see docs)
 DEFAULT_RESERVE_AFTER_S = 2 * 3600.0  # a queue's longest waiter this old gets a reservation
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
