@@ -29,3 +29,18 @@ def test_every_module_is_in_the_architecture_map() -> None:
     ]
     missing = [m for m in modules if f"`{m}`" not in text]
     assert missing == [], f"modules missing from docs/architecture.md: {missing}"
+
+
+def test_every_dlapp_name_the_dev_script_and_ci_import_exists() -> None:
+    """``./dev example`` once imported ``count_gpus`` from a module it had left (#15's move)."""
+    import importlib
+    import re
+
+    found = []
+    for script in (ROOT / "dev", ROOT / ".ci" / "run"):
+        for module, names in re.findall(r"from (dlapp[\w.]*) import ([\w, ]+)", script.read_text()):
+            for name in (n.strip() for n in names.split(",")):
+                found.append(f"{module}.{name}")
+                where = f"{script.name}: {module}.{name}"
+                assert hasattr(importlib.import_module(module), name), where
+    assert "dlapp.runtime.gpus.count_gpus" in found
