@@ -78,6 +78,7 @@ class Options:
     faults: tuple[str, ...] = FAULTS
     drain_s: float = 180.0
     settle_s: float = 60.0
+    min_faults: int = 0  # apps stream on past the minutes until this many faults struck
 
 
 @dataclass
@@ -284,10 +285,15 @@ class Chaos:
 
     def run(self) -> dict[str, Any]:
         end = time.monotonic() + self.opts.minutes * 60
+        # a loaded machine may spend a short run recovering from its first fault: with
+        # min_faults the run goes on until that many struck (at most five times as long)
+        latest = time.monotonic() + 5 * self.opts.minutes * 60
         next_fault = time.monotonic() + self.rng.uniform(0.3, 1.0) * self.opts.fault_every_s
         order = self.rng.sample(self.opts.faults, len(self.opts.faults))
         struck = 0
-        while time.monotonic() < end:
+        while time.monotonic() < end or (
+            sum(self.tally.faults.values()) < self.opts.min_faults and time.monotonic() < latest
+        ):
             self.submit_one()
             if time.monotonic() >= next_fault:
                 fault = order[struck % len(order)]  # each kind in turn, in a random order
@@ -378,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-every", type=float, default=20.0, help="mean seconds between faults")
     ap.add_argument("--faults", default=",".join(FAULTS), help="kinds of fault to inject")
     ap.add_argument("--drain", type=float, default=180.0, help="seconds to wait for the rest")
+    ap.add_argument(
+        "--min-faults", type=int, default=0, help="stream on past --minutes until this many struck"
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     args = ap.parse_args(argv)
     faults = tuple(f for f in args.faults.split(",") if f)
@@ -386,7 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown fault(s) {unknown}; choose from {', '.join(FAULTS)}")
     if args.minutes <= 0 or args.fault_every <= 0 or args.workers < 1:
         ap.error("--minutes and --fault-every must be positive, --workers at least 1")
-    opts = Options(args.minutes, args.seed, args.workers, args.fault_every, faults, args.drain)
+    opts = Options(
+        args.minutes,
+        args.seed,
+        args.workers,
+        args.fault_every,
+        faults,
+        args.drain,
+        min_faults=args.min_faults,
+    )
     work = Path(tempfile.mkdtemp(prefix="dlapp-chaos-"))
     chaos = Chaos(opts, work)
     try:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cluster
 
 def test_a_short_chaos_run_loses_no_app() -> None:
     argv = ["--minutes", "0.3", "--fault-every", "5", "--workers", "1", "--seed", "3"]
-    argv += ["--faults", "node,server,process", "--drain", "120", "--json"]
+    argv += ["--faults", "node,server,process", "--min-faults", "2", "--drain", "120", "--json"]
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "chaos.py"), *argv],
         capture_output=True,
