@@ -7,6 +7,7 @@ and review the diff.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from dlapp.runtime.docker import (
     publish_arg,
     run_env,
 )
+from dlapp.runtime.podman import cgroups_hybrid, oci_runtime
 from dlapp.spec import AppSpec, ContainerOptions, Mount
 
 GOLDEN = Path(__file__).parent / "golden" / "docker"
@@ -331,3 +333,29 @@ def test_a_gang_on_a_loopback_cluster_meets_at_the_bridge_gateway() -> None:
     routed = make_request().with_env(RANK="1", **{**gang, "MASTER_ADDR": "10.0.0.1"}).build()
     assert "MASTER_ADDR=10.0.0.1\n" in env_of(routed, opts)
     assert "MASTER_ADDR=127.0.0.1\n" in env_of(req1, USER)
+
+
+def test_podman_runs_runc_on_a_hybrid_cgroup_node_and_the_policys_runtime_otherwise(
+    tmp_path: Path,
+) -> None:
+    hybrid, unified = tmp_path / "hybrid", tmp_path / "v2"
+    (hybrid / "memory").mkdir(parents=True)
+    (hybrid / "unified").mkdir()
+    (hybrid / "unified" / "cgroup.controllers").write_text("")
+    unified.mkdir()
+    (unified / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert cgroups_hybrid(hybrid) and not cgroups_hybrid(unified)
+    # crun refuses hybrid cgroups: auto picks runc there (where the node has it), nothing on v2
+    expected = "runc" if shutil.which("runc") else None
+    assert oci_runtime("auto", hybrid) == expected
+    assert oci_runtime("auto", unified) is None
+    assert oci_runtime("/usr/bin/runsc", hybrid) == "/usr/bin/runsc"
+    argv = docker_run_args(make_request().build(), POLICY, replace(PODMAN, oci_runtime="runc"))
+    assert argv[argv.index("--runtime") + 1] == "runc"
+    assert "--runtime" not in docker_run_args(make_request().build(), POLICY, PODMAN)
+
+
+@pytest.mark.parametrize("bad", ["", "--privileged", "runc --privileged", "a;b"])
+def test_an_oci_runtime_that_is_no_name_or_path_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="oci_runtime must be auto or a runtime"):
+        ContainerPolicy(oci_runtime=bad)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dlapp import unix_accounts
 from dlapp.config import ServerSettings
 from dlapp.server import files, tenancy
 from dlapp.server.context import Context
@@ -110,6 +111,57 @@ def test_an_account_left_on_the_range_s_first_uid_is_stepped_over(tmp_path: Path
     finally:
         subprocess.run(["userdel", left], capture_output=True, check=False)
         subprocess.run(["groupdel", left], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making Unix accounts needs root")
+def test_a_users_account_left_by_a_former_server_is_adopted(tmp_path: Path) -> None:
+    """CI's machine kept dlt-alice (uid 250000) from a run killed before its teardown; the next
+    run's server gave alice uid 250101 from its range, and every app of hers failed
+    "'dlt-alice' exists". The account is hers: she gets its uid back, outside the range too."""
+    import subprocess
+
+    left = next(u for u in range(246_000, 247_000) if uid_free_for("", u))
+    prefix = f"dlt{os.getpid() % 10_000}-"
+    name = f"{prefix}alice"
+    for argv in (
+        ["groupadd", "--gid", str(left), name],
+        ["useradd", "--no-create-home", "--uid", str(left), "--gid", str(left), name],
+    ):
+        made = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert made.returncode == 0, made.stderr
+    try:
+        assert unix_accounts.adoptable_uid(name) == left
+        assert unix_accounts.adoptable_uid(f"{prefix}nobody-such") is None
+        first = next(u for u in range(247_000, 248_000) if uid_free_for("", u))
+        with serve(
+            settings(tmp_path, app_uid_range=(first, first + 9), app_account_prefix=prefix)
+        ) as api:
+            ctx = _ctx(api)
+            token = add_user(api, ctx.settings.home, "alice")
+            add_user(api, ctx.settings.home, "bob")
+            resp = submit(api, tmp_path, token, "id -u\n")
+            assert resp.status_code == 201, resp.text
+            app_id = resp.json()["id"]
+            done = wait_for(
+                lambda: (
+                    (a := api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json())["state"]
+                    == "FINISHED"
+                    and a
+                ),
+                60,
+                "alice's app",
+            )
+            assert done["final_status"] == "SUCCEEDED", done
+            with ctx.sessions() as s:
+                assert accounts.uids(s) == {"alice": left}
+                # bob, with no account left behind, gets the range's first uid
+                assert tenancy.account_plan(ctx, s, "bob", multi=True).uid == first  # type: ignore[union-attr]
+            log = api.get(f"/api/v1/apps/{app_id}/logs", headers=bearer(token))
+            assert log.text.strip().splitlines()[-1] == str(left), log.text
+    finally:
+        for user in ("alice", "bob"):
+            subprocess.run(["userdel", f"{prefix}{user}"], capture_output=True, check=False)
+            subprocess.run(["groupdel", f"{prefix}{user}"], capture_output=True, check=False)
 
 
 def test_a_single_tenancy_server_keeps_the_one_person_rules(tmp_path: Path) -> None:

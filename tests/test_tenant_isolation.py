@@ -315,8 +315,11 @@ def test_staging_cannot_reach_the_servers_files_or_other_users_data(
         assert (Path(target.removeprefix("file://")) / "r").read_text() == "bob\n"
 
 
-def test_the_servers_files_are_its_own(cluster: Cluster) -> None:
+def test_the_servers_files_are_its_own(cluster: Cluster, tmp_path: Path) -> None:
     home = cluster.home
+    with cluster.client("alice") as alice:  # an app has run: the work root is there
+        done = alice.wait(_submit(alice, _app(tmp_path, "files", "true\n"), tmp_path), timeout_s=60)
+        assert done["final_status"] == "SUCCEEDED", done["diagnostics"]
 
     def mode(p: Path) -> int:
         return stat.S_IMODE(p.stat().st_mode)

@@ -59,6 +59,19 @@ def test_used_gpu_hours_come_from_the_samples_where_there_are_some() -> None:
     assert got == {"alice": (0.5, 50.0), "bob": (None, None)}
 
 
+def test_utilisation_is_over_the_time_measured_not_the_unsampled_start() -> None:
+    """CI's loaded machine took long to start a container sampled at 80%: counted as idle, the
+    unsampled start made its queue's utilisation 59%."""
+    slow_start = Allocation(
+        "a1", "alice", "root.a", 2, 0, H, used_gpu_seconds=0.8 * H, sampled_seconds=0.5 * H
+    )
+    [row] = usage([slow_start], 0, H)
+    assert row.gpu_hours == 2.0 and row.gpu_hours_used == 0.8
+    assert row.to_dict()["utilisation"] == 80.0  # 0.8 of the 2 x 0.5 GPU-hours measured
+    [half] = usage([slow_start], 0, H / 2)  # cut with the period as the use is
+    assert half.to_dict()["utilisation"] == 80.0 and half.gpu_hours_used == 0.4
+
+
 def test_used_gpu_hours_are_cut_with_the_period() -> None:
     """A container's measured use spreads evenly over its life: half of it in half the time."""
     two_gpus = Allocation("a1", "alice", "root.a", 2, 0, 2 * H, used_gpu_seconds=2 * H)

@@ -35,6 +35,7 @@ from dlapp.client_config import default_home as default_home
 from dlapp.client_config import load_client_settings as load_client_settings
 
 _USERNS_RE = re.compile(r"^(host|nomap|(keep-id|auto)(:[\w=,/-]+)?)$")
+_OCI_RUNTIME_RE = re.compile(r"^(auto|[A-Za-z0-9_.+][\w.+-]*|/[\w./+-]+)$")
 Engine = Literal["docker", "podman"]
 
 
@@ -88,6 +89,12 @@ class ContainerPolicy(BaseModel):
         description="podman --userns: host (rootful: none of its own), keep-id (rootless: "
         "the node user keeps its UID inside), auto, nomap",
     )
+    oci_runtime: str = Field(
+        default="auto",
+        description="podman --runtime: auto (runc on a node whose cgroups are hybrid, v1 "
+        "controllers beside a v2 hierarchy, which crun refuses; else podman's own default), "
+        "or a runtime's name or path (crun, runc, /usr/bin/runsc)",
+    )
     cluster_id: str | None = Field(
         default=None,
         description="label dlapp.cluster of this server's containers (default: from home)",
@@ -124,6 +131,13 @@ class ContainerPolicy(BaseModel):
     def _userns(cls, v: str) -> str:
         if not _USERNS_RE.match(v):
             raise ValueError(f"userns must be host, keep-id, auto or nomap[:OPTIONS], not {v!r}")
+        return v
+
+    @field_validator("oci_runtime")
+    @classmethod
+    def _oci_runtime(cls, v: str) -> str:
+        if not _OCI_RUNTIME_RE.match(v):
+            raise ValueError(f"oci_runtime must be auto or a runtime's name or path, not {v!r}")
         return v
 
     @field_validator("workspace_path")

@@ -7,9 +7,10 @@ container's plan); the node resolves the plan to an ``Account`` here:
 
 1. an existing account named as the dlapp user, when ``map_existing`` and its uid and gid are
    at least ``min_uid`` (never root, never a system account);
-2. else ``<prefix><user>`` with the uid the store gave the user from the admin's range,
-   created on the node the first time it is needed (``groupadd`` + ``useradd``: no home, no
-   login shell, no password), the same uid on every node.
+2. else ``<prefix><user>`` with the uid the store gave the user: that of the account of this
+   name already on the server's machine (a former server's: adopted), else one from the
+   admin's range; created on the node the first time it is needed (``groupadd`` +
+   ``useradd``: no home, no login shell, no password), the same uid on every node.
 
 Then ``hand_over`` and ``private_dir`` give the app its directories, and ``run_as`` runs a
 function as the account in a forked child (staging of local files), with no supplementary
@@ -152,6 +153,16 @@ def uid_free_for(name: str, uid: int) -> bool:
     except KeyError:
         return True
     return group.gr_name == name
+
+
+def adoptable_uid(name: str, min_uid: int = 1000) -> int | None:
+    """The uid of the range account ``name`` if this machine has it already (a former server,
+    or the admin, made it), its uid and group both at least ``min_uid``: the uid its user
+    keeps, so that the account is used again instead of refused as taken."""
+    account = _get(pwd.getpwnam, name)
+    if account is None or min(account.pw_uid, account.pw_gid) < min_uid:
+        return None
+    return account.pw_uid
 
 
 def _get(fn: Callable[[Any], pwd.struct_passwd], key: Any) -> pwd.struct_passwd | None:

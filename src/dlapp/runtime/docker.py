@@ -97,6 +97,7 @@ class RunOptions:
     command: tuple[str, ...] | None = None  # instead of the entry script (the dev shell)
     engine: Engine = "docker"
     ulimits: tuple[Ulimit, ...] = ()  # ``--ulimit NAME=SOFT:HARD`` (podman: the node's own)
+    oci_runtime: str | None = None  # ``--runtime`` (podman: runc where crun cannot run)
     gateway: str | None = None  # the bridge network's gateway here (see ``rendezvous_addr``)
     # the file that holds the container's env (``--env-file``), so that no value is in argv;
     # None: ``--env K=V`` (the dev shell, run by its own user on their own machine)
@@ -279,6 +280,8 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
     args += ["--init", "--pull", policy.pull, "--user", user]
     if podman:
         args += ["--userns", policy.userns]
+    if opts.oci_runtime:
+        args += ["--runtime", opts.oci_runtime]
     for name, soft, hard in opts.ulimits:
         args += ["--ulimit", f"{name}={soft}:{hard}"]
     args += ["--cap-drop", "ALL"]

@@ -30,6 +30,10 @@ class Allocation:
     start: float
     end: float | None  # None: still running
     used_gpu_seconds: float | None = None  # measured over its whole life; None: not sampled
+    # the wall seconds its samples covered (from the first to the last); None: as held. Start-
+    # up, staging and the wait for the first sample are held but unmeasured: utilisation is
+    # over what was measured, not over a gap counted as idle
+    sampled_seconds: float | None = None
 
 
 @dataclass
@@ -70,7 +74,7 @@ def usage(
 ) -> list[UsageRow]:
     """GPU-hours allocated (and used, where sampled) per ``by`` inside ``[since, until)``, most
     first; apps that held no GPU in the period are left out. ``utilisation`` is used over
-    allocated, counting only the sampled containers."""
+    the GPU time measured, counting only the sampled containers."""
     rows: dict[str, UsageRow] = {}
     for a in allocations:
         seconds = held_seconds(a, since, until)
@@ -85,7 +89,8 @@ def usage(
             life = held_seconds(a, a.start, until if a.end is None else a.end)
             part = 1.0 if life <= 0 else seconds / life
             row.gpu_hours_used = (row.gpu_hours_used or 0.0) + a.used_gpu_seconds * part / 3600
-            row.gpu_hours_sampled += a.gpus * seconds / 3600
+            measured = seconds if a.sampled_seconds is None else a.sampled_seconds * part
+            row.gpu_hours_sampled += a.gpus * measured / 3600
     return sorted(rows.values(), key=lambda r: (-r.gpu_hours, r.key))
 
 

@@ -59,9 +59,18 @@ def allocations(
         end = c.end_time
         if end is None and app.state == "FINISHED":  # never got an end time: the app's
             end = app.finish_time or c.start_time
-        used = None if measured is None or not measured.samples else measured.gpu_seconds_used
+        sampled = measured if measured is not None and measured.samples > 0 else None
         out.append(
-            accounting.Allocation(app.id, app.user, app.queue, app.gpus, c.start_time, end, used)
+            accounting.Allocation(
+                app.id,
+                app.user,
+                app.queue,
+                app.gpus,
+                c.start_time,
+                end,
+                sampled.gpu_seconds_used if sampled else None,
+                sampled.seconds_sampled if sampled and sampled.samples > 1 else None,
+            )
         )
     return out
 

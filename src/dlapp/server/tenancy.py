@@ -62,7 +62,12 @@ def account_plan(
     return AccountPlan(
         user=user,
         uid=accounts.uid_for(
-            session, user, first, last, lambda uid: unix_accounts.uid_free_for(name, uid)
+            session,
+            user,
+            first,
+            last,
+            lambda uid: unix_accounts.uid_free_for(name, uid),
+            existing=unix_accounts.adoptable_uid(name),
         ),
         prefix=s.app_account_prefix,
         map_existing=s.map_unix_accounts,

@@ -30,15 +30,21 @@ def uid_for(
     first: int,
     last: int,
     usable: Callable[[int], bool] = lambda _uid: True,
+    existing: int | None = None,
 ) -> int:
-    """``user``'s uid: the one given before, else the lowest one in [first, last] given to no
-    other user and ``usable`` (not held on the server's machine by an account of someone
-    else's, such as one a former server left behind)."""
+    """``user``'s uid: the one given before; else ``existing`` (the uid of the user's account
+    already on the server's machine, made by a former server or by the admin) when no other
+    user has it; else the lowest one in [first, last] given to no other user and ``usable``
+    (not held on the server's machine by an account of someone else's)."""
     given = uids(session)
     if user in given:
         return given[user]
     taken = set(given.values())
-    uid = next((u for u in range(first, last + 1) if u not in taken and usable(u)), None)
+    uid: int | None
+    if existing is not None and existing not in taken:
+        uid = existing
+    else:
+        uid = next((u for u in range(first, last + 1) if u not in taken and usable(u)), None)
     if uid is None:
         raise DlappError(
             f"no free uid left in app_uid_range [{first}, {last}] for user {user!r}: "
