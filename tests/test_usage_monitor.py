@@ -17,9 +17,11 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
 
 from dlapp.config import ServerSettings
 from dlapp.store.db import MIGRATIONS
+from dlapp.store.models import QueueSample
 
 from inprocess import add_user, admin_token, bearer, serve, submit
 
@@ -195,6 +197,16 @@ def test_the_plot_ends_with_what_the_cluster_view_says_now(tmp_path: Path) -> No
     settings = ServerSettings(home=home, schedule_interval_s=0.05, timeseries_interval_s=3600)
     with serve(settings) as api:
         alice = bearer(add_user(api, home, "alice"))
+
+        def stored() -> int:
+            with api.app.state.ctx.sessions() as session:
+                return int(session.scalar(select(func.count()).select_from(QueueSample)) or 0)
+
+        # the monitor's first sample, taken at start (on a loaded machine, after a while)
+        deadline = time.monotonic() + 30
+        while not stored():
+            assert time.monotonic() < deadline, "the monitor stored no sample"
+            time.sleep(0.05)
         app_id = submit(
             api,
             tmp_path,
