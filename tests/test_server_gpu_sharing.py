@@ -159,3 +159,38 @@ def test_a_fraction_is_enforced_by_mps_where_the_node_runs_it_and_stated_otherwi
     )
     assert "DLAPP_GPU_MEMORY_LIMIT" not in whole and whole["DLAPP_GPU_FRACTION"] == "1"
     assert gpu_env([], 0.0, 0, mps=True) == {"CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize("placement", ["fgd", "first-fit"])
+def test_the_servers_placement_setting_chooses_the_device(
+    placement: str, tmp_path: Path, database_url: str
+) -> None:
+    """Device 1 free again, device 2 holding 0.75: a quarter shares device 2 under fgd (device
+    1 stays whole for whole-GPU apps), and takes the first device with room under first-fit."""
+    devices = [GpuDevice(i, f"GPU-{i}", "NVIDIA H200", H200_MB) for i in (1, 2)]
+    settings = ServerSettings(
+        home=tmp_path / "home", db_url=database_url, schedule_interval_s=0.05, placement=placement
+    )
+    executor = LocalExecutor(Resources(8, 16384, 0), gpus=devices)
+    with TestClient(create_app(settings, lambda s: executor)) as api:
+        api.headers.update(bearer(add_user(api, settings.home, "bob")))
+
+        def running(app_id: str) -> bool:
+            return bool(api.get(f"/api/v1/apps/{app_id}").json()["state"] == "RUNNING")
+
+        half = submit(api, tmp_path, ENV + "sleep 60\n", gpus=0.5).json()["id"]
+        wait_for(lambda: running(half), 20, "the half")
+        long = submit(api, tmp_path, ENV + "sleep 60\n", gpus=0.75).json()["id"]
+        wait_for(lambda: running(long), 20, "the three quarters")
+        assert api.post(f"/api/v1/apps/{half}/kill").status_code == 200
+        assert wait_finished(api, half, timeout=30)["final_status"] == "KILLED"
+        assert (env_of(api, half)["gpus"], env_of(api, long)["gpus"]) == ("1", "2")
+        quarter = submit(api, tmp_path, ENV, gpus=0.25).json()["id"]
+        assert wait_finished(api, quarter, timeout=30)["final_status"] == "SUCCEEDED"
+        assert env_of(api, quarter)["gpus"] == ("2" if placement == "fgd" else "1"), placement
+        api.post(f"/api/v1/apps/{long}/kill")
+
+
+def test_an_unknown_placement_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="placement must be one of fgd, best-fit"):
+        ServerSettings(placement="worst-fit")

@@ -332,6 +332,12 @@ class ServerSettings(BaseModel):
     gpu_sample_interval_s: float = Field(
         10.0, gt=0, description="GPU utilisation sampling period on the nodes, and its polling"
     )
+    placement: str = Field(
+        "fgd",
+        description="how the scheduler chooses a container's node and devices: fgd "
+        "(fragmentation-aware: keeps whole GPUs and nodes free for the waiting and running "
+        "mix), pack (fewest free GPUs, then CPUs), best-fit, first-fit",
+    )
     gpu_idle_below: float = Field(
         5.0, ge=0, le=100, description="a GPU under this utilisation (percent) is idle"
     )
@@ -374,6 +380,15 @@ class ServerSettings(BaseModel):
         description="container runtime policy (images, user, caps, mounts, network, GPUs); "
         "see docs/configuration.md#containers",
     )
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, v: str) -> str:
+        from dlapp.scheduler.snapshot import PLACEMENTS  # pure: the scheduler's own names
+
+        if v not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {v!r}")
+        return v
 
     @field_validator("storage_profiles", mode="before")
     @classmethod

@@ -115,6 +115,7 @@ class Admission:
             running=self._running(session),
             queues=self.ctx.queues.tree,
             now=self.ctx.clock(),
+            placement=self.ctx.settings.placement,
         )
 
     def _running(self, session: Session) -> tuple[RunningApp, ...]:
