@@ -288,6 +288,40 @@ def test_plots_over_time_and_an_apps_gpu_use_then_its_idle_flag(page: Page, site
         httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=alice)
 
 
+def test_a_shared_gpu_shows_each_fraction_and_what_is_left(page: Page, site: Site) -> None:
+    fraction = {"memory": "128M"}
+    quarter = site.submit("alice", "sleep 60\n", resources={"gpus": 0.25, **fraction})
+    apps = [("alice", quarter)]
+    try:
+        sign_in(page, site, "admin")
+        tile = page.locator(".gpu.shared")
+        expect(tile).to_have_count(1, timeout=WAIT_MS)
+        expect(tile.locator(f'.gpu-piece[data-app="{quarter}"]')).to_contain_text("0.25")
+        expect(tile.locator(".gpu-piece.free")).to_have_text("free 0.75")
+        free = tile.locator(".gpu-piece.free").bounding_box()["width"]  # type: ignore[index]
+        assert free > 2 * tile.locator(".gpu-piece").first.bounding_box()["width"]  # type: ignore[index]
+        rest = site.submit("alice", "sleep 60\n", resources={"gpus": 0.75, **fraction})
+        apps.append(("alice", rest))
+        # fgd fills the shared device (nothing left too small for the mix) and keeps the
+        # other one whole
+        expect(tile.locator(f'.gpu-piece[data-app="{rest}"]')).to_contain_text(
+            "0.75", timeout=WAIT_MS
+        )
+        expect(tile.locator(".gpu-piece.free")).to_have_count(0)
+        expect(page.locator(".gpu.free")).to_have_count(1)
+        widths = [
+            tile.locator(f'.gpu-piece[data-app="{a}"]').bounding_box()["width"]  # type: ignore[index]
+            for a in (quarter, rest)
+        ]
+        assert widths[1] > 2 * widths[0], widths  # each piece as wide as its share
+        shot(page, "8-cluster-shared-gpu")
+        tile.locator(f'.gpu-piece[data-app="{quarter}"]').click()
+        expect(page.locator("h1")).to_contain_text(quarter, timeout=WAIT_MS)
+    finally:
+        for user, app_id in apps:
+            httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=bearer(site.tokens[user]))
+
+
 def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:
     app_id = site.submit("alice", "sleep 60\n")
     try:

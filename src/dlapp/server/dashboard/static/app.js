@@ -306,13 +306,14 @@ function gpuTile(g) {
           href: "#/apps/" + encodeURIComponent(h.app_id),
           "data-app": h.app_id,
           title: `${h.app_id} (${h.user}), container ${h.container}: ${h.share} of the GPU`,
-          style: `flex: ${h.share}`,
+          "--share": h.share,
           "--hue": hue(h.user),
         },
-        `${h.app_id.replace(/^application_\d+_/, "app ")} ${h.share}`,
+        el("b", {}, String(h.share)),
+        el("span", {}, h.app_id.replace(/^application_\d+_/, "app ")),
       ),
     );
-    if (g.free > 0) pieces.push(el("span", { class: "gpu-piece free", style: `flex: ${g.free}` }, `free ${g.free}`));
+    if (g.free > 0) pieces.push(el("span", { class: "gpu-piece free", "--share": g.free }, `free ${g.free}`));
     return el(
       "div",
       { class: "gpu shared", "data-gpu": g.id },
