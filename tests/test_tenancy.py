@@ -19,7 +19,7 @@ from dlapp.store import accounts
 from dlapp.unix_accounts import AccountPlan, uid_free_for
 
 from conftest import wait_for
-from inprocess import add_user, admin_token, bearer, serve, submit
+from inprocess import add_user, admin_token, bearer, serve, submit, wait_finished
 
 
 def settings(tmp: Path, **kw: Any) -> ServerSettings:
@@ -66,11 +66,26 @@ def test_a_second_user_brings_the_multi_user_rules(tmp_path: Path) -> None:
         with ctx.sessions() as s:
             assert tenancy.multi_user(ctx, s)
             plan = tenancy.account_plan(ctx, s, "alice")
-            # the range's first uid, unless this machine holds it for another account already
-            first = next(u for u in range(200_000, 300_000) if uid_free_for("dlapp-alice", u))
+            # the uid of a dlapp-alice a former server left on this machine, else the range's
+            # first uid that no other account here holds
+            first = unix_accounts.adoptable_uid("dlapp-alice") or next(
+                u for u in range(200_000, 300_000) if uid_free_for("dlapp-alice", u)
+            )
             assert plan == AccountPlan("alice", first, "dlapp-", True)
             s.commit()
             assert accounts.uids(s) == {"alice": first}
+
+
+def _alices_uid(api: Any, ctx: Context, tmp: Path) -> int:
+    """Users alice and bob (so the multi-user rules apply); the uid alice's app ran as."""
+    token = add_user(api, ctx.settings.home, "alice")
+    add_user(api, ctx.settings.home, "bob")
+    resp = submit(api, tmp, token, "id -u\n")
+    assert resp.status_code == 201, resp.text
+    done = wait_finished(api, resp.json()["id"], token, timeout=60)
+    assert done["final_status"] == "SUCCEEDED", done
+    log = api.get(f"/api/v1/apps/{done['id']}/logs", headers=bearer(token))
+    return int(log.text.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making Unix accounts needs root")
@@ -81,36 +96,25 @@ def test_an_account_left_on_the_range_s_first_uid_is_stepped_over(tmp_path: Path
 
     first = next(u for u in range(243_000, 244_000) if all(uid_free_for("", v) for v in (u, u + 1)))
     left = f"dlt-left{os.getpid()}"
+    prefix = f"dls{os.getpid() % 10_000}-"  # its own: no account left by another test adopted
     subprocess.run(
         ["useradd", "--system", "--no-create-home", "--uid", str(first), "--user-group", left],
         check=True,
         capture_output=True,
     )
     try:
-        with serve(settings(tmp_path, app_uid_range=(first, first + 9))) as api:
+        with serve(
+            settings(tmp_path, app_uid_range=(first, first + 9), app_account_prefix=prefix)
+        ) as api:
             ctx = _ctx(api)
-            token = add_user(api, ctx.settings.home, "alice")
-            add_user(api, ctx.settings.home, "bob")
-            resp = submit(api, tmp_path, token, "id -u\n")
-            assert resp.status_code == 201, resp.text
-            app_id = resp.json()["id"]
-            done = wait_for(
-                lambda: (
-                    (a := api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json())["state"]
-                    == "FINISHED"
-                    and a
-                ),
-                60,
-                "alice's app",
-            )
-            assert done["final_status"] == "SUCCEEDED", done
+            uid = _alices_uid(api, ctx, tmp_path)
             with ctx.sessions() as s:
                 assert accounts.uids(s) == {"alice": first + 1}
-            log = api.get(f"/api/v1/apps/{app_id}/logs", headers=bearer(token))
-            assert log.text.strip().splitlines()[-1] == str(first + 1), log.text
+            assert uid == first + 1
     finally:
-        subprocess.run(["userdel", left], capture_output=True, check=False)
-        subprocess.run(["groupdel", left], capture_output=True, check=False)
+        for name in (left, f"{prefix}alice", f"{prefix}bob"):
+            subprocess.run(["userdel", name], capture_output=True, check=False)
+            subprocess.run(["groupdel", name], capture_output=True, check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making Unix accounts needs root")
@@ -137,27 +141,12 @@ def test_a_users_account_left_by_a_former_server_is_adopted(tmp_path: Path) -> N
             settings(tmp_path, app_uid_range=(first, first + 9), app_account_prefix=prefix)
         ) as api:
             ctx = _ctx(api)
-            token = add_user(api, ctx.settings.home, "alice")
-            add_user(api, ctx.settings.home, "bob")
-            resp = submit(api, tmp_path, token, "id -u\n")
-            assert resp.status_code == 201, resp.text
-            app_id = resp.json()["id"]
-            done = wait_for(
-                lambda: (
-                    (a := api.get(f"/api/v1/apps/{app_id}", headers=bearer(token)).json())["state"]
-                    == "FINISHED"
-                    and a
-                ),
-                60,
-                "alice's app",
-            )
-            assert done["final_status"] == "SUCCEEDED", done
+            uid = _alices_uid(api, ctx, tmp_path)
             with ctx.sessions() as s:
                 assert accounts.uids(s) == {"alice": left}
                 # bob, with no account left behind, gets the range's first uid
                 assert tenancy.account_plan(ctx, s, "bob", multi=True).uid == first  # type: ignore[union-attr]
-            log = api.get(f"/api/v1/apps/{app_id}/logs", headers=bearer(token))
-            assert log.text.strip().splitlines()[-1] == str(left), log.text
+            assert uid == left
     finally:
         for user in ("alice", "bob"):
             subprocess.run(["userdel", f"{prefix}{user}"], capture_output=True, check=False)
