@@ -50,6 +50,9 @@ class Executor(ABC):
 
     # set by the server process: what to do when the cluster is lost for good (restart)
     on_cluster_lost: Callable[[str], None] | None = None
+    # set by the scheduler (its ``wake``): called, from any thread, as soon as a container
+    # may have started or ended, so that ``poll`` tells it now, not at the next cycle
+    on_change: Callable[[], None] | None = None
 
     def __init__(self) -> None:
         self._final_usage: dict[UsageKey, dict[str, Any]] = {}  # exited since ``usage``
@@ -97,6 +100,15 @@ class Executor(ABC):
 
     def _usage(self) -> dict[UsageKey, dict[str, Any]]:
         return {}
+
+    def _changed(self) -> None:
+        """Something ``poll`` will report happened (from any thread): wake whoever polls."""
+        callback = self.on_change
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # a wake that fails leaves the report to the next cycle
+                logger.exception("waking the scheduler failed")
 
     def ship(self) -> dict[UsageKey, Shipment]:
         """What the supervisors of containers still staging or running have shipped since the

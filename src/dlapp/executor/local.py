@@ -73,9 +73,9 @@ class LocalExecutor(Executor):
         plan = sup.plan
         try:
             info = sup.start(gpus, self.node.name)
-            self._reports.put(Report(plan.app_id, plan.attempt, plan.index, "started", info=info))
+            self._report(Report(plan.app_id, plan.attempt, plan.index, "started", info=info))
         except (DlappError, OSError) as exc:
-            self._reports.put(
+            self._report(
                 Report(plan.app_id, plan.attempt, plan.index, "started", diagnostics=str(exc))
             )
         result = sup.wait()
@@ -84,7 +84,11 @@ class LocalExecutor(Executor):
             if not plan.gpu_ids:
                 self._free_gpus.extend(held)
             self._sups.pop((plan.app_id, plan.index), None)
-        self._reports.put(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
+        self._report(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
+
+    def _report(self, report: Report) -> None:
+        self._reports.put(report)
+        self._changed()
 
     def _stop(self, app_id: str, grace: float, notice: dict[str, Any] | None) -> None:
         with self._lock:

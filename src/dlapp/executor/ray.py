@@ -304,11 +304,18 @@ class RayExecutor(Executor):
                     placement_group=pg, placement_group_bundle_index=plan.index
                 ),
             ).remote(plan)
-            tracked = _Tracked(
-                plan, node_id, actor, actor.start_here.remote(), actor.wait_once.remote()
+            tracked = self._watched(
+                _Tracked(plan, node_id, actor, actor.start_here.remote(), actor.wait_once.remote())
             )
             tracked.up_ref = actor.plan_of.remote()  # answered at once by a running actor
             run.containers.append(tracked)
+
+    def _watched(self, c: _Tracked) -> _Tracked:
+        """``c``, its start and its end each waking the scheduler as they come (``on_change``):
+        an app is RUNNING, and FINISHED, as soon as its supervisor says so, not a cycle later."""
+        for ref in (c.start_ref, c.wait_ref):
+            ref.future().add_done_callback(lambda _done: self._changed())
+        return c
 
     def _remove_orphans(self, policy: ContainerPolicy, running: set[str]) -> None:
         """A sweep on every alive node, each of its own containers (``sweep.py``)."""
@@ -494,8 +501,10 @@ class RayExecutor(Executor):
         run = _AppRun(pg=pg)
         for plan, actor, node_id in zip(plans, actors, node_ids, strict=True):
             run.containers.append(
-                _Tracked(
-                    plan, node_id, actor, actor.started_info.remote(), actor.wait_once.remote()
+                self._watched(
+                    _Tracked(
+                        plan, node_id, actor, actor.started_info.remote(), actor.wait_once.remote()
+                    )
                 )
             )
         self._apps[app_id] = run

@@ -65,6 +65,7 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.ctx.executor.on_change = self.wake  # a container started or ended: a cycle now
         self._thread = threading.Thread(target=self._run, name="dlapp-scheduler", daemon=True)
         self._thread.start()
 
