@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dlapp.config import ContainerPolicy, ServerSettings
-from dlapp.contract import ContainerCause, ContainerPlan, ContainerResult
+from dlapp.contract import ContainerCause, ContainerPlan, ContainerResult, stop_diagnostics
 from dlapp.executor import Executor, NodeInfo, Report
 from dlapp.scheduler import Resources
 from dlapp.server.context import Context
@@ -181,8 +181,12 @@ def test_a_failed_container_stops_its_gang_and_fails_the_app(cluster: Cluster) -
     cluster.executor.exit(first, 3, "exited with code 3")
     cluster.cycle()
     assert cluster.app(app_id).kill_requested == StopReason.GANG
-    assert cluster.executor.stopped == [(app_id, 0.0, None)]
-    cluster.executor.exit(second, 137, "killed by request", ContainerCause.KILLED)
+    [(stopped, grace, notice)] = cluster.executor.stopped
+    assert (stopped, grace, notice["reason"]) == (app_id, 0.0, "gang")
+    # the others say why they were stopped: not "killed by request"
+    said = stop_diagnostics(notice)
+    assert said == "stopped with its gang: container 0 failed (exited with code 3)"
+    cluster.executor.exit(second, 137, said, ContainerCause.KILLED)
     cluster.cycle()
     app = cluster.app(app_id)
     assert (app.state, app.final_status) == (AppState.FINISHED.value, FinalStatus.FAILED.value)

@@ -24,6 +24,7 @@ STOPPED_WITH_NOTICE = {
     "softkill": "softkilled by request",
     "preempted": "preempted",
     "evicted": "evicted (its node was cordoned)",
+    "gang": "stopped with its gang",
 }
 SHIP_BYTES = 4 * 1024 * 1024  # at most this much of each log stream per shipment
 NODE_LOST = "node lost"  # diagnostics prefix of a container lost with its node

@@ -145,7 +145,12 @@ class Reconciler:
                     f"container {failure.index} failed ({why}); stopping the others",
                     now,
                 )
-                self.effects.stop_app(app.id, app.attempt, 0.0, None)
+                notice = {
+                    "reason": "gang",
+                    "detail": f"container {failure.index} failed ({why})",
+                    "deadline": now,
+                }
+                self.effects.stop_app(app.id, app.attempt, 0.0, notice)
                 continue
             settled = settle(
                 stop,
