@@ -2,7 +2,7 @@
 (LocalExecutor: real supervisor, staging and process runtime) and the CLI: staging progress in
 ``dlapp status`` while it stages, the staging lines in ``launch --follow``, a large workspace's
 packing and upload progress, where a failed app's output was kept, a softkilled container's
-diagnostics and its notice file."""
+diagnostics and its notice file, the gang peers a failed container stopped."""
 
 from __future__ import annotations
 
@@ -235,3 +235,17 @@ def test_a_softkilled_container_says_so_and_its_notice_has_an_iso_deadline(
     iso = datetime.fromisoformat(notice["deadline_iso"])
     assert iso.utcoffset() is not None and iso.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
     assert abs(iso.timestamp() - notice["deadline"]) < 0.001
+
+
+def test_the_containers_a_failed_gang_peer_stops_say_so(site: Site) -> None:
+    script = (
+        'on_term() { cat "$DLAPP_NOTICE_FILE"; echo; exit 0; }\ntrap on_term TERM\n'
+        'if [ "$CONTAINER_INDEX" = 0 ]; then sleep 1; exit 3; fi\n'
+        "while true; do sleep 0.1; done\n"
+    )
+    app_id = site.submit(script, num_containers=2)
+    done = site.finish(app_id)
+    assert done["final_status"] == "FAILED"
+    assert done["diagnostics"] == "container 0 exited with code 3"
+    peer = done["containers"][1]
+    assert peer["diagnostics"] == "stopped with its gang: container 0 failed (exited with code 3)"
