@@ -322,6 +322,35 @@ def test_a_shared_gpu_shows_each_fraction_and_what_is_left(page: Page, site: Sit
             httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=bearer(site.tokens[user]))
 
 
+def test_an_earlier_attempts_log_is_picked(page: Page, site: Site) -> None:
+    script = (
+        'if [ -e "$DLAPP_CHECKPOINT_DIR/tried" ]; then echo "second try"; exit 0; fi\n'
+        'touch "$DLAPP_CHECKPOINT_DIR/tried"; echo "first try"; exit 1\n'
+    )
+    app_id = site.submit("alice", script, max_attempts=2)
+    auth = bearer(site.tokens["alice"])
+
+    def finished() -> bool:
+        app = httpx.get(f"{site.url}/api/v1/apps/{app_id}", headers=auth).json()
+        return bool(app["state"] == "FINISHED")
+
+    deadline = time.monotonic() + 60
+    while not finished():
+        assert time.monotonic() < deadline, "the app did not finish"
+        time.sleep(0.2)
+    sign_in(page, site, "alice")
+    page.goto(f"{site.url}/dashboard/#/apps/{app_id}")
+    pick = page.locator("#log-attempt")
+    expect(pick).to_be_visible(timeout=WAIT_MS)
+    expect(pick.locator("option")).to_have_text(["attempt 1", "attempt 2 (current)"])
+    expect(page.locator("#log")).to_have_text("second try\n", timeout=WAIT_MS)
+    pick.select_option("1")
+    expect(page.locator("#log")).to_have_text("first try\n", timeout=WAIT_MS)
+    shot(page, "9-app-earlier-attempt")
+    pick.select_option("2")
+    expect(page.locator("#log")).to_have_text("second try\n", timeout=WAIT_MS)
+
+
 def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:
     app_id = site.submit("alice", "sleep 60\n")
     try:

@@ -618,16 +618,29 @@ function appPage(gen, id, shownLog = null) {
   const spec = el("pre", { id: "spec", class: "spec" });
   const log = el("pre", { id: "log", class: "log" });
   const logNotice = el("p", { id: "log-notice", class: "log-notice", hidden: true });
-  const logState = { container: 0, stream: "stdout", ...shownLog, offset: null, complete: false, hidden: 0, size: 0 };
+  // attempt: null for the current one (live while it runs), else an earlier attempt's kept log
+  const logState = { container: 0, stream: "stdout", attempt: null, ...shownLog, offset: null, complete: false, hidden: 0, size: 0 };
+  const restartLog = (change) => {
+    Object.assign(logState, change, { offset: null, complete: false, hidden: 0, size: 0 });
+    log.textContent = "";
+    logNotice.hidden = true;
+  };
+  const pickAttempt = el("select", {
+    id: "log-attempt",
+    hidden: true,
+    title: "which attempt's log",
+    onchange: (ev) => {
+      const n = Number(ev.target.value);
+      restartLog({ attempt: n === Number(ev.target.dataset.current) ? null : n });
+    },
+  });
   const pick = el(
     "select",
     {
       id: "log-stream",
       onchange: (ev) => {
         const [c, s] = ev.target.value.split(":");
-        Object.assign(logState, { container: Number(c), stream: s, offset: null, complete: false, hidden: 0, size: 0 });
-        log.textContent = "";
-        logNotice.hidden = true;
+        restartLog({ container: Number(c), stream: s });
       },
     },
   );
@@ -655,7 +668,7 @@ function appPage(gen, id, shownLog = null) {
       containers,
     ),
     gpuUse,
-    el("h2", {}, "Log ", pick, " ", download),
+    el("h2", {}, "Log ", pickAttempt, " ", pick, " ", download),
     logNotice,
     log,
     el("div", { class: "columns" }, el("div", {}, el("h2", {}, "Timeline"), timeline), el("div", {}, el("h2", {}, "Spec"), spec)),
@@ -730,6 +743,17 @@ function appPage(gen, id, shownLog = null) {
         pick.value = `${logState.container}:${logState.stream}`;
         if (shownLog) log.scrollIntoView();
       }
+      if (pickAttempt.dataset.current !== String(app.attempt)) {
+        // one option an attempt, the current one chosen (and followed) until another is
+        pickAttempt.dataset.current = String(app.attempt);
+        pickAttempt.replaceChildren(
+          ...Array.from({ length: app.attempt }, (_, i) =>
+            el("option", { value: String(i + 1) }, `attempt ${i + 1}` + (i + 1 === app.attempt ? " (current)" : "")),
+          ),
+        );
+        pickAttempt.value = String(logState.attempt ?? app.attempt);
+        pickAttempt.hidden = app.attempt < 2;
+      }
       const events = await getJson(`/apps/${encodeURIComponent(id)}/events`);
       if (gen !== generation) return;
       timeline.replaceChildren(
@@ -785,7 +809,7 @@ const LOG_TAIL_LINES = 2000; // a log is opened at its last lines
 async function tailLog(gen, id, state, pre, notice) {
   if (state.complete) return;
   const first = state.offset === null;
-  const params = new URLSearchParams({ container: String(state.container), stream: state.stream });
+  const params = logParams(state);
   if (first) {
     params.set("tail", String(LOG_TAIL_LINES));
     params.set("length", String(LOG_VIEW_CHARS));
@@ -827,6 +851,12 @@ async function tailLog(gen, id, state, pre, notice) {
     : "";
 }
 
+function logParams(state) {
+  const params = new URLSearchParams({ container: String(state.container), stream: state.stream });
+  if (state.attempt !== null) params.set("attempt", String(state.attempt));
+  return params;
+}
+
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB"];
   let i = 0;
@@ -840,7 +870,7 @@ function bytes(n) {
 // The whole log as a file: fetched with the token (a plain link could not send it), then
 // saved under the server's name for it.
 async function downloadLog(id, state) {
-  const params = new URLSearchParams({ container: String(state.container), stream: state.stream });
+  const params = logParams(state);
   const resp = await api(`/apps/${encodeURIComponent(id)}/logs/download?${params}`);
   const blob = await resp.blob();
   const named = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
