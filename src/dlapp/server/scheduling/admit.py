@@ -20,6 +20,7 @@ from dlapp.scheduler import (
     Snapshot,
     Wait,
 )
+from dlapp.scheduler.arrays import hold_over_limits
 from dlapp.server import nodes, tenancy
 from dlapp.server.context import Context
 from dlapp.server.queue_service import app_request
@@ -29,6 +30,7 @@ from dlapp.server.scheduling.plans import container_plans
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
+from dlapp.store import arrays as array_store
 from dlapp.store import repo
 from dlapp.store.models import App
 
@@ -64,6 +66,27 @@ class Admission:
         self.commit = commit  # fenced: raises when the lease was lost
 
     # -- what decide() sees ---------------------------------------------------------------------
+
+    def hold_array_members(
+        self, session: Session, pending: Sequence[App]
+    ) -> tuple[list[App], bool]:
+        """The waiting apps that go on to ``decide``: all but the members over their array's
+        running limit, which wait with the reason said (``scheduler.arrays``); and whether a
+        reason changed."""
+        ids = sorted({a.array_id for a in pending if a.array_id is not None})
+        limits = array_store.limits(session, ids) if ids else {}
+        if not limits:
+            return list(pending), False
+        running = array_store.running_members(session, list(limits))
+        held = hold_over_limits([(a.id, a.array_id) for a in pending], running, limits)
+        out, changed = [], False
+        for a in pending:
+            reason = held.get(a.id)
+            if reason is None:
+                out.append(a)
+            elif a.pending_reason != reason:
+                a.pending_reason, changed = reason, True
+        return out, changed
 
     def heads(self, session: Session, pending: Sequence[App]) -> list[AppHead]:
         """The waiting apps as ``decide`` sees them, with the service they have had and how
