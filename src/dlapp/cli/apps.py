@@ -53,9 +53,8 @@ def show_array(array_id: str, as_json: bool) -> int:
     out.print(f"Name           : {array['name']}")
     out.print(f"User           : {array['user']}")
     out.print(f"Queue          : {array['queue']}")
-    out.print(
-        f"Members        : {array['size']}" + (f" ({array['indices']})" if array["indices"] else "")
-    )
+    indices = f" ({array['indices']})" if array["indices"] else ""
+    out.print(f"Size           : {array['size']} apps{indices}", markup=False)
     if array["sweep"]:
         out.print(f"Sweep          : {array['sweep']}", markup=False)
     out.print(f"Running limit  : {limit if limit else 'none'}")
@@ -92,9 +91,7 @@ def show_status(app_id: str, as_json: bool) -> int:
     out.print(f"Queue          : {app['queue']}")
     member = app.get("array")
     if member:
-        out.print(
-            f"Array member   : {member['member']} (index {member['index']} of {member['id']})"
-        )
+        out.print(f"Array member   : {member['member']} (index {member['index']})")
         for key, value in member["values"].items():
             out.print(f"  {key} = {value}", markup=False)
     out.print(f"State          : {state}")
