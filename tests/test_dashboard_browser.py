@@ -288,6 +288,42 @@ def test_plots_over_time_and_an_apps_gpu_use_then_its_idle_flag(page: Page, site
         httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=alice)
 
 
+def test_an_arrays_members_are_grouped_under_it(page: Page, site: Site) -> None:
+    ws = site.tmp / f"ws{time.monotonic_ns()}"
+    ws.mkdir()
+    (ws / "run.sh").write_text("sleep 60\n")
+    tarball = pack_workspace(ws, site.tmp / f"{ws.name}.tar.gz").path
+    spec = {"name": "web-array", "entry": {"script": "run.sh"}, "resources": {"memory": "64M"}}
+    resp = httpx.post(
+        f"{site.url}/api/v1/arrays",
+        headers=bearer(site.tokens["alice"]),
+        data={"spec": json.dumps({**spec, "sweep": {"lr": [0.1, 0.2, 0.3]}, "array": "%1"})},
+        files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
+    )
+    assert resp.status_code == 201, resp.text
+    array_id = resp.json()["id"]
+    try:
+        sign_in(page, site, "alice")
+        page.goto(f"{site.url}/dashboard/#/apps")
+        row = page.locator(f'tr[data-array="{array_id}"]')
+        expect(row).to_contain_text("[3 apps, at most 1 running]", timeout=WAIT_MS)
+        expect(row.locator(".array-counts")).to_contain_text("1 RUNNING", timeout=WAIT_MS)
+        expect(row.locator(".array-counts")).to_contain_text("2 ACCEPTED")
+        expect(page.locator("tr.array-member")).to_have_count(0)
+        shot(page, "8-array-closed")
+        row.locator("button.array-toggle").click()
+        expect(page.locator("tr.array-member")).to_have_count(3)
+        expect(page.locator("tr.array-member").first).to_contain_text(f"{array_id}_")
+        shot(page, "9-array-open")
+        member = resp.json()["url"].replace(f"/api/v1/arrays/{array_id}", "")
+        page.goto(f"{member}/dashboard/#/apps/{array_id}_2")
+        expect(page.locator("#facts")).to_contain_text(f"{array_id}_2 · lr=0.3", timeout=WAIT_MS)
+    finally:
+        httpx.post(
+            f"{site.url}/api/v1/arrays/{array_id}/kill", headers=bearer(site.tokens["alice"])
+        )
+
+
 def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:
     app_id = site.submit("alice", "sleep 60\n")
     try:
