@@ -4,6 +4,7 @@ array's members, their counts by state and a member by its index."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from dlapp.arrays import members
 from dlapp.status import AppState, FinalStatus
 from dlapp.store import arrays, repo
+from dlapp.store.backup import backup, restore
 from dlapp.store.db import make_engine, migrate, session_factory
 from spec_builders import make_spec
 
@@ -115,3 +117,26 @@ def test_an_arrays_members_are_written_in_bulk_with_their_events(session: Sessio
     found_member = arrays.member(session, array_id, 3)
     assert found_member is not None and found_member.id == apps[3].id
     assert arrays.member(session, array_id, 4) is None
+
+
+def test_a_backup_with_an_array_restores_its_members_after_it(tmp_path: Path) -> None:
+    source = make_engine(f"sqlite:///{tmp_path}/a.db")
+    migrate(source)
+    with session_factory(source)() as s:
+        spec = make_spec("arr").build().model_copy(update={"array": "0-4%2"})
+        array_id, seq = arrays.next_array_id(s, T0)
+        arrays.add_array(
+            s, arrays.NewArray("u", spec, members("0-4", None), 2, "/ws"), T0, array_id, seq
+        )
+        s.commit()
+    backup(source, tmp_path / "artifacts", tmp_path / "b.tar.gz")
+    source.dispose()
+    target = make_engine(f"sqlite:///{tmp_path}/b.db")
+    try:
+        counts = restore(target, tmp_path / "restored", tmp_path / "b.tar.gz")
+        assert counts["arrays"] == 1 and counts["apps"] == 5
+        with session_factory(target)() as s:
+            assert [a.array_index for a in arrays.members(s, array_id)] == [0, 1, 2, 3, 4]
+            assert arrays.limits(s, [array_id]) == {array_id: 2}
+    finally:
+        target.dispose()
