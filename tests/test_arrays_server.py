@@ -273,3 +273,38 @@ def test_a_request_that_fails_while_storing_leaves_nothing_half_made(
         post_array(api, tmp_path, "true\n", array="0-9")
     monkeypatch.undo()
     nothing_kept(api, home)
+
+
+def test_a_queue_admin_sees_and_kills_the_arrays_in_their_queue_only(
+    tmp_path: Path, home: Path, database_url: str
+) -> None:
+    import yaml
+
+    home.mkdir()
+    queues = {
+        "queues": {
+            "default": {"guaranteed": "50%"},
+            "team": {"guaranteed": "50%", "admin_acl": {"users": ["carol"]}},
+        }
+    }
+    (home / "queues.yaml").write_text(yaml.safe_dump(queues))
+    app = create_app(_settings(home, database_url), lambda s: LocalExecutor(Resources(4, 8192, 0)))
+    with TestClient(app) as api:
+        alice = bearer(add_user(api, home, "alice"))
+        carol = bearer(add_user(api, home, "carol"))
+        in_team = post_array(api, tmp_path, "sleep 30\n", alice, array="0-1", queue="team")
+        elsewhere = post_array(api, tmp_path, "sleep 30\n", alice, array="0-1")
+        team_id, other_id = in_team.json()["id"], elsewhere.json()["id"]
+        listed = api.get("/api/v1/arrays", headers=carol).json()["arrays"]
+        assert [a["id"] for a in listed] == [team_id]
+        assert api.get(f"/api/v1/arrays/{other_id}", headers=carol).status_code == 404
+        assert api.post(f"/api/v1/arrays/{other_id}/kill", headers=carol).status_code == 404
+        assert api.post(f"/api/v1/arrays/{team_id}/kill", headers=carol).status_code == 200
+
+        def killed(array_id: str) -> int:
+            view = api.get(f"/api/v1/arrays/{array_id}", headers=alice).json()
+            return int(view["counts"]["KILLED"])
+
+        wait_for(lambda: killed(team_id) == 2, 20, "the team's array killed")
+        assert killed(other_id) == 0
+        api.post(f"/api/v1/arrays/{other_id}/kill", headers=alice)

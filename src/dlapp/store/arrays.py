@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from dlapp.arrays import Member
@@ -158,9 +158,5 @@ def page(
     """The newest arrays: ``owner``'s (and those in ``queues``), or everyone's (None)."""
     q = select(AppArray)
     if owner is not None:
-        q = q.where(
-            AppArray.user == owner
-            if not queues
-            else ((AppArray.user == owner) | AppArray.queue.in_(list(queues)))
-        )
+        q = q.where(or_(AppArray.user == owner, AppArray.queue.in_(list(queues or ()))))
     return list(session.scalars(q.order_by(AppArray.seq.desc()).limit(limit)))
