@@ -97,7 +97,7 @@ def test_an_array_is_one_request_sharing_one_workspace_each_member_told_its_inde
     assert len({m["id"] for m in found}) == 4
     for m in found:
         done = wait_finished(api, m["id"])
-        assert done["final_status"] == "SUCCEEDED", done
+        assert done["final_status"] == "SUCCEEDED", (done["diagnostics"], done["containers"])
         index = m["array"]["index"]
         assert stdout(api, m["id"]) == f"id={array_id} index={index} size=4\n", done
         assert m["array"]["member"] == f"{array_id}_{index}"
@@ -125,7 +125,7 @@ def test_a_sweep_member_gets_its_values_as_env_and_in_its_status(
     ):
         assert m["array"]["values"] == {"lr": lr, "batch": batch}
         done = wait_finished(api, m["id"])
-        assert done["final_status"] == "SUCCEEDED", done
+        assert done["final_status"] == "SUCCEEDED", (done["diagnostics"], done["containers"])
         raw = json.dumps({"lr": lr, "batch": batch}, separators=(",", ":"))
         assert stdout(api, m["id"]) == f"{env} {raw} {i}\n", done
 

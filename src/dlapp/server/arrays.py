@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
 from dlapp.arrays import members, running_limit
@@ -88,17 +88,11 @@ def kill(ctx: Context, session: Session, array_id: str, soft: bool, caller: Call
     array = get(ctx, session, array_id, caller)
     now = ctx.clock()
     word = "softkill" if soft else "kill"
+    # the queued members, finished in one statement: those it finished are the ones it
+    # returns (a member the scheduler is admitting now is RUNNING once its row is free)
+    reason = f"{word}ed while queued (array {array_id})"
     queued = list(
         session.scalars(
-            select(App.id).where(App.array_id == array_id, App.state == AppState.ACCEPTED.value)
-        )
-    )
-    running = store.members(session, array_id, (AppState.RUNNING,))
-    if not queued and not running:
-        raise ConflictError(f"{array_id}: every member has finished already")
-    if queued:
-        reason = f"{word}ed while queued (array {array_id})"
-        session.execute(
             update(App)
             .where(App.array_id == array_id, App.state == AppState.ACCEPTED.value)
             .values(
@@ -108,8 +102,11 @@ def kill(ctx: Context, session: Session, array_id: str, soft: bool, caller: Call
                 diagnostics=reason,
                 pending_reason="",
             )
+            .returning(App.id)
             .execution_options(synchronize_session=False)
         )
+    )
+    if queued:
         session.execute(
             insert(Event),
             [
@@ -124,6 +121,9 @@ def kill(ctx: Context, session: Session, array_id: str, soft: bool, caller: Call
                 for app_id in queued
             ],
         )
+    running = store.members(session, array_id, (AppState.RUNNING,))
+    if not queued and not running:
+        raise ConflictError(f"{array_id}: every member has finished already")
     for app in running:
         if app.kill_requested is None or (not soft and app.kill_requested != StopReason.KILL):
             services.stop(ctx, session, app, soft, now)

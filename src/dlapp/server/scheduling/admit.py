@@ -215,6 +215,13 @@ class Admission:
         self.effects.stop_app(app.id, app.attempt, grace, notice)
 
     def _admit(self, session: Session, app: App, admit: Admit, snapshot: Snapshot) -> None:
+        # 1. still waiting? A kill may have finished it since this cycle read it (an array's
+        #    queued members are killed in bulk): on PostgreSQL the row lock waits for that
+        #    commit and reads it, so the kill is never overwritten (SQLite refuses the stale
+        #    write itself)
+        session.refresh(app, ["state"], with_for_update=True)
+        if app.state != AppState.ACCEPTED.value:
+            return
         now = self.ctx.clock()
         spec = repo.app_spec(app)
         app.attempt += 1
