@@ -75,6 +75,19 @@ def stdout(api: TestClient, app_id: str) -> str:
     return text
 
 
+def all_killed(
+    api: TestClient, array_id: str, size: int, headers: dict[str, str] | None = None
+) -> None:
+    """Until every member of the array has finished KILLED (and so no supervisor is still
+    starting when the test ends)."""
+
+    def killed() -> bool:
+        view = api.get(f"/api/v1/arrays/{array_id}", headers=headers).json()
+        return bool(view["counts"]["KILLED"] == size)
+
+    wait_for(killed, 20, f"every member of {array_id} killed")
+
+
 def kept_workspaces(home: Path) -> list[str]:
     where = home / "artifacts" / "workspaces"
     return sorted(p.name for p in where.iterdir()) if where.exists() else []
@@ -178,7 +191,8 @@ def test_a_member_is_found_by_its_array_name_and_the_others_untouched(
     wait_finished(api, member.json()["id"])
     counts = api.get(f"/api/v1/arrays/{array_id}").json()["counts"]
     assert counts["KILLED"] == 1 and counts["ACCEPTED"] + counts["RUNNING"] == 2
-    api.post(f"/api/v1/arrays/{array_id}/kill")
+    assert api.post(f"/api/v1/arrays/{array_id}/kill").status_code == 200
+    all_killed(api, array_id, 3)
 
 
 def test_another_user_neither_sees_nor_kills_an_array_and_an_admin_does(
@@ -197,8 +211,7 @@ def test_another_user_neither_sees_nor_kills_an_array_and_an_admin_does(
         array_id
     ]
     assert api.post(f"/api/v1/arrays/{array_id}/kill", headers=admin).status_code == 200
-    counts = api.get(f"/api/v1/arrays/{array_id}").json()["counts"]
-    assert counts["ACCEPTED"] == 0
+    all_killed(api, array_id, 2)
 
 
 def test_bad_array_syntax_is_refused_naming_the_problem(api: TestClient, tmp_path: Path) -> None:
@@ -300,11 +313,8 @@ def test_a_queue_admin_sees_and_kills_the_arrays_in_their_queue_only(
         assert api.get(f"/api/v1/arrays/{other_id}", headers=carol).status_code == 404
         assert api.post(f"/api/v1/arrays/{other_id}/kill", headers=carol).status_code == 404
         assert api.post(f"/api/v1/arrays/{team_id}/kill", headers=carol).status_code == 200
-
-        def killed(array_id: str) -> int:
-            view = api.get(f"/api/v1/arrays/{array_id}", headers=alice).json()
-            return int(view["counts"]["KILLED"])
-
-        wait_for(lambda: killed(team_id) == 2, 20, "the team's array killed")
-        assert killed(other_id) == 0
-        api.post(f"/api/v1/arrays/{other_id}/kill", headers=alice)
+        all_killed(api, team_id, 2, alice)
+        other = api.get(f"/api/v1/arrays/{other_id}", headers=alice).json()["counts"]
+        assert other["KILLED"] == 0
+        assert api.post(f"/api/v1/arrays/{other_id}/kill", headers=alice).status_code == 200
+        all_killed(api, other_id, 2, alice)

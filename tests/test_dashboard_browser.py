@@ -319,9 +319,14 @@ def test_an_arrays_members_are_grouped_under_it(page: Page, site: Site) -> None:
         page.goto(f"{member}/dashboard/#/apps/{array_id}_2")
         expect(page.locator("#facts")).to_contain_text(f"{array_id}_2 · lr=0.3", timeout=WAIT_MS)
     finally:
-        httpx.post(
-            f"{site.url}/api/v1/arrays/{array_id}/kill", headers=bearer(site.tokens["alice"])
-        )
+        alice = bearer(site.tokens["alice"])
+        httpx.post(f"{site.url}/api/v1/arrays/{array_id}/kill", headers=alice)
+        deadline = time.monotonic() + 20  # no supervisor still starting when the test ends
+        while time.monotonic() < deadline:
+            view = httpx.get(f"{site.url}/api/v1/arrays/{array_id}", headers=alice).json()
+            if view["finished"]:
+                break
+            time.sleep(0.1)
 
 
 def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:
