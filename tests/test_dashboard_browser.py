@@ -308,7 +308,7 @@ def test_an_arrays_members_are_grouped_under_it(page: Page, site: Site) -> None:
         row = page.locator(f'tr[data-array="{array_id}"]')
         expect(row).to_contain_text("[3 apps, at most 1 running]", timeout=WAIT_MS)
         expect(row.locator(".array-counts")).to_contain_text("1 RUNNING", timeout=WAIT_MS)
-        expect(row.locator(".array-counts")).to_contain_text("2 ACCEPTED")
+        expect(row.locator(".array-counts")).not_to_contain_text("2 RUNNING")  # its limit
         expect(page.locator("tr.array-member")).to_have_count(0)
         shot(page, "8-array-closed")
         row.locator("button.array-toggle").click()
