@@ -149,3 +149,17 @@ def test_logs_command(
 def test_unknown_app_is_a_clear_error(use_server: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["status", "application_1_9999"]) == 1
     assert "no app application_1_9999" in capsys.readouterr().err
+
+
+def test_an_array_on_the_cluster_tells_each_member_its_index_and_values(
+    use_server: str, make_app: AppFactory, client: DlappClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = 'echo "$DLAPP_ARRAY_INDEX/$DLAPP_ARRAY_SIZE $DLAPP_SWEEP_SEED"\n'
+    spec = make_app(script, name="arr", sweep={"seed": [7, 8]}, array="%1")
+    assert cli.main(["launch", str(spec), "--wait"]) == 0
+    m = re.search(r"submitted: (array_\d+_\d+), an array of 2 apps", capsys.readouterr().out)
+    assert m
+    for index, seed in ((0, 7), (1, 8)):
+        member = client.get(f"{m.group(1)}_{index}")
+        assert member["final_status"] == "SUCCEEDED", member
+        assert client.logs(member["id"]) == f"{index}/2 {seed}\n"

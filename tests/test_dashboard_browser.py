@@ -351,6 +351,47 @@ def test_an_earlier_attempts_log_is_picked(page: Page, site: Site) -> None:
     expect(page.locator("#log")).to_have_text("second try\n", timeout=WAIT_MS)
 
 
+def test_an_arrays_members_are_grouped_under_it(page: Page, site: Site) -> None:
+    ws = site.tmp / f"ws{time.monotonic_ns()}"
+    ws.mkdir()
+    (ws / "run.sh").write_text("sleep 60\n")
+    tarball = pack_workspace(ws, site.tmp / f"{ws.name}.tar.gz").path
+    spec = {"name": "web-array", "entry": {"script": "run.sh"}, "resources": {"memory": "64M"}}
+    resp = httpx.post(
+        f"{site.url}/api/v1/arrays",
+        headers=bearer(site.tokens["alice"]),
+        data={"spec": json.dumps({**spec, "sweep": {"lr": [0.1, 0.2, 0.3]}, "array": "%1"})},
+        files={"workspace": ("w.tar.gz", tarball.read_bytes(), "application/gzip")},
+    )
+    assert resp.status_code == 201, resp.text
+    array_id = resp.json()["id"]
+    try:
+        sign_in(page, site, "alice")
+        page.goto(f"{site.url}/dashboard/#/apps")
+        row = page.locator(f'tr[data-array="{array_id}"]')
+        expect(row).to_contain_text("[3 apps, at most 1 running]", timeout=WAIT_MS)
+        expect(row.locator(".array-counts")).to_contain_text("1 RUNNING", timeout=WAIT_MS)
+        expect(row.locator(".array-counts")).not_to_contain_text("2 RUNNING")  # its limit
+        expect(page.locator("tr.array-member")).to_have_count(0)
+        shot(page, "8-array-closed")
+        row.locator("button.array-toggle").click()
+        expect(page.locator("tr.array-member")).to_have_count(3)
+        expect(page.locator("tr.array-member").first).to_contain_text(f"{array_id}_")
+        shot(page, "9-array-open")
+        member = resp.json()["url"].replace(f"/api/v1/arrays/{array_id}", "")
+        page.goto(f"{member}/dashboard/#/apps/{array_id}_2")
+        expect(page.locator("#facts")).to_contain_text(f"{array_id}_2 · lr=0.3", timeout=WAIT_MS)
+    finally:
+        alice = bearer(site.tokens["alice"])
+        httpx.post(f"{site.url}/api/v1/arrays/{array_id}/kill", headers=alice)
+        deadline = time.monotonic() + 20  # no supervisor still starting when the test ends
+        while time.monotonic() < deadline:
+            view = httpx.get(f"{site.url}/api/v1/arrays/{array_id}", headers=alice).json()
+            if view["finished"]:
+                break
+            time.sleep(0.1)
+
+
 def test_a_user_cannot_see_another_users_app(page: Page, site: Site) -> None:
     app_id = site.submit("alice", "sleep 60\n")
     try:

@@ -100,6 +100,7 @@ def test_migration_0004_swaps_single_column_indexes_for_composite_ones(
             "ix_apps_user_seq": ["user", "seq"],
             "ix_apps_queue_seq": ["queue", "seq"],
             "ix_apps_state_user": ["state", "user"],
+            "ix_apps_array_index": ["array_id", "array_index"],  # 0008: an array's members
         }
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))

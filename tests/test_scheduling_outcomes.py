@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from dlapp.contract import ContainerCause
 from dlapp.server.scheduling.outcomes import ENDINGS, Ending, settle
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
-from dlapp.store import repo
 from dlapp.store.db import make_engine, migrate
 from dlapp.store.models import Container
-from spec_builders import make_spec
 
 EXITED, LOST = ContainerState.EXITED.value, ContainerState.LOST.value
 
@@ -103,9 +100,15 @@ def test_migration_0006_gives_earlier_containers_their_cause(database_url: str) 
     engine = make_engine(database_url)
     try:
         migrate(engine, "0005_token_expiry")
-        with Session(engine) as session:
-            repo.add_app(session, repo.NewApp("u", make_spec("old").build(), "/w"), 1.0, "a", 1)
-            session.commit()
+        with engine.begin() as conn:  # as that release wrote it (the models are the newest's)
+            conn.execute(
+                sa.text(
+                    'INSERT INTO apps (id, seq, "user", name, queue, state, final_status, '
+                    "diagnostics, pending_reason, spec, num_containers, cpus, memory_mb, gpus, "
+                    "workspace, attempt, submit_time) VALUES ('a', 1, 'u', 'old', 'default', "
+                    "'ACCEPTED', 'UNDEFINED', '', '', '{}', 1, 1.0, 512, 0, '/w', 0, 1.0)"
+                )
+            )
         rows = {
             1: ("LOST", "node lost: 10.0.0.2"),
             2: ("LOST", "did not start within 60s: its supervisor actor was never created"),

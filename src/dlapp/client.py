@@ -131,12 +131,13 @@ class DlappClient:
         self, spec: AppSpec, tarball: Path, progress: Callable[[int, int], None] | None = None
     ) -> dict[str, Any]:
         """Submit ``spec`` with its packed workspace; ``progress(sent, total)`` is told the
-        tarball's bytes as they are sent."""
+        tarball's bytes as they are sent. An array or a sweep (``spec.is_array``) is made by
+        one request, its workspace sent once: the answer is the array's view."""
         with tarball.open("rb") as f:
             upload: BinaryIO | _Sending = _Sending(f, progress) if progress else f
             result: dict[str, Any] = self._json(
                 "POST",
-                "/api/v1/apps",
+                "/api/v1/arrays" if spec.is_array else "/api/v1/apps",
                 data={"spec": json.dumps(spec.to_dict())},
                 files={"workspace": ("workspace.tar.gz", upload, "application/gzip")},
                 timeout=None,
@@ -150,10 +151,14 @@ class DlappClient:
         states: Sequence[str] = (),
         limit: int | None = None,
         before: int | None = None,
+        array: str | None = None,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """One page of apps, newest first (``limit`` of them; the server's default: 1000), and
-        the cursor of the next page (pass it as ``before``), or None after the last."""
+        the cursor of the next page (pass it as ``before``), or None after the last; with
+        ``array``, only that array's members."""
         params: dict[str, Any] = {}
+        if array:
+            params["array"] = array
         if user:
             params["user"] = user
         if queue:
@@ -184,17 +189,35 @@ class DlappClient:
         queue: str | None = None,
         states: Sequence[str] = (),
         page_size: int = 1000,
+        array: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every app that matches, newest first, fetched a page at a time."""
         before: int | None = None
         while True:
-            apps, before = self.list_page(user, queue, states, page_size, before)
+            apps, before = self.list_page(user, queue, states, page_size, before, array)
             yield from apps
             if before is None:
                 return
 
     def get(self, app_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"/api/v1/apps/{app_id}")
+        return result
+
+    def get_array(self, array_id: str) -> dict[str, Any]:
+        """An array: what it is and its members' counts by state."""
+        result: dict[str, Any] = self._json("GET", f"/api/v1/arrays/{array_id}")
+        return result
+
+    def list_arrays(self, limit: int = 100) -> list[dict[str, Any]]:
+        arrays: list[dict[str, Any]] = self._json("GET", "/api/v1/arrays", params={"limit": limit})[
+            "arrays"
+        ]
+        return arrays
+
+    def kill_array(self, array_id: str, soft: bool = False) -> dict[str, Any]:
+        """Kill (or softkill) every unfinished member of the array."""
+        verb = "softkill" if soft else "kill"
+        result: dict[str, Any] = self._json("POST", f"/api/v1/arrays/{array_id}/{verb}")
         return result
 
     def events(self, app_id: str) -> list[dict[str, Any]]:

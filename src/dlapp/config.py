@@ -271,6 +271,12 @@ class ServerSettings(BaseModel):
     max_pending_per_user: int = Field(
         1000, ge=0, description="ACCEPTED apps one user may have waiting; 0: no limit"
     )
+    max_array_size: int = Field(
+        10_000,
+        ge=1,
+        description="members one array (or sweep) may have; each counts as an app waiting "
+        "against max_pending_per_user and the queue's limit",
+    )
     max_pending_per_queue: int = Field(
         10_000, ge=0, description="ACCEPTED apps a leaf queue may hold without its own max_pending"
     )

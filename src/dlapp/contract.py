@@ -61,6 +61,8 @@ class ContainerPlan:
     node_name: str = field(default_factory=socket.gethostname)
     node_id: str = ""  # the node chosen for it: its containers' dlapp.node label
     rendezvous: dict[str, str] = field(default_factory=dict)  # MASTER_ADDR, RANK, ... (gangs)
+    # an array's member: DLAPP_ARRAY_ID / _INDEX / _SIZE and its sweep's values (arrays.py)
+    array_env: dict[str, str] = field(default_factory=dict)
     # data.locations.DataConfig.to_dict(): profiles, file roots, cache. Holds credentials:
     # never shown
     data: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from dlapp import arrays
 from dlapp.errors import SpecError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,127}$")
@@ -68,6 +69,7 @@ RESERVED_ENV = (
     "RANK",
     "LOCAL_RANK",
     "NODE_RANK",
+    *arrays.ARRAY_ENV,
 )
 
 
@@ -449,6 +451,9 @@ class AppSpec(_Strict):
     max_attempts: int = Field(default=1, ge=1, le=100)  # runs on its own failures, in all
     nodes: NodeSelector = NodeSelector()
     container: ContainerOptions = ContainerOptions()
+    # an array of apps (Slurm's --array: "0-999%50") and / or a parameter sweep (dlapp.arrays)
+    array: str | None = None
+    sweep: dict[str, tuple[str | int | float | bool, ...]] | None = None
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, str_strip_whitespace=True
@@ -493,7 +498,7 @@ class AppSpec(_Strict):
             k = str(key)
             if not _ENV_RE.match(k):
                 raise ValueError(f"env name {k!r} is not a valid variable name")
-            if k in RESERVED_ENV:
+            if k in RESERVED_ENV or k.startswith(arrays.SWEEP_ENV_PREFIX):
                 raise ValueError(f"env name {k!r} is set by dlapp and cannot be overridden")
             if isinstance(value, dict | list):
                 raise ValueError(f"env {k} must be a string, not {type(value).__name__}")
@@ -511,6 +516,39 @@ class AppSpec(_Strict):
                 )
             out[k] = text
         return out
+
+    @field_validator("array", mode="before")
+    @classmethod
+    def _array_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _sweep(cls, v: object) -> object:
+        if v is None:
+            return None
+        try:
+            return arrays.check_sweep(v)
+        except SpecError as exc:
+            raise ValueError("; ".join(exc.problems)) from None
+
+    @model_validator(mode="after")
+    def _array(self) -> AppSpec:
+        if self.array is not None:
+            try:
+                arrays.parse_array(self.array, with_sweep=bool(self.sweep))
+            except SpecError as exc:
+                raise ValueError("; ".join(exc.problems)) from None
+        return self
+
+    @property
+    def is_array(self) -> bool:
+        """An array or a sweep: submitted as one request that makes its members."""
+        return self.array is not None or self.sweep is not None
+
+    def member_spec(self) -> AppSpec:
+        """What each member of this array runs: this spec without its array and sweep."""
+        return self.model_copy(update={"array": None, "sweep": None})
 
     @field_validator("max_runtime_s", mode="before")
     @classmethod
@@ -607,7 +645,10 @@ class AppSpec(_Strict):
                 "strategy": self.nodes.strategy,
             },
             "container": self.container.model_dump(mode="json"),
-        }
+        } | (
+            ({"array": self.array} if self.array is not None else {})
+            | ({"sweep": {k: list(v) for k, v in self.sweep.items()}} if self.sweep else {})
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

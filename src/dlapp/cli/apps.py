@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -13,6 +13,7 @@ from dlapp.cli.common import connect, dashboard_url, err, human_size, launch_app
 from dlapp.errors import DlappError
 
 if TYPE_CHECKING:  # the spec's models and the data locations: imported where used
+    from dlapp.client import DlappClient
     from dlapp.spec import AppSpec
 
 
@@ -20,9 +21,18 @@ if TYPE_CHECKING:  # the spec's models and the data locations: imported where us
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--wait", is_flag=True, help="wait for the app; exit 0 only if it SUCCEEDED")
 @click.option("--follow", is_flag=True, help="stream container 0's stdout until the app ends")
-def launch(spec_file: str, wait: bool, follow: bool) -> None:
-    """Launch the app described by SPEC_FILE (app.yaml or dl_app.properties)."""
-    sys.exit(launch_app(spec_file, wait, follow))
+@click.option(
+    "--array",
+    metavar="INDICES[%N]",
+    help="launch an array of apps, one per index, Slurm's syntax: 0-999, 1,3,5, 0-20:4; "
+    "%N: at most N running at once (over the spec's array field)",
+)
+def launch(spec_file: str, wait: bool, follow: bool, array: str | None) -> None:
+    """Launch the app described by SPEC_FILE (app.yaml or dl_app.properties).
+
+    With --array (or the spec's array or sweep field) one request makes every member, which
+    share the workspace uploaded once; see docs/arrays.md."""
+    sys.exit(launch_app(spec_file, wait, follow, array))
 
 
 # -- status / list ----------------------------------------------------------------------------
@@ -30,7 +40,39 @@ def launch(spec_file: str, wait: bool, follow: bool) -> None:
 FAILED_OUTPUT_EVENT = "failed-output"  # an event's reason: where a failed app's output went
 
 
+def show_array(array_id: str, as_json: bool) -> int:
+    """An array: what it is and how many of its members are in each state."""
+    with connect() as client:
+        array = client.get_array(array_id)
+    if as_json:
+        print_json(array)
+        return 0
+    counts = array["counts"]
+    limit = array["max_running"]
+    out.print(f"Array ID       : {array['id']}")
+    out.print(f"Name           : {array['name']}")
+    out.print(f"User           : {array['user']}")
+    out.print(f"Queue          : {array['queue']}")
+    indices = f" ({array['indices']})" if array["indices"] else ""
+    out.print(f"Size           : {array['size']} apps{indices}", markup=False)
+    if array["sweep"]:
+        out.print(f"Sweep          : {array['sweep']}", markup=False)
+    out.print(f"Running limit  : {limit if limit else 'none'}")
+    out.print(
+        f"States         : {counts['ACCEPTED']} ACCEPTED, {counts['RUNNING']} RUNNING, "
+        f"{counts['SUCCEEDED']} SUCCEEDED, {counts['FAILED']} FAILED, {counts['KILLED']} KILLED"
+    )
+    out.print(f"Submitted      : {array['submit_time']}")
+    out.print(f"Its members    : dlapp list --array {array['id']} --all")
+    out.print(f"One member     : dlapp status {array['id']}_INDEX")
+    return 0
+
+
 def show_status(app_id: str, as_json: bool) -> int:
+    from dlapp.arrays import is_array_id
+
+    if is_array_id(app_id):
+        return show_array(app_id, as_json)
     with connect() as client:
         app = client.get(app_id)
         events = [] if as_json else client.events(app_id)
@@ -47,6 +89,11 @@ def show_status(app_id: str, as_json: bool) -> int:
     out.print(f"Name           : {app['name']}")
     out.print(f"User           : {app['user']}")
     out.print(f"Queue          : {app['queue']}")
+    member = app.get("array")
+    if member:
+        out.print(f"Array member   : {member['member']} (index {member['index']})")
+        for key, value in member["values"].items():
+            out.print(f"  {key} = {value}", markup=False)
     out.print(f"State          : {state}")
     out.print(f"Final status   : {app['final_status']}")
     if app["pending_reason"]:
@@ -96,7 +143,9 @@ def show_status(app_id: str, as_json: bool) -> int:
 @click.argument("app_id")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(app_id: str, as_json: bool) -> None:
-    """Show one app: state, times, containers (node, GPU ids, exit code), log URLs."""
+    """Show one app: state, times, containers (node, GPU ids, exit code), log URLs.
+
+    An array's id (array_...) shows its members' counts by state; ARRAY_ID_INDEX, one member."""
     sys.exit(show_status(app_id, as_json))
 
 
@@ -109,24 +158,38 @@ def list_apps(
     as_json: bool,
     queue: str | None = None,
     limit: int = LIST_LIMIT,
+    array: str | None = None,
 ) -> int:
+    """The apps as a table, newest first; an array's members one row per array (its counts by
+    state), unless ``array`` asks for that array's members."""
     if limit < 0:
         raise DlappError(f"--limit must be 0 (every app) or more, not {limit}")
     states = () if show_all else ("ACCEPTED", "RUNNING")
     with connect() as client:
         if limit == 0:
-            apps, more = list(client.iter_apps(user=user, queue=queue, states=states)), None
+            apps = list(client.iter_apps(user=user, queue=queue, states=states, array=array))
+            more = None
         else:
-            apps, more = client.list_page(user=user, queue=queue, states=states, limit=limit)
+            apps, more = client.list_page(
+                user=user, queue=queue, states=states, limit=limit, array=array
+            )
+        grouped = {} if array else _arrays_of(client, apps)
     if as_json:
         print_json(apps)
         return 0
     table = Table(
         "id", "name", "user", "queue", "state", "final status", "gpus", "submitted", "why pending"
     )
+    shown: set[str] = set()
     for a in apps:
+        member = a.get("array")
+        if member and member["id"] in grouped:
+            if member["id"] not in shown:
+                shown.add(member["id"])
+                _array_row(table, grouped[member["id"]], a)
+            continue
         table.add_row(
-            a["id"],
+            a["id"] if not member else f"{a['id']} ({member['member']})",
             a["name"],
             a["user"],
             a["queue"],
@@ -138,6 +201,11 @@ def list_apps(
             a.get("pending_reason") or "",
         )
     out.print(table)
+    if shown:
+        out.print(
+            "an array's members are one row; its members: dlapp list --array ID, "
+            "one member: dlapp status ID_INDEX"
+        )
     if more is not None:
         out.print(f"the newest {len(apps)} shown; there are more (--limit N, --limit 0 for all)")
     if not apps:
@@ -147,9 +215,33 @@ def list_apps(
     return 0
 
 
+def _arrays_of(client: DlappClient, apps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each array some of ``apps`` belong to: its view (the counts of all its members)."""
+    ids = dict.fromkeys(a["array"]["id"] for a in apps if a.get("array"))
+    return {i: client.get_array(i) for i in ids}
+
+
+def _array_row(table: Table, array: dict[str, Any], first: dict[str, Any]) -> None:
+    c = array["counts"]
+    state = ", ".join(f"{n} {k}" for k, n in c.items() if n) or "-"
+    limit = array["max_running"]
+    table.add_row(
+        f"{array['id']} [{array['size']} apps]",
+        array["name"],
+        array["user"],
+        array["queue"],
+        "ARRAY",
+        state,
+        str(first["resources"]["gpus"] * first["num_containers"]) + " each",
+        array["submit_time"],
+        f"array limit {limit} running" if limit else "",
+    )
+
+
 @click.command("list")
 @click.option("--user", help="only this user's apps")
 @click.option("--queue", help="only this queue's apps")
+@click.option("--array", help="only this array's members (an array_... id), one row each")
 @click.option("--all", "show_all", is_flag=True, help="include finished apps")
 @click.option(
     "--limit",
@@ -160,10 +252,16 @@ def list_apps(
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_cmd(
-    user: str | None, queue: str | None, show_all: bool, limit: int, as_json: bool
+    user: str | None,
+    queue: str | None,
+    array: str | None,
+    show_all: bool,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List queued and running apps (all with --all), newest first."""
-    sys.exit(list_apps(user, show_all, as_json, queue, limit))
+    """List queued and running apps (all with --all), newest first; an array's members as one
+    row (--array ID lists them)."""
+    sys.exit(list_apps(user, show_all, as_json, queue, limit, array))
 
 
 # -- kill / softkill / logs -------------------------------------------------------------------
@@ -172,6 +270,10 @@ def list_cmd(
 def kill_app(app_id: str, soft: bool, owner: str | None = None) -> int:
     """Kill or softkill ``app_id``; with ``owner`` (``dlapp-kill USER ID``), only if it is
     that user's app."""
+    from dlapp.arrays import is_array_id
+
+    if is_array_id(app_id):
+        return kill_array(app_id, soft, owner)
     with connect() as client:
         if owner is not None:
             user = client.get(app_id)["user"]
@@ -183,10 +285,27 @@ def kill_app(app_id: str, soft: bool, owner: str | None = None) -> int:
     return 0
 
 
+def kill_array(array_id: str, soft: bool, owner: str | None = None) -> int:
+    """Kill or softkill every unfinished member of an array."""
+    with connect() as client:
+        if owner is not None:
+            user = client.get_array(array_id)["user"]
+            if user != owner:
+                raise DlappError(f"{array_id} is {user}'s array, not {owner}'s: nothing was killed")
+        before = client.get_array(array_id)["counts"]
+        client.kill_array(array_id, soft)
+    word = "softkill" if soft else "kill"
+    out.print(
+        f"{word} sent to {array_id}: {before['ACCEPTED']} queued members killed, "
+        f"{before['RUNNING']} running members stopping"
+    )
+    return 0
+
+
 @click.command()
 @click.argument("app_id")
 def kill(app_id: str) -> None:
-    """End an app now."""
+    """End an app now; an array's id (array_...): every unfinished member."""
     sys.exit(kill_app(app_id, soft=False))
 
 

@@ -84,13 +84,19 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-def launch_app(spec_file: str, wait: bool, follow: bool) -> int:
+def launch_app(spec_file: str, wait: bool, follow: bool, array: str | None = None) -> int:
+    """Launch SPEC_FILE; ``array`` (``--array``, Slurm's syntax) makes it an array, over the
+    spec's own ``array`` field."""
     from dlapp.data.workspace import check_entry_script
     from dlapp.spec import AppSpec
 
     path = Path(spec_file)
     out.print(f"dlapp launcher {__version__}")
     spec = AppSpec.from_file(path)
+    if array is not None:
+        spec = AppSpec.from_dict(spec.to_dict() | {"array": array})
+    if spec.is_array and follow:
+        raise DlappError("--follow follows one app: follow a member with dlapp logs -f ID_INDEX")
     r = spec.resources
     out.print(
         f"checking the spec {path}: ok (name {spec.name!r}, queue {spec.queue}, "
@@ -137,6 +143,8 @@ def submit_and_watch(client: DlappClient, spec: AppSpec, wait: bool, follow: boo
             f"({human_size(packed.compressed_bytes)} compressed)"
         )
         app = client.submit(spec, tarball, progress=progress_printer("uploading workspace"))
+    if spec.is_array:
+        return watch_array(client, app, wait)
     app_id = app["id"]
     out.print(f"submitted: {app_id}")
     out.print(f"  dashboard: {dashboard_url(app)}")
@@ -151,6 +159,32 @@ def submit_and_watch(client: DlappClient, spec: AppSpec, wait: bool, follow: boo
     final = client.wait(app_id)
     out.print(f"{app_id} {final['state']} {final['final_status']}: {final['diagnostics']}")
     return 0 if final["final_status"] == "SUCCEEDED" else 1
+
+
+def watch_array(client: DlappClient, array: dict[str, Any], wait: bool, poll_s: float = 1.0) -> int:
+    """What ``launch`` says of an array it submitted; with ``wait``, wait until every member
+    has finished: 0 only if all SUCCEEDED."""
+    array_id = array["id"]
+    limit = array["max_running"]
+    out.print(
+        f"submitted: {array_id}, an array of {array['size']} apps"
+        + (f", at most {limit} running at once" if limit else "")
+    )
+    out.print(f"  status:    dlapp status {array_id}  (one member: dlapp status {array_id}_INDEX)")
+    out.print(f"  members:   dlapp list --array {array_id}")
+    out.print(f"  kill:      dlapp kill {array_id}")
+    out.print(f"  API:       {array['url']} (JSON, with your token)")
+    if not wait:
+        return 0
+    while not array["finished"]:
+        time.sleep(poll_s)
+        array = client.get_array(array_id)
+    counts = array["counts"]
+    out.print(
+        f"{array_id} FINISHED: {counts['SUCCEEDED']} SUCCEEDED, {counts['FAILED']} FAILED, "
+        f"{counts['KILLED']} KILLED"
+    )
+    return 0 if counts["SUCCEEDED"] == array["size"] else 1
 
 
 def follow_app(client: DlappClient, app_id: str, poll_s: float = 0.5) -> None:

@@ -117,6 +117,7 @@ class Supervisor:
             "DLAPP_NOTICE_FILE": str(self.notice_file),
             "DLAPP_CHECKPOINT_DIR": str(self._checkpoints()),
             **plan.rendezvous,
+            **plan.array_env,
         }
         request = LaunchRequest(
             app_id=plan.app_id,

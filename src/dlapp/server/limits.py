@@ -27,12 +27,12 @@ from dlapp.store.models import App
 MB = 1024 * 1024
 FORM_SLACK = MB  # the spec field and multipart framing around the workspace tarball
 OTHER_BODY_LIMIT = MB  # every other route takes at most a small JSON body
-UPLOAD_ROUTE = ("POST", "/api/v1/apps")
+UPLOAD_ROUTES = {("POST", "/api/v1/apps"), ("POST", "/api/v1/arrays")}
 
 
 def body_limit(method: str, path: str, settings: ServerSettings) -> tuple[int, str]:
     """The most bytes a request body may have here, and how to say so."""
-    if (method, path.rstrip("/")) == UPLOAD_ROUTE:
+    if (method, path.rstrip("/")) in UPLOAD_ROUTES:
         return (
             settings.max_upload_mb * MB + FORM_SLACK,
             f"the upload is over the limit of {settings.max_upload_mb} MiB (max_upload_mb)",
@@ -115,20 +115,25 @@ class SubmitRateMiddleware:
 
 
 def is_upload(scope: Scope) -> bool:
-    return (scope["method"], scope["path"].rstrip("/")) == UPLOAD_ROUTE
+    return (scope["method"], scope["path"].rstrip("/")) in UPLOAD_ROUTES
 
 
-def check_submit(ctx: Context, session: Session, user: str) -> None:
-    """Refuse a submission when the caller already has their most apps waiting (the rate was
-    taken before the upload was read: ``SubmitRateMiddleware``)."""
+def check_submit(ctx: Context, session: Session, user: str, adding: int = 1) -> None:
+    """Refuse a submission of ``adding`` apps (an array's members: its size) when the caller
+    would have more than their most apps waiting (the rate was taken before the upload was
+    read: ``SubmitRateMiddleware``)."""
     s = ctx.settings
     if s.max_pending_per_user:
         q = select(func.count()).where(App.user == user, App.state == AppState.ACCEPTED.value)
         pending = int(session.scalar(q) or 0)
-        if pending >= s.max_pending_per_user:
+        if pending + adding > s.max_pending_per_user:
             raise TooManyRequests(
                 f"{user} already has {pending} apps waiting, the most allowed "
                 "(max_pending_per_user); kill some or wait until they start"
+                if adding == 1
+                else f"{user} has {pending} apps waiting: {adding} more (an array's members) "
+                f"would be over the most allowed, {s.max_pending_per_user} "
+                "(max_pending_per_user); submit a smaller array, or wait until some start"
             )
 
 
@@ -146,9 +151,12 @@ def pending_limit(
     return 0, ""
 
 
-def check_queue_pending(ctx: Context, session: Session, queues: QueueTree, leaf: str) -> None:
-    """Refuse a submission to ``leaf`` when it, or a queue above it, already holds its most
-    apps waiting (a parent's ``max_pending`` counts the apps of all its leaves together)."""
+def check_queue_pending(
+    ctx: Context, session: Session, queues: QueueTree, leaf: str, adding: int = 1
+) -> None:
+    """Refuse a submission of ``adding`` apps to ``leaf`` when it, or a queue above it, would
+    hold more than its most apps waiting (a parent's ``max_pending`` counts the apps of all its
+    leaves together)."""
     for path in queues.ancestors(leaf):
         limit, source = pending_limit(queues, path, leaf, ctx.settings)
         if not limit:
@@ -158,8 +166,10 @@ def check_queue_pending(ctx: Context, session: Session, queues: QueueTree, leaf:
             or_(App.queue == path, below), App.state == AppState.ACCEPTED.value
         )
         pending = int(session.scalar(q) or 0)
-        if pending >= limit:
+        if pending + adding > limit:
             raise TooManyRequests(
-                f"queue {path} already has {pending} apps waiting, its limit of {limit} "
+                f"queue {path} already has {pending} apps waiting"
+                + (f" ({adding} more asked for)" if adding > 1 else "")
+                + f", its limit of {limit} "
                 f"({source}); wait until some start, or use another queue"
             )

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from dlapp.errors import BadRequest, Forbidden, SpecError, TooManyRequests
 from dlapp.scheduler import QueueConfigError
-from dlapp.server import logs, queue_service, services
+from dlapp.server import arrays, logs, queue_service, services
 from dlapp.server.auth import Caller, get_caller
 from dlapp.server.context import Context
 from dlapp.server.views import app_view, event_view
@@ -50,14 +50,35 @@ Db = Annotated[Session, Depends(get_session)]
 User = Annotated[Caller, Depends(get_caller)]
 
 
+SpecForm = Annotated[str, Form(description="the app spec, JSON of the native format")]
+Workspace = Annotated[UploadFile, File(description="the workspace, tar.gz")]
+Submit = Callable[[Context, Session, str, AppSpec, Path], dict[str, Any]]
+
+
 @router.post("/apps", status_code=201, tags=["apps"])
 def submit_app(
+    request: Request, ctx: Ctx, session: Db, user: User, spec: SpecForm, workspace: Workspace
+) -> dict[str, Any]:
+    return _submit(request, ctx, session, user, spec, workspace, services.submit)
+
+
+@router.post("/arrays", status_code=201, tags=["arrays"])
+def submit_array(
+    request: Request, ctx: Ctx, session: Db, user: User, spec: SpecForm, workspace: Workspace
+) -> dict[str, Any]:
+    """An array (the spec's ``array``) or a sweep (its ``sweep``): every member made by this one
+    request, in one transaction, sharing the one workspace uploaded with it."""
+    return _submit(request, ctx, session, user, spec, workspace, arrays.submit)
+
+
+def _submit(
     request: Request,
-    ctx: Ctx,
-    session: Db,
-    user: User,
-    spec: Annotated[str, Form(description="the app spec, JSON of the native format")],
-    workspace: Annotated[UploadFile, File(description="the workspace, tar.gz")],
+    ctx: Context,
+    session: Session,
+    user: Caller,
+    spec: str,
+    workspace: UploadFile,
+    use_case: Submit,
 ) -> dict[str, Any]:
     try:
         data = json.loads(spec)
@@ -69,9 +90,46 @@ def submit_app(
         upload = Path(tmp) / UPLOAD_NAME
         with upload.open("wb") as f:
             shutil.copyfileobj(workspace.file, f)
-        view = services.submit(ctx, session, user.name, app_spec, upload)
+        view = use_case(ctx, session, user.name, app_spec, upload)
     request.app.state.scheduler.wake()
     return view
+
+
+@router.get("/arrays", tags=["arrays"])
+def list_arrays(
+    ctx: Ctx,
+    session: Db,
+    me: User,
+    limit: Annotated[int, Query(ge=1, le=1000, description="arrays, newest first")] = 100,
+) -> dict[str, Any]:
+    """The newest arrays the caller may see, each with its members' counts by state."""
+    found = arrays.list_arrays(ctx, session, me, limit)
+    return {"arrays": [arrays.view(session, a, ctx.settings.url) for a in found]}
+
+
+@router.get("/arrays/{array_id}", tags=["arrays"])
+def get_array(ctx: Ctx, session: Db, me: User, array_id: str) -> dict[str, Any]:
+    """One array: what it is and its members' counts by state (its members:
+    ``/apps?array=ID``; one member: ``/apps/<array id>_<index>``)."""
+    return arrays.view(session, arrays.get(ctx, session, array_id, me), ctx.settings.url)
+
+
+@router.post("/arrays/{array_id}/kill", tags=["arrays"])
+def kill_array(
+    request: Request, ctx: Ctx, session: Db, user: User, array_id: str
+) -> dict[str, Any]:
+    array = arrays.kill(ctx, session, array_id, soft=False, caller=user)
+    request.app.state.scheduler.wake()
+    return arrays.view(session, array, ctx.settings.url)
+
+
+@router.post("/arrays/{array_id}/softkill", tags=["arrays"])
+def softkill_array(
+    request: Request, ctx: Ctx, session: Db, user: User, array_id: str
+) -> dict[str, Any]:
+    array = arrays.kill(ctx, session, array_id, soft=True, caller=user)
+    request.app.state.scheduler.wake()
+    return arrays.view(session, array, ctx.settings.url)
 
 
 @router.get("/apps", tags=["apps"])
@@ -82,6 +140,7 @@ def list_apps(
     user: Annotated[str | None, Query()] = None,
     queue: Annotated[str | None, Query()] = None,
     state: Annotated[list[AppState] | None, Query()] = None,
+    array: Annotated[str | None, Query(description="only this array's members")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="apps per page")] = 1000,
     before: Annotated[
         int | None, Query(ge=1, description="the previous page's `next`: the page after it")
@@ -92,7 +151,7 @@ def list_apps(
     page = services.list_apps(
         session,
         me,
-        repo.AppFilter(user=user, queue=queue, states=state or ()),
+        repo.AppFilter(user=user, queue=queue, states=state or (), array=array),
         limit=limit,
         before=before,
         queues=ctx.queues.tree,

@@ -6,14 +6,17 @@ import os
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from dlapp.arrays import split_member
 from dlapp.data import staging, workspace
-from dlapp.errors import ConflictError, NotFoundError, PayloadTooLarge
+from dlapp.errors import BadRequest, ConflictError, NotFoundError, PayloadTooLarge
 from dlapp.runtime import get_runtime
 from dlapp.runtime.policy import check_container
 from dlapp.scheduler import NodeView, QueueTree, Resources, check_feasible
@@ -25,6 +28,7 @@ from dlapp.server.queue_service import app_request, resolve_queue, spec_request
 from dlapp.server.views import app_view
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, FinalStatus, StopReason
+from dlapp.store import arrays as array_store
 from dlapp.store import audit, repo, users
 from dlapp.store.models import App, User
 
@@ -55,12 +59,13 @@ def node_views(ctx: Context) -> list[NodeView]:
     ]
 
 
-def submit(
-    ctx: Context, session: Session, user: str, spec: AppSpec, upload: Path
-) -> dict[str, Any]:
-    """Check everything that can be checked now, then store the app as ACCEPTED."""
+def check_submission(
+    ctx: Context, session: Session, user: str, spec: AppSpec, upload: Path, adding: int = 1
+) -> AppSpec:
+    """Everything that can be checked before ``adding`` apps of ``spec`` are kept (one app, or
+    an array's members); the spec with its queue resolved."""
     # 0. refuse a caller over their limits (apps waiting, submission rate)
-    limits.check_submit(ctx, session, user)
+    limits.check_submit(ctx, session, user, adding)
     # 1. refuse what could never run, before anything is kept
     if upload.stat().st_size > ctx.settings.max_upload_mb * MB:
         raise PayloadTooLarge(f"the workspace tarball is over {ctx.settings.max_upload_mb} MiB")
@@ -74,7 +79,7 @@ def submit(
         spec.resources.mig,
     )
     spec = resolve_queue(ctx, spec, user, frozenset(users.user_groups(session, user)))
-    limits.check_queue_pending(ctx, session, ctx.queues.tree, spec.queue)
+    limits.check_queue_pending(ctx, session, ctx.queues.tree, spec.queue, adding)
     tenancy.check_submit(ctx, session, user, spec)  # runtimes allowed, the server's own files
     policy = ctx.settings.container_policy
     get_runtime(spec.runtime, policy)  # a runtime this cluster cannot run is refused now
@@ -83,18 +88,39 @@ def submit(
     staging.check_urls(spec, config=data)
     staging.check_outputs_writable(spec, config=data)
     workspace.inspect_tarball(upload, _limits(ctx), entry=spec.entry.script)
+    return spec
+
+
+def submit(
+    ctx: Context, session: Session, user: str, spec: AppSpec, upload: Path
+) -> dict[str, Any]:
+    """Check everything that can be checked now, then store the app as ACCEPTED."""
+    if spec.is_array:
+        raise BadRequest(
+            "this spec is an array or a sweep: submit it to /api/v1/arrays (dlapp launch does)"
+        )
+    spec = check_submission(ctx, session, user, spec, upload)
     # 2. keep the tarball under the app's id and record the app, as one step
     now = ctx.clock()
     app_id, seq = repo.next_app_id(session, now)
-    dest = ctx.settings.artifacts / "workspaces" / f"{app_id}.tar.gz"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
-    shutil.copyfile(upload, tmp)
-    try:
+    with keep_upload(ctx, session, upload, app_id) as dest:
         app = repo.add_app(
             session, repo.NewApp(user=user, spec=spec, workspace=str(dest)), now, app_id, seq
         )
         audit.record(session, user, "submit", app_id, now, f"queue {spec.queue}, name {spec.name}")
+    return app_view(app, ctx.settings.url)
+
+
+@contextmanager
+def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Iterator[Path]:
+    """The upload kept as ``workspaces/<key>.tar.gz`` together with the rows the block adds:
+    both are kept, and committed, or neither (the tarball is renamed into place last)."""
+    dest = ctx.settings.artifacts / "workspaces" / f"{key}.tar.gz"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    shutil.copyfile(upload, tmp)
+    try:
+        yield dest
         os.replace(tmp, dest)
         session.commit()
     except BaseException:
@@ -102,12 +128,13 @@ def submit(
         tmp.unlink(missing_ok=True)
         dest.unlink(missing_ok=True)
         raise
-    return app_view(app, ctx.settings.url)
 
 
 def get(ctx: Context, session: Session, app_id: str, caller: Caller) -> App:
-    """The app, if ``caller`` may see it; someone else's app is not found, as a missing one."""
-    app = session.get(App, app_id)
+    """The app, if ``caller`` may see it; someone else's app is not found, as a missing one.
+    An array's member is found by its app id or as ``<array id>_<index>``."""
+    named = split_member(app_id)
+    app = array_store.member(session, *named) if named else session.get(App, app_id)
     if app is None or not may_see(caller, app, ctx.queues.tree):
         raise NotFoundError(f"no app {app_id}")
     return app
@@ -143,7 +170,17 @@ def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller
     now = ctx.clock()
     if state.is_terminal():
         raise ConflictError(f"{app_id} already finished ({app.final_status})")
-    if state is AppState.ACCEPTED:
+    stop(ctx, session, app, soft, now)
+    audit.record(session, caller.name, word, app.id, now, f"app of {app.user}, was {state.value}")
+    session.commit()
+    return app
+
+
+def stop(ctx: Context, session: Session, app: App, soft: bool, now: float) -> None:
+    """Kill or softkill an unfinished app: a queued one finishes now, a running one is marked
+    for the scheduler to stop (not committed)."""
+    word = "softkill" if soft else "kill"
+    if AppState(app.state) is AppState.ACCEPTED:
         repo.transition(
             session, app, AppState.FINISHED, f"{word}ed while queued", now, FinalStatus.KILLED
         )
@@ -152,9 +189,6 @@ def kill(ctx: Context, session: Session, app_id: str, soft: bool, caller: Caller
         app.kill_requested = StopReason.SOFTKILL if soft else StopReason.KILL
         repo.add_event(session, app.id, "info", f"{word} requested (grace {grace:g}s)", now)
         # the scheduler (on whichever server holds the lease) stops it: Reconciler.apply_kills
-    audit.record(session, caller.name, word, app.id, now, f"app of {app.user}, was {state.value}")
-    session.commit()
-    return app
 
 
 def cluster(ctx: Context, session: Session) -> dict[str, Any]:

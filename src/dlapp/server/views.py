@@ -57,7 +57,20 @@ def app_view(app: App, base_url: str) -> dict[str, Any]:
         "kill_requested": app.kill_requested,
         "containers": [container_view(c) for c in containers],
         "gpu_usage": gpu_usage_view(app),
+        "array": array_member_view(app),
         "url": f"{base_url}/api/v1/apps/{app.id}",
+    }
+
+
+def array_member_view(app: App) -> dict[str, Any] | None:
+    """An array's member: its array, its index, its name there and its sweep values."""
+    if app.array_id is None:
+        return None
+    return {
+        "id": app.array_id,
+        "index": app.array_index,
+        "member": f"{app.array_id}_{app.array_index}",
+        "values": json.loads(app.array_values) if app.array_values else {},
     }
 
 

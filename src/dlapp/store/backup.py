@@ -24,7 +24,8 @@ from dlapp.store.db import migrate
 
 ROWS = "store.json"
 ARTIFACTS = "artifacts"
-ORDER = ("meta", "users", "tokens", "apps", "containers", "events", "audit")  # parents first
+# parents first
+ORDER = ("meta", "users", "tokens", "arrays", "apps", "containers", "events", "audit")
 
 
 def revision(engine: Engine) -> str | None:

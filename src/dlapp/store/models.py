@@ -1,5 +1,6 @@
-"""Tables: apps, containers (one row per container per attempt), events, meta; users, tokens,
-audit; gpu_usage (per container), queue_samples (per queue over time)."""
+"""Tables: apps (an array's members among them), arrays, containers (one row per container
+per attempt), events, meta; users, tokens, audit; gpu_usage (per container), queue_samples
+(per queue over time)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class App(Base):
         Index("ix_apps_user_seq", "user", "seq"),
         Index("ix_apps_queue_seq", "queue", "seq"),
         Index("ix_apps_state_user", "state", "user"),
+        Index("ix_apps_array_index", "array_id", "array_index", unique=True),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, unique=True)
@@ -44,11 +46,37 @@ class App(Base):
     submit_time: Mapped[float] = mapped_column(Float)
     start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     finish_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # a member of an array: the array, its index there, its sweep values (JSON; "" without)
+    array_id: Mapped[str | None] = mapped_column(
+        ForeignKey("arrays.id", ondelete="CASCADE"), nullable=True
+    )
+    array_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    array_values: Mapped[str] = mapped_column(Text, default="", server_default="")
 
+    array: Mapped[AppArray | None] = relationship(lazy="select")
     containers: Mapped[list[Container]] = relationship(
         back_populates="app", order_by="(Container.attempt, Container.index)", lazy="selectin"
     )
     gpu_usage: Mapped[list[GpuUsage]] = relationship(lazy="selectin", viewonly=True)
+
+
+class AppArray(Base):
+    """An array of apps (or a parameter sweep) made by one request: its members are ``apps``
+    rows with its ``array_id``, sharing its one uploaded workspace."""
+
+    __tablename__ = "arrays"
+    __table_args__ = (Index("ix_arrays_user_seq", "user", "seq"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # array_<ts>_<seq:04d>
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    user: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(256))
+    size: Mapped[int] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer, nullable=True)  # Slurm's %N
+    indices: Mapped[str] = mapped_column(Text, default="")  # the --array text ("" for a sweep)
+    sweep: Mapped[str] = mapped_column(Text, default="")  # JSON of the sweep ("" without)
+    workspace: Mapped[str] = mapped_column(Text)
+    submit_time: Mapped[float] = mapped_column(Float)
 
 
 class Container(Base):

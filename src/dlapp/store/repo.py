@@ -109,6 +109,7 @@ class AppFilter:
     queue: str | None = None
     states: Sequence[AppState] = ()
     visible_to: tuple[str, Sequence[str]] | None = None
+    array: str | None = None  # only this array's members
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def apps_page(
         q = q.where(App.queue == where.queue)
     if where.states:
         q = q.where(App.state.in_([s.value for s in where.states]))
+    if where.array:
+        q = q.where(App.array_id == where.array)
     if where.visible_to is not None:
         owner, queues = where.visible_to
         q = q.where(or_(App.user == owner, App.queue.in_(list(queues))))

@@ -20,6 +20,7 @@ from dlapp.scheduler import (
     Snapshot,
     Wait,
 )
+from dlapp.scheduler.arrays import hold_over_limits
 from dlapp.server import nodes, tenancy
 from dlapp.server.context import Context
 from dlapp.server.queue_service import app_request
@@ -29,6 +30,7 @@ from dlapp.server.scheduling.plans import container_plans
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
+from dlapp.store import arrays as array_store
 from dlapp.store import repo
 from dlapp.store.models import App
 
@@ -64,6 +66,27 @@ class Admission:
         self.commit = commit  # fenced: raises when the lease was lost
 
     # -- what decide() sees ---------------------------------------------------------------------
+
+    def hold_array_members(
+        self, session: Session, pending: Sequence[App]
+    ) -> tuple[list[App], bool]:
+        """The waiting apps that go on to ``decide``: all but the members over their array's
+        running limit, which wait with the reason said (``scheduler.arrays``); and whether a
+        reason changed."""
+        ids = sorted({a.array_id for a in pending if a.array_id is not None})
+        limits = array_store.limits(session, ids) if ids else {}
+        if not limits:
+            return list(pending), False
+        running = array_store.running_members(session, list(limits))
+        held = hold_over_limits([(a.id, a.array_id) for a in pending], running, limits)
+        out, changed = [], False
+        for a in pending:
+            reason = held.get(a.id)
+            if reason is None:
+                out.append(a)
+            elif a.pending_reason != reason:
+                a.pending_reason, changed = reason, True
+        return out, changed
 
     def heads(self, session: Session, pending: Sequence[App]) -> list[AppHead]:
         """The waiting apps as ``decide`` sees them, with the service they have had and how
@@ -193,6 +216,13 @@ class Admission:
         self.effects.stop_app(app.id, app.attempt, grace, notice)
 
     def _admit(self, session: Session, app: App, admit: Admit, snapshot: Snapshot) -> None:
+        # 1. still waiting? A kill may have finished it since this cycle read it (an array's
+        #    queued members are killed in bulk): on PostgreSQL the row lock waits for that
+        #    commit and reads it, so the kill is never overwritten (SQLite refuses the stale
+        #    write itself)
+        session.refresh(app, ["state"], with_for_update=True)
+        if app.state != AppState.ACCEPTED.value:
+            return
         now = self.ctx.clock()
         spec = repo.app_spec(app)
         app.attempt += 1

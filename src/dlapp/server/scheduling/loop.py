@@ -5,7 +5,8 @@ One cycle, as a recipe:
      ``log_ship_interval_s``, first what the supervisors shipped (log bytes to the kept logs,
      staging progress to the events);
   2. finish apps whose containers have all ended, and end the gang of any that failed;
-  3. take the queue heads and an immutable snapshot of capacity, usage and the queue tree;
+  3. take the queue heads (an array's members over its running limit wait, and say so) and an
+     immutable snapshot of capacity, usage and the queue tree;
   4. decide (pure policy);
   5. apply: start admitted apps, stop preempted ones (they go back to their queue), write
      each waiting app's reason, place in line and estimated start.
@@ -151,6 +152,10 @@ class Scheduler:
                 self.remove_orphans(session)
             # 3. heads and snapshot
             pending = repo.pending_apps(session)
+            # (arrays' members over their running limit wait, with the reason said)
+            pending, held = self.admission.hold_array_members(session, pending)
+            if held and not pending:
+                self._commit(session)
             if pending:
                 heads = self.admission.heads(session, pending)
                 snapshot = self.admission.snapshot(session)

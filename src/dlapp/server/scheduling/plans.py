@@ -3,9 +3,11 @@ workspace, settings, data, account, GPU meter) and, in a gang, torch.distributed
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 
+from dlapp.arrays import member_env
 from dlapp.contract import ContainerPlan, MeterPlan
 from dlapp.data.locations import DataConfig
 from dlapp.server.context import Context
@@ -38,6 +40,15 @@ def rendezvous(app_id: str, attempt: int, node_names: list[str]) -> list[dict[st
     return out
 
 
+def array_env(app: App) -> dict[str, str]:
+    """An array's member's own ``DLAPP_ARRAY_*`` (and sweep) variables
+    (``arrays.member_env``); none for any other app."""
+    if app.array_id is None or app.array is None:
+        return {}
+    values = json.loads(app.array_values) if app.array_values else {}
+    return member_env(app.array_id, app.array_index or 0, app.array.size, values)
+
+
 def container_plans(
     ctx: Context,
     app: App,
@@ -51,6 +62,7 @@ def container_plans(
     """One plan per container of ``app``'s new attempt, the i-th on ``node_ids[i]`` with the
     GPUs of ``grants[i]``."""
     s = ctx.settings
+    own = array_env(app)
     env = rendezvous(app.id, app.attempt, node_names)
     # the same for every container of the app: worked out once (data_config resolves paths)
     spec_dict, data = spec.to_dict(), data_config.to_dict()
@@ -71,6 +83,7 @@ def container_plans(
             max_files=s.workspace_max_files,
             max_bytes=s.workspace_max_mb * 1024 * 1024,
             rendezvous=env[i],
+            array_env=own,
             node_id=node_ids[i],
             data=data,
             container=container,

@@ -494,7 +494,7 @@ function queueBar(q, r, total) {
 
 // -- Apps -------------------------------------------------------------------------------------
 
-const appsView = { user: "", queue: "", state: "", sort: "submit_time", desc: true };
+const appsView = { user: "", queue: "", state: "", sort: "submit_time", desc: true, open: new Set() };
 const COLUMNS = [
   ["id", "ID"],
   ["name", "Name"],
@@ -570,29 +570,79 @@ function appsPage(gen) {
       return (x < y ? -1 : x > y ? 1 : 0) * (appsView.desc ? -1 : 1);
     });
     count.textContent = `${apps.length} app(s)`;
-    body.replaceChildren(
-      ...sorted.map((a) =>
+    const appRow = (a) =>
+      el(
+        "tr",
+        { "data-app": a.id, class: a.array ? "array-member" : "" },
+        el("td", {}, appLink(a.id), a.array ? el("span", { class: "muted" }, ` ${a.array.member}`) : ""),
+        el("td", {}, a.name),
+        el("td", {}, a.user),
+        el("td", {}, a.queue),
+        el("td", {}, stateBadge(a)),
+        el("td", {}, String(a.resources.gpus * a.num_containers), idleBadge(a)),
+        el("td", {}, time(a.submit_time)),
+        el("td", {}, duration(a.elapsed_s)),
+      );
+    // an array's members: one row for the array (its counts by state) where its first member
+    // sorts, and its members under it once opened
+    const members = new Map();
+    for (const a of sorted) if (a.array) members.set(a.array.id, [...(members.get(a.array.id) || []), a]);
+    const rows = [];
+    for (const a of sorted) {
+      if (!a.array) {
+        rows.push(appRow(a));
+        continue;
+      }
+      const id = a.array.id;
+      if (members.get(id)[0] !== a) continue;
+      rows.push(arrayRow(id, arrays.get(id), a, members.get(id).length));
+      if (appsView.open.has(id)) rows.push(...members.get(id).map(appRow));
+    }
+    body.replaceChildren(...rows);
+  };
+  const arrayRow = (id, array, first, shown) => {
+    const open = appsView.open.has(id);
+    const counts = array ? Object.entries(array.counts).filter(([, n]) => n) : [];
+    return el(
+      "tr",
+      { "data-array": id, class: "array-row" },
+      el(
+        "td",
+        {},
         el(
-          "tr",
-          { "data-app": a.id },
-          el("td", {}, appLink(a.id)),
-          el("td", {}, a.name),
-          el("td", {}, a.user),
-          el("td", {}, a.queue),
-          el("td", {}, stateBadge(a)),
-          el("td", {}, String(a.resources.gpus * a.num_containers), idleBadge(a)),
-          el("td", {}, time(a.submit_time)),
-          el("td", {}, duration(a.elapsed_s)),
+          "button",
+          {
+            type: "button",
+            class: "array-toggle",
+            title: open ? "hide its members" : "show its members",
+            onclick: () => {
+              if (open) appsView.open.delete(id);
+              else appsView.open.add(id);
+              render();
+            },
+          },
+          open ? "▾" : "▸",
         ),
+        ` ${id} `,
+        el("span", { class: "muted" }, `[${array ? array.size : shown} apps${array && array.max_running ? `, at most ${array.max_running} running` : ""}]`),
       ),
+      el("td", {}, first.name),
+      el("td", {}, first.user),
+      el("td", {}, first.queue),
+      el("td", { class: "array-counts" }, counts.map(([k, n]) => `${n} ${k}`).join(", ") || "-"),
+      el("td", {}, `${first.resources.gpus * first.num_containers} each`),
+      el("td", {}, time(first.submit_time)),
+      el("td", {}, ""),
     );
   };
+  let arrays = new Map();
   const load = async () => {
     const params = new URLSearchParams({ limit: "500" });
     for (const key of ["user", "queue", "state"]) if (appsView[key]) params.set(key, appsView[key]);
-    const data = await getJson("/apps?" + params);
+    const [data, found] = await Promise.all([getJson("/apps?" + params), getJson("/arrays?limit=100")]);
     if (gen !== generation) return;
     apps = data.apps;
+    arrays = new Map(found.arrays.map((a) => [a.id, a]));
     render();
   };
   const refresh = () => load().catch((e) => showError(e.message));
@@ -712,6 +762,15 @@ function appPage(gen, id, shownLog = null) {
         ...fact("ID", app.id),
         ...fact("User", app.user),
         ...fact("Queue", app.queue),
+        ...(app.array
+          ? fact(
+              "Array member",
+              `${app.array.member}` +
+                Object.entries(app.array.values)
+                  .map(([k, v]) => ` · ${k}=${v}`)
+                  .join(""),
+            )
+          : []),
         ...fact("Resources", `${app.num_containers} × (${app.resources.cpus} CPUs, ${amount("memory_mb", app.resources.memory_mb)}, ${app.resources.gpus} GPUs)`),
         ...fact("Submitted", time(app.submit_time)),
         ...fact("Started", time(app.start_time)),
