@@ -57,7 +57,8 @@ def test_sigkilled_server_takes_its_apps_back_after_a_restart(
             assert "tick 40" in client.logs(running)
             reasons = [e["reason"] for e in client.events(running)]
             assert "taken over by a restarted server" in reasons
-            assert client.wait(queued, timeout_s=120)["final_status"] == "SUCCEEDED"
+            after = client.wait(queued, timeout_s=120)
+            assert after["final_status"] == "SUCCEEDED", (after, client.events(queued))
             assert client.logs(queued) == "queued-ran\n"
         with DlappClient(url, admin_token) as admin:
             assert assert_running_matches(admin.list_apps) == 0

@@ -178,10 +178,13 @@ def test_the_servers_placement_setting_chooses_the_device(
         def running(app_id: str) -> bool:
             return bool(api.get(f"/api/v1/apps/{app_id}").json()["state"] == "RUNNING")
 
+        def told(app_id: str) -> bool:  # its env line is in its log (it runs: a kill is fine)
+            return running(app_id) and "gpus=" in api.get(f"/api/v1/apps/{app_id}/logs").text
+
         half = submit(api, tmp_path, ENV + "sleep 60\n", gpus=0.5).json()["id"]
-        wait_for(lambda: running(half), 20, "the half")
+        wait_for(lambda: told(half), 20, "the half")
         long = submit(api, tmp_path, ENV + "sleep 60\n", gpus=0.75).json()["id"]
-        wait_for(lambda: running(long), 20, "the three quarters")
+        wait_for(lambda: told(long), 20, "the three quarters")
         assert api.post(f"/api/v1/apps/{half}/kill").status_code == 200
         assert wait_finished(api, half, timeout=30)["final_status"] == "KILLED"
         assert (env_of(api, half)["gpus"], env_of(api, long)["gpus"]) == ("1", "2")
