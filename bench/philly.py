@@ -55,13 +55,14 @@ from dlapp.sim.plots import write_compare, write_comparison  # noqa: E402
 TRACES = ROOT.parent / "shared" / "traces"
 DLAPP = str(Path(sys.executable).parent / "dlapp")
 
-ORDERINGS = ("fifo", "fifo-skip", "las", "srtf")
+# each queue's ordering, and the `dlapp simulate --policy` that sets it on every queue
+ORDERINGS = {"fifo": "fifo", "backfill": "fifo-skip", "las": "las", "srtf": "srtf"}
 SATURATED = [
     (
         f"{o}{'+preemption' if pre else ''}",
-        ["--policy", o, "--preemption" if pre else "--no-preemption"],
+        ["--policy", policy, "--preemption" if pre else "--no-preemption"],
     )
-    for o in ORDERINGS
+    for o, policy in ORDERINGS.items()
     for pre in (False, True)
 ]
 # every job states its duration as its max_runtime; containers placed as dlapp placed them
@@ -189,9 +190,9 @@ HEADER = (
 
 SATURATED_HEADER = (
     "| run | JCT mean | / ref. | p50 | / ref. | queueing mean | GPU alloc. | preemptions "
-    "| Jain (norm. delay) | worst queue | worst FTF | longest starved | decide() calls x mean "
-    "| wall (CPU) |\n"
-    "|---|" + "---:|" * 13
+    "| Jain (norm. delay) | worst queue | worst FTF | starved queue-h | longest starved "
+    "| decide() calls x mean | wall (CPU) |\n"
+    "|---|" + "---:|" * 14
 )
 
 
@@ -217,6 +218,7 @@ def saturated_row(
         f"{f['jain_normalised_delay']}",
         f"{f['worst_normalised_delay']}",
         "-" if ftf is None else f"{ftf:g}",
+        "-" if f.get("starved_h") is None else f"{f['starved_h']:g}",  # the reference: no queues
         "-" if starved is None else _duration(starved * 3600),
         "-" if d is None else f"{d['calls']} x {d['mean_ms']:g} ms",
         "-" if times is None else f"{times[0]:.0f} s ({times[1]:.0f} s CPU)",

@@ -34,6 +34,7 @@ from dlapp.scheduler import (
     decide,
     parse_tree,
 )
+from dlapp.scheduler.ordering import las_level
 
 NODE = Resources(cpus=8, memory_mb=32 * 1024, gpus=4)
 REQUEST = Resources(cpus=1, memory_mb=1024, gpus=1)
@@ -153,7 +154,9 @@ class Cluster(RuleBasedStateMachine):
                     self._release(app)
                     self._requeue(app)
         snapshot = self._snapshot()
-        decisions = decide([self._head(a) for a in self.pending.values()], snapshot)
+        heads = {a.app_id: self._head(a) for a in self.pending.values()}
+        decisions = decide(list(heads.values()), snapshot)
+        running = {a.app_id: a for a in snapshot.running}
         limits = self.tree.resolve(snapshot.totals())
         usage = self._usage()
         stopping = self._usage(stopping=True)
@@ -166,8 +169,8 @@ class Cluster(RuleBasedStateMachine):
                 assert victim.stopping_for is None
                 if d.for_queue != victim.queue:  # taking a guarantee back
                     assert limits[victim.queue].over(usage[victim.queue]), d
-                else:  # an earlier level of its own queue
-                    assert self.tree.by_path[victim.queue].ordering in ("las", "srtf"), d
+                else:  # for an app of an earlier level of its own queue
+                    self._check_level(heads[d.for_app], running[d.app_id])
                 victim.stopping_for, victim.claimed_by = GRACE_CYCLES, d.for_queue
         self._check_limits(decisions, limits)
         starved_now = self._starved_queues(snapshot)  # still under its guarantee, with demand
@@ -295,6 +298,19 @@ class Cluster(RuleBasedStateMachine):
         for node, gpu in app.placed.values():
             if node != lost and node in self.nodes:
                 self.nodes[node].add(gpu)
+
+    def _check_level(self, claimant: AppHead, victim: RunningApp) -> None:
+        """A victim of its own queue is behind the app it makes room for: it has had more
+        service (las: a later level), or it has more time left (srtf)."""
+        q = self.tree.by_path[victim.queue]
+        assert q.ordering in ("las", "srtf"), (claimant, victim)
+        if q.ordering == "las":
+            had = las_level(victim.attained_gpu_s(self.now), q.levels_gpu_h)
+            assert had > las_level(claimant.attained_gpu_s, q.levels_gpu_h), (claimant, victim)
+        else:
+            left, wanted = victim.remaining_s(self.now), claimant.remaining_s
+            assert wanted is not None, claimant  # a job that states no runtime takes none
+            assert left is None or left > wanted, (claimant, victim)
 
     def _check_limits(self, decisions: list[Any], limits: dict[str, Limits]) -> None:
         admitted = {self.running[d.app_id].queue for d in decisions if isinstance(d, Admit)}

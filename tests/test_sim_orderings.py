@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from dlapp.scheduler import QueueTree, parse_tree
-from dlapp.sim import ClusterSpec, SimOptions
+from dlapp.sim import ClusterSpec, SimOptions, build_report
 from test_sim import EXACT, TraceBuilder, jcts, run
 
 
@@ -127,3 +129,44 @@ def test_options_refuse_an_estimate_below_the_duration() -> None:
         assert "at least 1" in str(exc)
     else:
         raise AssertionError("accepted a max_runtime shorter than the job")
+
+
+def minute_cycles() -> TraceBuilder:
+    """One 4-GPU node, one user, decisions on the minute (the server's 60 s cycle)."""
+    return (
+        TraceBuilder()
+        .job(at=0, gpus=4, duration=600)  # A: the whole node
+        .job(at=10, gpus=2, duration=1500)  # B
+        .job(at=20, gpus=4, duration=300)  # C: the whole node
+        .job(at=70, gpus=2, duration=120)  # D
+        .job(at=80, gpus=1, duration=60)  # E
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        # A runs 0-600. B and C arrive for the cycle at 60, D and E for the one at 120: the node
+        # is full. At 600 (A ends) B starts (600-2100); C needs the whole node and, in a fifo
+        # line, holds back D and E. C runs 2100-2400, then D 2400-2520 and E 2400-2460.
+        # JCTs: A 600, B 2100-10, C 2400-20, D 2520-70, E 2460-80; mean 9900 / 5 = 1980
+        ("fifo", {1: 600, 2: 2090, 3: 2380, 4: 2450, 5: 2380}),
+        # at 600 B starts and D passes C (600-720); E starts at the cycle at 720 (720-780);
+        # C starts when B ends, 2100-2400. Mean 6420 / 5 = 1284
+        ("fifo-skip", {1: 600, 2: 2090, 3: 2380, 4: 650, 5: 700}),
+        # every job states its duration. At 600 the line is E (60 s), D (120), C (300), B
+        # (1500): E 600-660 and D 600-720 start, C and B do not fit in the GPU left. At 660 (E
+        # ends) two GPUs are free: C does not fit, B does (660-2160); C runs 2160-2460.
+        # Mean (600 + 2150 + 2440 + 650 + 580) / 5 = 1284
+        ("srtf", {1: 600, 2: 2150, 3: 2440, 4: 650, 5: 580}),
+    ],
+)
+def test_a_small_trace_on_minute_cycles_gives_the_jcts_worked_out_by_hand(
+    policy: str, expected: dict[int, float]
+) -> None:
+    node = ClusterSpec.uniform(1, 4)
+    options = SimOptions(cycle_s=60, runtime_estimate=1.0)
+    result = run(minute_cycles(), node, policy=policy, options=options)
+    assert jcts(result) == expected
+    mean = sum(expected.values()) / len(expected)
+    assert build_report(result)["overall"]["jct_s"]["mean"] == round(mean, 1)

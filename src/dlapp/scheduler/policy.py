@@ -96,6 +96,7 @@ Decision: TypeAlias = Admit | Wait | Preempt
 _MAX_ESTIMATES = 32  # estimates are worked out for this many distinct request shapes per cycle
 _SRTF_MARGIN = 2.0  # srtf preempts only apps with over this many times the head's time left
 _EPS = 1e-9
+_FIT_SLACK = 1e-3  # more than the slack of any number of containers' GPU comparisons
 
 
 def share(r: Resources, of: Resources) -> float:
@@ -184,6 +185,7 @@ class _Cycle:
         self._by_free: list[NodeView] | None = None  # schedulable nodes, most free first
         self._starts: dict[str, float] = {}  # app holding a reservation -> when it can start
         self._ending: dict[str, list[tuple[float, Resources]]] | None = None  # per node
+        self._freed: dict[str, tuple[Resources, list[tuple[float, Resources]]]] = {}
         self._short_failed: dict[Shape, float] = {}  # backfill: the shortest that did not fit
         self._over_failed: set[Shape] = set()  # could not start even on others' reserved room
         self._reserved_failed: set[str] = set()  # held room, and could not start on it
@@ -449,9 +451,20 @@ class _Cycle:
         room = self.free.free[node_id]
         if need.fits_in(room):
             return self.now
-        for ends, request in self._ending.get(node_id, []):
-            room = room + request
-            if need.fits_in(room):
+        # the room after each app ends, summed as far as a call has needed (a node is asked
+        # again for each reservation planned on it this cycle)
+        known = self._freed.get(node_id)
+        if known is None or known[0] is not room:
+            known = self._freed[node_id] = (room, [])
+        rooms = known[1]
+        for ends, after in rooms:
+            if need.fits_in(after):
+                return ends
+        after = rooms[-1][1] if rooms else room
+        for ends, request in self._ending.get(node_id, [])[len(rooms) :]:
+            after = after + request
+            rooms.append((ends, after))
+            if need.fits_in(after):
                 return ends
         return math.inf
 
@@ -465,6 +478,9 @@ class _Cycle:
         until = self.now + left
         lent = [a for a, taken in self._held.items() if taken and self._starts[a] >= until]
         if not lent:
+            return None
+        if not self._could_fit(head, lent):  # the answer placing it would give, sooner
+            self._short_failed[key] = min(left, self._short_failed.get(key, math.inf))
             return None
         for app_id in lent:
             for node_id, part, devices in self._held[app_id]:
@@ -480,6 +496,25 @@ class _Cycle:
         if placed is None:
             self._short_failed[key] = min(left, self._short_failed.get(key, math.inf))
         return placed
+
+    def _could_fit(self, head: AppHead, lent: list[str]) -> bool:
+        """False when ``head``'s containers cannot fit even with the room of ``lent`` given
+        back: fewer nodes have its GPUs per container free than it has containers (each
+        container needs that much on its node; CPU, memory and devices only ask more)."""
+        need = head.request.gpus
+        if need <= _FIT_SLACK:
+            return True
+        free, nodes = self.free.free, self.free.nodes
+        room = {i: f.gpus for i, f in free.items() if nodes[i].schedulable}
+        for app_id in lent:
+            for node_id, part, _ in self._held[app_id]:
+                room[node_id] += part.gpus
+        fits = 0
+        for gpus in room.values():
+            fits += int((gpus + _FIT_SLACK) // need)
+            if fits >= head.num_containers:
+                return True
+        return False
 
     def hold_reserved(self) -> None:
         """Before lending idle capacity: take the reserved room (what is still free of it)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from dlapp.scheduler.gpus import (
     GPU_EPS,
@@ -67,7 +68,7 @@ class AppHead:
     gpu_types: tuple[str, ...] = ()  # GPU models it accepts (``H100``); empty: any
     mig: str | None = None  # a MIG profile (``1g.18gb``): request.gpus is then its instances' share
 
-    @property
+    @cached_property  # read for every head in every cycle: worked out once
     def total(self) -> Resources:
         return self.request.scaled(self.num_containers)
 
@@ -194,7 +195,7 @@ class RunningApp:
     # the device indices each container holds on its node; () when not known
     devices: tuple[tuple[int, ...], ...] = ()
 
-    @property
+    @cached_property
     def total(self) -> Resources:
         return self.request.scaled(len(self.nodes))
 
