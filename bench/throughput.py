@@ -35,6 +35,7 @@ Prints a table of p50 / p95 and rates with the ratios; ``--json`` prints the rep
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 from stats import machine, percentile
 
@@ -62,7 +63,7 @@ from dlapp.data.workspace import pack_workspace
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus
 from dlapp.store import repo
-from dlapp.store.db import make_engine, migrate, session_factory
+from dlapp.store.db import MIGRATIONS, make_engine, migrate, session_factory
 from dlapp.store.models import App, Container, Event
 
 SUBMITTER = "bench"
@@ -551,16 +552,35 @@ def store_queries() -> dict[str, Callable[[Session], object]]:
     }
 
 
+def _indexes_of_0003(engine: Engine) -> None:
+    """Swap migration 0004's composite indexes on apps back for the single-column ones it
+    replaced (its own REPLACED and ADDED tables, read from the migration file)."""
+    path = MIGRATIONS / "versions" / "0004_app_list_indexes.py"
+    loaded = importlib.util.spec_from_file_location("migration_0004", path)
+    assert loaded is not None and loaded.loader is not None
+    migration = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(migration)
+    with engine.begin() as conn:
+        for name, columns in migration.REPLACED.items():
+            quoted = ", ".join(f'"{c}"' for c in columns)
+            conn.execute(text(f'CREATE INDEX "{name}" ON apps ({quoted})'))
+        for name in migration.ADDED:
+            conn.execute(text(f'DROP INDEX "{name}"'))
+
+
 def indexes(report: Report, history_n: int, samples: int) -> None:
-    """The same queries on two SQLite stores holding the same apps: one at migration 0003
-    (single-column indexes), one at head; interleaved, so both see the same machine."""
+    """The same queries on two SQLite stores holding the same apps, both at head (today's
+    columns): one with 0003's single-column indexes on apps (0004's swapped back), one with
+    0004's; interleaved, so both see the same machine."""
     work = Path(tempfile.mkdtemp(prefix="dlapp-bench-indexes-"))
     try:
         spec = {"name": "bench", "entry": {"script": "run.sh"}}
         engines = {}
-        for label, revision in (("0003", "0003_gpu_usage"), ("head", "head")):
+        for label in ("0003", "head"):
             engine = make_engine(f"sqlite:///{work / label}.db")
-            migrate(engine, revision)
+            migrate(engine, "head")
+            if label == "0003":
+                _indexes_of_0003(engine)
             sessions = session_factory(engine)
             for batch in history(1, history_n, 1700000000000, time.time(), spec):
                 with sessions() as session:
