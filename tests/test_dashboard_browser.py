@@ -316,7 +316,8 @@ def test_a_shared_gpu_shows_each_fraction_and_what_is_left(page: Page, site: Sit
         assert widths[1] > 2 * widths[0], widths  # each piece as wide as its share
         shot(page, "8-cluster-shared-gpu")
         tile.locator(f'.gpu-piece[data-app="{quarter}"]').click()
-        expect(page.locator("h1")).to_contain_text(quarter, timeout=WAIT_MS)
+        expect(page).to_have_url(re.compile(f"#/apps/{quarter}$"), timeout=WAIT_MS)
+        expect(page.locator("#facts")).to_contain_text(quarter, timeout=WAIT_MS)
     finally:
         for user, app_id in apps:
             httpx.post(f"{site.url}/api/v1/apps/{app_id}/kill", headers=bearer(site.tokens[user]))
