@@ -111,7 +111,14 @@ def resolve(plan: AccountPlan, create: bool = True) -> Account:
                 return Account(pw.pw_name, pw.pw_uid, pw.pw_gid)
     if plan.uid < plan.min_uid:
         raise AccountError(f"uid {plan.uid} for user {plan.user!r} is below {plan.min_uid}")
-    found = _made(plan)
+    try:
+        found = _made(plan)
+    except AccountError:  # read while another container of this node was making it: again,
+        found = (
+            None  # under the lock that creation holds (a name and uid that disagree stay refused)
+        )
+        if not create:
+            found = _made(plan)
     if found is None and create:
         with _creation_lock():
             found = _made(plan)  # another container of the node may have made it meanwhile
