@@ -180,7 +180,9 @@ def member_env(
     return env
 
 
-_MEMBER_RE = re.compile(r"^(array_\d+_\d+)_(\d+)$")
+_ARRAY_ID = r"array_\d+_\d+"  # array_<cluster start ms>_<seq> (store.arrays.next_array_id)
+_ARRAY_ID_RE = re.compile(f"^{_ARRAY_ID}$")
+_MEMBER_RE = re.compile(f"^({_ARRAY_ID})_(\\d+)$")
 
 
 def split_member(name: str) -> tuple[str, int] | None:
@@ -191,4 +193,4 @@ def split_member(name: str) -> tuple[str, int] | None:
 
 
 def is_array_id(name: str) -> bool:
-    return re.match(r"^array_\d+_\d+$", name) is not None
+    return _ARRAY_ID_RE.match(name) is not None

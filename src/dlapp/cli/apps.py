@@ -288,11 +288,12 @@ def kill_app(app_id: str, soft: bool, owner: str | None = None) -> int:
 def kill_array(array_id: str, soft: bool, owner: str | None = None) -> int:
     """Kill or softkill every unfinished member of an array."""
     with connect() as client:
-        if owner is not None:
-            user = client.get_array(array_id)["user"]
-            if user != owner:
-                raise DlappError(f"{array_id} is {user}'s array, not {owner}'s: nothing was killed")
-        before = client.get_array(array_id)["counts"]
+        array = client.get_array(array_id)
+        if owner is not None and array["user"] != owner:
+            raise DlappError(
+                f"{array_id} is {array['user']}'s array, not {owner}'s: nothing was killed"
+            )
+        before = array["counts"]
         client.kill_array(array_id, soft)
     word = "softkill" if soft else "kill"
     out.print(

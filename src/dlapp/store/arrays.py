@@ -14,14 +14,12 @@ from dlapp.arrays import Member
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, FinalStatus
 from dlapp.store.models import App, AppArray, Event
-from dlapp.store.repo import cluster_timestamp, next_app_id
+from dlapp.store.repo import next_app_id, next_id
 
 
 def next_array_id(session: Session, now: float) -> tuple[str, int]:
     """``array_<cluster start ms>_<seq:04d>``: its own sequence, beside the apps'."""
-    ts = cluster_timestamp(session, now)
-    seq = int(session.scalar(select(func.coalesce(func.max(AppArray.seq), 0))) or 0) + 1
-    return f"array_{ts}_{seq:04d}", seq
+    return next_id(session, now, "array", AppArray.seq)
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,16 @@ def cluster_timestamp(session: Session, now: float) -> int:
     return int(value)
 
 
-def next_app_id(session: Session, now: float) -> tuple[str, int]:
+def next_id(session: Session, now: float, prefix: str, seq: Any) -> tuple[str, int]:
+    """``<prefix>_<cluster start ms>_<seq:04d>`` and its sequence number: one past the largest
+    of ``seq`` (a table's sequence column)."""
     ts = cluster_timestamp(session, now)
-    seq = int(session.scalar(select(func.coalesce(func.max(App.seq), 0))) or 0) + 1
-    return f"application_{ts}_{seq:04d}", seq
+    n = int(session.scalar(select(func.coalesce(func.max(seq), 0))) or 0) + 1
+    return f"{prefix}_{ts}_{n:04d}", n
+
+
+def next_app_id(session: Session, now: float) -> tuple[str, int]:
+    return next_id(session, now, "application", App.seq)
 
 
 @dataclass(frozen=True)
