@@ -8,6 +8,9 @@ instruction ("started"), and submit -> the submitter sees the app finished ("fin
 and p95 over RUNS runs, with the ratios of dlapp to each peer. The systems:
 
   dlapp-process  dlapp, process runtime, through the HTTP SDK (what `dlapp launch` does)
+  dlapp-actor    the same on the start path before node agents (`start_path: actor`: a
+                 placement group and a supervisor actor per container), on a Ray cluster and
+                 dlapp server of its own
   dlapp-docker   dlapp, Docker runtime, image --image (dlapp/minimal)
   spawn          a bare process spawn (subprocess)
   docker-run     a bare `docker run --rm` of the same image
@@ -57,8 +60,16 @@ from peers.systems import (
 )
 from stats import percentile
 
-SYSTEMS = ("dlapp-process", "dlapp-docker", "spawn", "docker-run", "ray-jobs", "slurm")
-SUBJECTS = ("dlapp-process", "dlapp-docker")  # the rows of the ratio table are the other four
+SYSTEMS = (
+    "dlapp-process",
+    "dlapp-actor",
+    "dlapp-docker",
+    "spawn",
+    "docker-run",
+    "ray-jobs",
+    "slurm",
+)
+SUBJECTS = ("dlapp-process", "dlapp-actor", "dlapp-docker")  # the ratio table's columns
 MEASURES = ("started", "finished")
 
 
@@ -277,7 +288,11 @@ def machine() -> dict[str, Any]:
 
 
 def build_systems(
-    names: Sequence[str], work: Path, image: str, cluster: SharedCluster | None
+    names: Sequence[str],
+    work: Path,
+    image: str,
+    cluster: SharedCluster | None,
+    actor_cluster: SharedCluster | None = None,
 ) -> list[Peer]:
     ws = make_workspace(work)
     peers: list[Peer] = []
@@ -290,6 +305,10 @@ def build_systems(
             peers.append(Slurm(ws))
         elif cluster is not None and name == "ray-jobs":
             peers.append(RayJobs(ws, cluster.dashboard_url))
+        elif name == "dlapp-actor":
+            if actor_cluster is not None:
+                a = actor_cluster
+                peers.append(Dlapp(a.url, a.token, ws, "process", image, name="dlapp-actor"))
         elif cluster is not None and name.startswith("dlapp-"):
             peers.append(Dlapp(cluster.url, cluster.token, ws, name.removeprefix("dlapp-"), image))
     return peers
@@ -351,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--runs must be at least 1 and --warmup at least 0")
 
     cluster: SharedCluster | None = None
+    actor_cluster: SharedCluster | None = None
     cluster_error = ""
     if any(n.startswith("dlapp-") or n == "ray-jobs" for n in names):
         try:
@@ -371,7 +391,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cluster.start()
             except Exception as exc:
                 cluster_error = f"the shared Ray cluster / dlapp server did not start: {exc}"
-        peers = build_systems(names, work, args.image, cluster if not cluster_error else None)
+        if not cluster_error and "dlapp-actor" in names:
+            print("starting a second Ray cluster, dlapp with start_path: actor", file=sys.stderr)
+            actor_cluster = SharedCluster(
+                work / "dlapp-actor-home", start_path="actor", dashboard=False
+            )
+            try:
+                actor_cluster.start()
+            except Exception as exc:
+                cluster_error = f"the second Ray cluster / dlapp server did not start: {exc}"
+        peers = build_systems(
+            names, work, args.image, cluster if not cluster_error else None, actor_cluster
+        )
         print(
             f"{args.runs} runs (+{args.warmup} warm-up) of {', '.join(p.name for p in peers)}",
             file=sys.stderr,
@@ -383,8 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[name] = Result(name, unavailable=cluster_error or "not built")
         results = {n: results[n] for n in names}
     finally:
-        if cluster is not None:
-            cluster.stop()
+        for started in (cluster, actor_cluster):
+            if started is not None:
+                started.stop()
         shutil.rmtree(work, ignore_errors=True)
     info["load_avg_end"] = list(os.getloadavg())
     report = to_json(results, info, args.runs)

@@ -85,14 +85,30 @@ def test_kill_of_a_queued_app_finishes_it_at_once(
         client.kill(blocker["id"])
 
 
-def test_dead_supervisor_takes_its_process_down_and_fails_the_app(
+def test_dead_supervisor_takes_its_processes_down_and_the_app_runs_again(
     client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:
+    """The container's supervisor is its node's agent: killed, it takes the container's whole
+    process tree with it; the app goes back to its queue (not its failure) and runs again."""
     app_id = _start(client, make_app, tmp_path, TREE, "orphan")
-    guard_pid = client.get(app_id)["containers"][0]["pid"]
+    first = client.get(app_id)["containers"][0]
+    guard_pid = first["pid"]
     supervisor_pid = int(Path(f"/proc/{guard_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    first_tree = processes_with_env("DLAPP_APP_ID", app_id)
     os.kill(supervisor_pid, signal.SIGKILL)
+    wait_for(
+        lambda: not set(first_tree) & set(processes_with_env("DLAPP_APP_ID", app_id)),
+        20,
+        "the first attempt's processes to end",
+    )
+    wait_for(
+        lambda: (a := client.get(app_id))["attempt"] == 2 and a["state"] == "RUNNING",
+        60,
+        "the app to run again",
+    )
+    requeued = [e["reason"] for e in client.events(app_id) if e["to_state"] == "ACCEPTED"]
+    assert any("lost with its node's agent" in r for r in requeued), requeued
+    client.kill(app_id)
     done = client.wait(app_id, timeout_s=60)
-    assert done["final_status"] == "FAILED"
-    assert "supervisor died" in done["diagnostics"]
+    assert done["final_status"] == "KILLED"
     wait_for(lambda: processes_with_env("DLAPP_APP_ID", app_id) == [], 10, "no processes")

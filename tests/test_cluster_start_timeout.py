@@ -1,4 +1,6 @@
-"""Containers stuck STARTING: a placement group that Ray never places.
+"""Containers stuck STARTING: a placement group that Ray never places (``start_path: actor``,
+where each app has one; through the nodes' agents, ``test_cluster_agent.py`` checks an agent that
+never answers).
 
 Something outside dlapp holds the node's only GPU in Ray (a placement group of its own), so
 dlapp, which sees the GPU free, admits an app whose placement group then stays pending. After
@@ -38,6 +40,7 @@ def server(tmp_path: Path) -> Iterator[tuple[TestClient, str, Path]]:
             ray_address=cluster.address,
             schedule_interval_s=0.2,
             start_timeout_s=START_TIMEOUT_S,
+            start_path="actor",
             file_roots=(tmp_path,),
         )
         with TestClient(create_app(settings)) as api:

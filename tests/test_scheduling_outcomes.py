@@ -41,6 +41,7 @@ KILLED = ended(0, EXITED, 137, ContainerCause.KILLED, "killed by request")
 NODE = ended(0, LOST, None, ContainerCause.NODE_LOST, "node lost: b")
 NOT_UP = ended(0, LOST, None, ContainerCause.NOT_STARTED, "did not start within 9s: x")
 DIED = ended(0, LOST, None, ContainerCause.LOST, "its supervisor died: x")
+AGENT = ended(0, LOST, None, ContainerCause.AGENT_LOST, "its node's agent died: x")
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,16 @@ DIED = ended(0, LOST, None, ContainerCause.LOST, "its supervisor died: x")
         (StopReason.GANG, [FAILED, NODE], [FAILED, NODE], 1, Ending.NODE_LOST),
         (StopReason.KILL, [NODE], [NODE], 1, Ending.KILLED),
         (None, [NOT_UP], [NOT_UP], 1, Ending.NOT_STARTED),
+        (None, [AGENT], [AGENT], 1, Ending.AGENT_LOST),
+        (StopReason.GANG, [FAILED, AGENT], [FAILED, AGENT], 1, Ending.AGENT_LOST),
+        (StopReason.KILL, [AGENT], [AGENT], 1, Ending.KILLED),
+        (  # a third loss with its agent: the app is the likely cause, it ends FAILED
+            None,
+            [AGENT],
+            [AGENT, *(ended(0, LOST, None, ContainerCause.AGENT_LOST, attempt=a) for a in (2, 3))],
+            5,
+            Ending.FAILED,
+        ),
         (
             None,
             [NOT_UP],

@@ -293,11 +293,13 @@ class Dlapp(Peer):
     """dlapp through its HTTP SDK, as ``dlapp launch`` does it: pack the workspace, submit,
     then poll the app until FINISHED and read container 0's stdout."""
 
-    def __init__(self, url: str, token: str, workspace: Path, runtime: str, image: str) -> None:
+    def __init__(
+        self, url: str, token: str, workspace: Path, runtime: str, image: str, name: str = ""
+    ) -> None:
         from dlapp.spec import AppSpec
 
         self.url, self.token, self.workspace = url, token, workspace
-        self.name = f"dlapp-{runtime}"
+        self.name = name or f"dlapp-{runtime}"
         self.describe = f"dlapp, {runtime} runtime" + (f" ({image})" if runtime == "docker" else "")
         data: dict[str, Any] = {
             "name": f"bench-{runtime}",
@@ -377,6 +379,8 @@ class SharedCluster:
     home: Path
     cpus: int = 4
     gpus: int = 2
+    start_path: str = "agent"  # the server's start_path: "actor" for the path before agents
+    dashboard: bool = True  # the Jobs API's home; a cluster for dlapp alone goes without
     ray: Any = None
     server: subprocess.Popen[bytes] | None = None
     url: str = ""
@@ -395,17 +399,28 @@ class SharedCluster:
             head_node_args={
                 "num_cpus": self.cpus,
                 "num_gpus": self.gpus,
-                "include_dashboard": True,
-                "dashboard_port": free_port(),
-                # not Ray's fixed default (52365): any other Ray on the machine holds that one,
-                # and the job server then waits forever for an agent ("No available agent")
-                "dashboard_agent_listen_port": free_port(),
+                "include_dashboard": self.dashboard,
                 "object_store_memory": 256 * 1024 * 1024,
+                **(
+                    {
+                        "dashboard_port": free_port(),
+                        # not Ray's fixed default (52365): any other Ray on the machine holds
+                        # it, and the job server then waits forever ("No available agent")
+                        "dashboard_agent_listen_port": free_port(),
+                    }
+                    if self.dashboard
+                    else {}
+                ),
             },
         )
-        self.dashboard_url = "http://" + self.ray.head_node.address_info["webui_url"]
+        if self.dashboard:
+            self.dashboard_url = "http://" + self.ray.head_node.address_info["webui_url"]
         self.home.mkdir(parents=True, exist_ok=True)
-        settings = {"container": {"gpus": "none"}, "submit_rate_per_min": 0}
+        settings = {
+            "container": {"gpus": "none"},
+            "submit_rate_per_min": 0,
+            "start_path": self.start_path,
+        }
         (self.home / "server.yaml").write_text(json.dumps(settings))  # JSON is YAML
         cmd = [sys.executable, "-m", "dlapp.cli.main", "server", "--home", str(self.home)]
         cmd += ["--port", "0", "--ray-address", self.ray.address]

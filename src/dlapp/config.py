@@ -239,8 +239,13 @@ class ServerSettings(BaseModel):
     start_timeout_s: float = Field(
         120.0, gt=0, description="a container whose supervisor is not up after this is lost"
     )
+    start_path: Literal["agent", "actor"] = Field(
+        "agent",
+        description="how containers start: through each node's long-lived agent actor "
+        "(agent), or a placement group and a supervisor actor per container (actor)",
+    )
     warm_workers: bool = Field(
-        True, description="keep an idle Ray worker on a node for its next supervisor"
+        True, description="keep an idle Ray worker on a node for its next supervisor (actor path)"
     )
     ray_head_timeout_s: float = Field(
         20.0,

@@ -40,6 +40,7 @@ class ContainerCause(StrEnum):
     KILLED = "killed"  # dlapp stopped it (kill, softkill, preemption, eviction, gang)
     NODE_LOST = "node_lost"  # its node went (the raylet died, or Ray declared the node dead)
     NOT_STARTED = "not_started"  # its supervisor was not up within start_timeout_s
+    AGENT_LOST = "agent_lost"  # its node's agent died, and the containers it ran with it
     LOST = "lost"  # anything else: its supervisor died, the server restarted, no start
 
 

@@ -1,8 +1,13 @@
-"""The Ray executor: one placement group per app, one detached named supervisor per container.
+"""The Ray executor: containers start through each node's agent, or as actors of their own.
 
-dlapp decides where an app runs; Ray enforces it: each bundle is pinned to the chosen node
-(``node:<ip>`` resource), the supervisor actor holds the container's CPUs, memory and GPUs, and
-``ray.get_gpu_ids()`` inside it gives the device IDs the container may see.
+dlapp decides where an app runs, and on which GPU devices (the store's GPU map). Two ways to
+start there (``start_path``):
+
+- ``agent`` (the default): the node's long-lived agent actor (``agent.py``) runs the
+  container's supervisor in a thread of its own; one method call, nothing created per app.
+- ``actor``: a placement group per app, each bundle pinned to the chosen node by its node-id
+  label, and a detached named supervisor actor per container holding its CPUs, memory and
+  GPUs in Ray (``ray.get_gpu_ids()`` inside it gives the device IDs).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dlapp.contract import (
 )
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network, sweep
+from dlapp.executor.agent import AgentContainer, agent_on, existing_agent
 from dlapp.executor.base import Executor, NodeInfo, Report, UsageKey
 from dlapp.executor.head import HeadWatch, wait_for_head
 from dlapp.node.supervisor import Supervisor
@@ -161,7 +167,7 @@ class _Tracked:
 
 @dataclass
 class _AppRun:
-    pg: PlacementGroup
+    pg: PlacementGroup | None  # None: started through the nodes' agents
     containers: list[_Tracked] = field(default_factory=list)
     start_deadline: float | None = None  # monotonic; None once every supervisor is up
 
@@ -242,13 +248,18 @@ class RayExecutor(Executor):
         )
         self._head.start()
         self._remote = ray.remote(RaySupervisor)
+        self._through_agents = settings.start_path == "agent"
+        self._agents: dict[str, Any] = {}  # node id -> its agent's handle
         self._apps: dict[str, _AppRun] = {}
         self._sweeps: list[Any] = []  # orphan sweeps still running on their nodes
         self._late: dict[UsageKey, Shipment] = {}  # logs shipped as their container ended
 
     def _nodes(self) -> list[NodeInfo]:
         out = []
-        for n in ray.nodes():
+        nodes = ray.nodes()
+        if self._through_agents:
+            self._keep_agents({n["NodeID"] for n in nodes if n.get("Alive")})
+        for n in nodes:
             res = n.get("Resources", {})
             gpus = int(res.get("GPU", 0))
             model, gpu_memory_mb, mig = from_ray_resources(res)
@@ -270,6 +281,21 @@ class RayExecutor(Executor):
             )
         return out
 
+    def _keep_agents(self, alive: set[str]) -> None:
+        """An agent on each alive node, made as the node is first seen (its creation is Ray's:
+        the first app there does not wait for it); those of nodes gone are dropped."""
+        for node_id in alive - self._agents.keys():
+            with contextlib.suppress(RayError, ValueError):
+                self._agents[node_id] = agent_on(node_id, NAMESPACE)
+        for node_id in self._agents.keys() - alive:
+            del self._agents[node_id]
+
+    def _agent(self, node_id: str) -> Any:
+        agent = self._agents.get(node_id)
+        if agent is None:
+            agent = self._agents[node_id] = agent_on(node_id, NAMESPACE)
+        return agent
+
     def _bundle(self, request: Resources, plan: ContainerPlan) -> dict[str, float]:
         bundle: dict[str, float] = {"CPU": request.cpus, "memory": float(request.memory_mb * MB)}
         bundle.update(_gpu_resources(request, plan))
@@ -278,6 +304,9 @@ class RayExecutor(Executor):
     def _start(
         self, plans: Sequence[ContainerPlan], node_ids: Sequence[str], request: Resources
     ) -> None:
+        if self._through_agents:
+            self._start_through_agents(plans, node_ids)
+            return
         app_id = plans[0].app_id
         # each bundle pinned to the node the scheduler chose, by Ray's node-id label
         pg = placement_group(
@@ -309,6 +338,33 @@ class RayExecutor(Executor):
             )
             tracked.up_ref = actor.plan_of.remote()  # answered at once by a running actor
             run.containers.append(tracked)
+
+    def _start_through_agents(
+        self, plans: Sequence[ContainerPlan], node_ids: Sequence[str]
+    ) -> None:
+        """Each container by one call to its node's agent, with the devices dlapp chose."""
+        run = _AppRun(pg=None, start_deadline=time.monotonic() + self._start_timeout)
+        self._apps[plans[0].app_id] = run
+        for plan, node_id in zip(plans, node_ids, strict=True):
+            agent = self._agent(node_id)
+            agent.start.remote(plan)
+            handle = AgentContainer(agent, plan.actor_name)
+            tracked = self._watched(
+                _Tracked(
+                    plan, node_id, handle, handle.start_here.remote(), handle.wait_once.remote()
+                )
+            )
+            tracked.up_ref = handle.plan_of.remote()  # answered once the agent has it
+            run.containers.append(tracked)
+
+    def _kill(self, c: _Tracked) -> None:
+        """End ``c`` now, whatever it is doing: its supervisor actor killed, or dropped by its
+        agent (which kills its container)."""
+        with contextlib.suppress(RayError):
+            if isinstance(c.actor, AgentContainer):
+                c.actor.forget.remote()
+            else:
+                ray.kill(c.actor, no_restart=True)
 
     def _watched(self, c: _Tracked) -> _Tracked:
         """``c``, its start and its end each waking the scheduler as they come (``on_change``):
@@ -360,8 +416,7 @@ class RayExecutor(Executor):
         out = []
         for c in run.containers:
             if c in waiting:
-                with contextlib.suppress(RayError):
-                    ray.kill(c.actor, no_restart=True)
+                self._kill(c)
                 c.started = c.done = True
                 p = c.plan
                 out.append(_lost(p, why, ContainerCause.NOT_STARTED))
@@ -380,7 +435,7 @@ class RayExecutor(Executor):
                 if info is not None:
                     info["notes"] = [*self._settle_ship(c), *info.get("notes", ())]
                 out.append(Report(plan.app_id, plan.attempt, plan.index, "started", info=info))
-                if self._warm_workers:
+                if self._warm_workers and not isinstance(c.actor, AgentContainer):
                     warm(c.node_id)  # for the next supervisor on this node
             except RayActorError:
                 pass  # reported through wait_ref below
@@ -406,17 +461,31 @@ class RayExecutor(Executor):
                         Report(plan.app_id, plan.attempt, plan.index, "exited", result=result)
                     )
             except RayError as exc:
+                if isinstance(exc, RayActorError) and isinstance(c.actor, AgentContainer):
+                    self._agent_died(c.node_id, c.actor.agent)
                 node = self._dead_node(c.node_id)
                 if node:
                     out.append(_lost(plan, f"{NODE_LOST}: {node}", ContainerCause.NODE_LOST))
+                elif isinstance(c.actor, AgentContainer):  # the agent died, or restarted
+                    why = f"its node's agent died: {_cause(exc)}"
+                    out.append(_lost(plan, why, ContainerCause.AGENT_LOST))
                 else:
                     why = f"its supervisor died: {_cause(exc)}"
                     out.append(_lost(plan, why, ContainerCause.LOST))
         elif not c.done and c.stop_deadline is not None and time.monotonic() > c.stop_deadline:
             logger.warning("%s did not stop in time; killing its supervisor", plan.actor_name)
-            ray.kill(c.actor, no_restart=True)
+            self._kill(c)
             c.stop_deadline = None
+            if isinstance(c.actor, AgentContainer):  # no actor death to report it: lost now
+                c.done = True
+                why = f"its supervisor did not stop it within {HARD_KILL_AFTER_S:g}s of its grace"
+                out.append(_lost(plan, why, ContainerCause.LOST))
         return out
+
+    def _agent_died(self, node_id: str, agent: Any) -> None:
+        """The agent of ``node_id`` is dead for good: the next start there makes a new one."""
+        if self._agents.get(node_id) is agent:
+            del self._agents[node_id]
 
     def _ship(self) -> dict[UsageKey, Shipment]:
         """Answers to the ``ship()`` asked last time (and those taken as their container
@@ -484,19 +553,24 @@ class RayExecutor(Executor):
         return out
 
     def _adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
-        """Take over an app's running supervisors after a restart, by their names."""
+        """Take over an app's running supervisors after a restart: its containers on the
+        nodes' agents, or its supervisor actors, by their names."""
+        names = [f"dlapp:{app_id}:{i}" for i in range(len(node_ids))]
+        pg: PlacementGroup | None = None
+        actors: list[Any] = []
         try:
-            pg = ray.util.get_placement_group(f"dlapp:{app_id}")
-            actors = [
-                ray.get_actor(f"dlapp:{app_id}:{i}", namespace=NAMESPACE)
-                for i in range(len(node_ids))
-            ]
+            agents = [existing_agent(n, NAMESPACE) for n in node_ids]
+            if all(a is not None for a in agents):
+                actors = [AgentContainer(a, name) for a, name in zip(agents, names, strict=True)]
+            else:
+                pg = ray.util.get_placement_group(f"dlapp:{app_id}")
+                actors = [ray.get_actor(name, namespace=NAMESPACE) for name in names]
             plans = ray.get([a.plan_of.remote() for a in actors], timeout=ADOPT_TIMEOUT_S)
         except (ValueError, RayError):  # gone, dead, or not answering (GetTimeoutError)
-            self._discard(app_id, len(node_ids))
+            self._discard(app_id, node_ids)
             return False
         if any(p.attempt != attempt or p.index != i for i, p in enumerate(plans)):
-            self._discard(app_id, len(node_ids))  # another attempt's: stale
+            self._discard(app_id, node_ids)  # another attempt's: stale
             return False
         run = _AppRun(pg=pg)
         for plan, actor, node_id in zip(plans, actors, node_ids, strict=True):
@@ -511,12 +585,18 @@ class RayExecutor(Executor):
         logger.info("took over %s (%d containers)", app_id, len(actors))
         return True
 
-    def _discard(self, app_id: str, containers: int) -> None:
-        """Kill what is left of an app that is not taken over (its supervisors, which end
-        their containers, and its placement group): it is requeued, and must not run twice."""
-        for i in range(containers):
+    def _discard(self, app_id: str, node_ids: Sequence[str]) -> None:
+        """Kill what is left of an app that is not taken over (its containers on the nodes'
+        agents; its supervisor actors, which end their containers, and its placement group):
+        it is requeued, and must not run twice."""
+        for i, node_id in enumerate(node_ids):
+            name = f"dlapp:{app_id}:{i}"
+            agent = existing_agent(node_id, NAMESPACE)
+            if agent is not None:
+                with contextlib.suppress(RayError):
+                    agent.forget.remote(name)
             with contextlib.suppress(ValueError, RayError):
-                ray.kill(ray.get_actor(f"dlapp:{app_id}:{i}", namespace=NAMESPACE), no_restart=True)
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         with contextlib.suppress(ValueError, RayError):
             remove_placement_group(ray.util.get_placement_group(f"dlapp:{app_id}"))
 
@@ -544,9 +624,9 @@ class RayExecutor(Executor):
 
     def _release(self, app_id: str, run: _AppRun) -> None:
         for c in run.containers:
-            with contextlib.suppress(RayError):
-                ray.kill(c.actor, no_restart=True)
-        remove_placement_group(run.pg)
+            self._kill(c)
+        if run.pg is not None:
+            remove_placement_group(run.pg)
         del self._apps[app_id]
 
     def _read_log(
@@ -576,8 +656,11 @@ class RayExecutor(Executor):
         ray.shutdown()
 
 
-def _not_up_reason(pg: PlacementGroup, timeout: float) -> str:
-    """Why a supervisor is not up: its bundle never placed, or its actor never created."""
+def _not_up_reason(pg: PlacementGroup | None, timeout: float) -> str:
+    """Why a supervisor is not up: its node's agent never answered, its bundle never placed,
+    or its actor never created."""
+    if pg is None:
+        return f"{NOT_STARTED} within {timeout:g}s: its node's agent did not answer"
     try:
         state = ray.util.placement_group_table(pg).get("state", "")
     except RayError:

@@ -3,8 +3,9 @@ containers of apps that are not running.
 
 Containers carry their node's Ray id (label ``dlapp.node``), so each node takes only its own,
 even where several Ray nodes share one docker daemon (a test cluster on one machine). The
-task needs no CPU (it runs on a node whose CPUs apps hold) and spares a container whose
-supervisor actor is alive: an app admitted after the list of running apps was read.
+task needs no CPU (it runs on a node whose CPUs apps hold) and spares a container that the
+node's agent (or a supervisor actor of its own) runs: an app admitted after the list of running
+apps was read.
 """
 
 from __future__ import annotations
@@ -18,19 +19,26 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dlapp.config import ContainerPolicy, Engine
+from dlapp.executor.agent import existing_agent
 from dlapp.runtime.docker import Labelled, remove_orphans
 
 logger = logging.getLogger(__name__)
 ENGINES: tuple[Engine, ...] = ("docker", "podman")
+AGENT_WAIT_S = 10.0  # the node's agent asked whether it runs a container
 
 
 def sweep_node(policy: dict[str, Any], running: list[str], namespace: str) -> tuple[str, list[str]]:
     """Remove the orphans of the node this runs on, under each engine; ``(node id, names)``."""
     checked = ContainerPolicy.model_validate(policy)
     node_id = ray.get_runtime_context().get_node_id()
+    agent = existing_agent(node_id, namespace)
 
     def supervised(c: Labelled) -> bool:
-        try:  # named as ContainerPlan.actor_name
+        if agent is not None:
+            with contextlib.suppress(RayError):
+                if ray.get(agent.supervises.remote(c.app_id, c.index), timeout=AGENT_WAIT_S):
+                    return True
+        try:  # a supervisor actor of its own, named as ContainerPlan.actor_name
             ray.get_actor(f"dlapp:{c.app_id}:{c.index}", namespace=namespace)
         except ValueError:  # no such live actor
             return False

@@ -10,6 +10,7 @@ each ending to the app's next state and final status, in one place::
     NOT_STARTED       ACCEPTED     -             spent        no  (supervisors never up)
     START_TIMED_OUT   FINISHED     FAILED        spent        -   (... too often)
     NODE_LOST         ACCEPTED     -             spent        no  (an infrastructure failure)
+    AGENT_LOST        ACCEPTED     -             spent        no  (... at most twice an app)
     RETRIED           ACCEPTED     -             spent        yes (failed by itself)
     KILLED            FINISHED     KILLED        kept         -
     FAILED            FINISHED     FAILED        kept         -
@@ -30,6 +31,8 @@ from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
 from dlapp.store.models import App, Container
 
 START_TIMEOUT_REQUEUES = 1  # supervisors never up: requeued this often, then FAILED
+AGENT_LOSS_REQUEUES = 2  # lost with its node's agent: requeued this often (an app that kills
+# its agent, e.g. by exhausting the node's memory, must not loop), then FAILED
 
 BY_REQUEST = frozenset({StopReason.KILL, StopReason.SOFTKILL})  # a person ended it: KILLED
 REQUEUES = frozenset({StopReason.PREEMPT, StopReason.EVICT})  # stopped to go back in line
@@ -62,6 +65,7 @@ class Ending(StrEnum):
     NOT_STARTED = "not_started"
     START_TIMED_OUT = "start_timed_out"
     NODE_LOST = "node_lost"
+    AGENT_LOST = "agent_lost"
     RETRIED = "retried"
     KILLED = "killed"
     FAILED = "failed"
@@ -80,6 +84,7 @@ ENDINGS: dict[Ending, Row] = {
     Ending.NOT_STARTED: Row(AppState.ACCEPTED, FinalStatus.UNDEFINED, spends_stop=True),
     Ending.START_TIMED_OUT: Row(AppState.FINISHED, FinalStatus.FAILED, spends_stop=True),
     Ending.NODE_LOST: Row(AppState.ACCEPTED, FinalStatus.UNDEFINED, spends_stop=True),
+    Ending.AGENT_LOST: Row(AppState.ACCEPTED, FinalStatus.UNDEFINED, spends_stop=True),
     Ending.RETRIED: Row(AppState.ACCEPTED, FinalStatus.UNDEFINED, spends_stop=True),
     Ending.KILLED: Row(AppState.FINISHED, FinalStatus.KILLED, spends_stop=False),
     Ending.FAILED: Row(AppState.FINISHED, FinalStatus.FAILED, spends_stop=False),
@@ -131,6 +136,10 @@ def lost_with_node(c: Container) -> bool:
     return c.state == ContainerState.LOST.value and cause(c) is ContainerCause.NODE_LOST
 
 
+def lost_with_agent(c: Container) -> bool:
+    return c.state == ContainerState.LOST.value and cause(c) is ContainerCause.AGENT_LOST
+
+
 def not_started(c: Container) -> bool:
     return c.state == ContainerState.LOST.value and cause(c) is ContainerCause.NOT_STARTED
 
@@ -149,6 +158,11 @@ def gang_failure(stop: StopReason | None, containers: Sequence[Container]) -> Co
 def own_failures(history: Sequence[Container]) -> int:
     """Attempts that failed by the app's own doing (``own_failure``)."""
     return len({c.attempt for c in history if own_failure(c)})
+
+
+def agent_losses(history: Sequence[Container]) -> int:
+    """Attempts that ended because their node's agent died."""
+    return len({c.attempt for c in history if lost_with_agent(c)})
 
 
 def start_timeouts(history: Sequence[Container]) -> int:
@@ -206,6 +220,17 @@ def settle(
             Ending.NODE_LOST,
             f"requeued: container {lost.index} was lost with its node "
             f"({lost.diagnostics}); not counted against max_attempts",
+        )
+    with_agent = next((c for c in containers if lost_with_agent(c)), None)
+    if (
+        with_agent is not None
+        and stop in INFRASTRUCTURE_REQUEUES
+        and agent_losses(history) <= AGENT_LOSS_REQUEUES
+    ):
+        return Settled(
+            Ending.AGENT_LOST,
+            f"requeued: container {with_agent.index} was lost with its node's agent "
+            f"({with_agent.diagnostics}); not counted against max_attempts",
         )
     final, why = outcome(stop, containers)
     if (
