@@ -45,6 +45,12 @@ def test_stamp_is_read_from_busybox_adjtimex() -> None:
         parse_stamp("hello\n")
 
 
+def test_stamp_in_nanosecond_mode() -> None:
+    """A kernel clock in nanosecond mode (status bit 0x2000) prints nanoseconds as tv_usec."""
+    nano = ADJTIMEX.replace("64 (UNSYNC)", "8256 (UNSYNC)").replace("000123", "574052424")
+    assert parse_stamp(nano) == pytest.approx(1795748844.574052424)
+
+
 def test_slurm_state_from_scontrol_line() -> None:
     line = "JobId=7 JobName=dlapp-bench UserId=root(0) JobState=COMPLETED Reason=None"
     assert slurm_state(line) == "COMPLETED"

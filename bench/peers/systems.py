@@ -36,6 +36,8 @@ STAMP_SCRIPT = """#!/bin/sh
 busybox adjtimex
 """
 _STAMP = re.compile(r"time\.tv_sec:\s*(\d+)\s+time\.tv_usec:\s*(\d+)")
+_STATUS = re.compile(r"status:\s*(\d+)")
+_STA_NANO = 0x2000
 
 
 class Unavailable(Exception):
@@ -59,7 +61,11 @@ def parse_stamp(text: str) -> float:
     match = _STAMP.search(text)
     if match is None:
         raise BenchError(f"no 'busybox adjtimex' time stamp in the app's output: {text[:300]!r}")
-    return int(match.group(1)) + int(match.group(2)) / 1e6
+    # the kernel's clock may be in nanosecond mode (status bit STA_NANO, 0x2000): the field
+    # busybox calls tv_usec then holds nanoseconds
+    status = _STATUS.search(text)
+    nano = status is not None and int(status.group(1)) & _STA_NANO
+    return int(match.group(1)) + int(match.group(2)) / (1e9 if nano else 1e6)
 
 
 def make_workspace(root: Path) -> Path:
