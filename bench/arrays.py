@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import threading
@@ -123,8 +122,9 @@ def serve(home: Path, db_url: str | None) -> Iterator[tuple[str, str]]:
     """The server in this process on a free loopback port; its URL and the admin's token."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    from dlapp.server.run import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)  # TCP_NODELAY, as ``dlapp server`` serves
     settings = ServerSettings(
         home=home,
         db_url=db_url,

@@ -98,17 +98,15 @@ def live_app(
 ) -> Iterator[tuple[str, FastAPI]]:
     """``settings`` served by uvicorn on a free loopback port, in a thread, with the options
     ``dlapp server`` gives it (TLS, proxy headers); yields its URL and the app."""
-    import socket
     import threading
     import time
 
     import uvicorn
 
-    from dlapp.server.run import uvicorn_options
+    from dlapp.server.run import listen_socket, uvicorn_options
 
     res = resources or Resources(4, 8192, 2)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = listen_socket("127.0.0.1", 0)  # TCP_NODELAY, as ``dlapp server`` serves
     port = sock.getsockname()[1]
     settings = settings.model_copy(update={"port": port})
     app = create_app(settings, lambda s: LocalExecutor(res))

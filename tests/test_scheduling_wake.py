@@ -5,6 +5,8 @@ its supervisor says so, not at the next periodic cycle. Each server here cycles 
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from dlapp.config import ServerSettings
 from dlapp.server.app import create_app
+from dlapp.server.scheduling import loop
+from dlapp.server.scheduling.loop import WAKE_SPACING, spacing
 
 from clusters import ray_head
 from inprocess import add_user, bearer, serve, submit, wait_finished
@@ -54,3 +58,40 @@ def test_the_ray_executor_wakes_the_scheduler(tmp_path: Path) -> None:
         s = settings(tmp_path, ray_address=cluster.address, file_roots=(tmp_path,))
         with TestClient(create_app(s)) as api:
             _runs_and_ends_between_cycles(api, tmp_path, add_user(api, s.home, "sam"))
+
+
+def test_spacing_waits_as_long_as_the_last_cycle_took() -> None:
+    assert spacing(0.2, 0.0) == pytest.approx(0.2 * WAKE_SPACING)
+    assert spacing(0.2, 0.05) == pytest.approx(0.2 * WAKE_SPACING - 0.05)
+    assert spacing(0.2, 5.0) == 0.0  # the cycle ended long ago: at once
+    assert spacing(0.0, 0.0) == 0.0  # an idle scheduler's cycle: at once
+
+
+def test_a_stream_of_wakes_gets_spaced_cycles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken without pause (hundreds of submissions a second), a scheduler whose cycle takes
+    CYCLE_S runs about one cycle per 2 x CYCLE_S, not back to back: the API keeps its share.
+    The period is 60 s, so every cycle here is a wake's."""
+    cycle_s = 0.2
+    monkeypatch.setattr(loop, "WAKE_SPACING", 1.0)
+    with serve(settings(tmp_path)) as api:
+        scheduler = api.app.state.scheduler
+        times: list[float] = []
+
+        def slow_step() -> None:
+            times.append(time.monotonic())
+            time.sleep(cycle_s)
+
+        scheduler.step = slow_step
+        scheduler.wake()
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            scheduler.wake()
+            time.sleep(0.005)
+        ran = list(times)
+    gaps = [b - a for a, b in itertools.pairwise(ran)]
+    assert len(gaps) >= 4, times  # woken, it cycles: 3 s of wakes is several cycles
+    # back to back would be one cycle per CYCLE_S (15 in 3 s); spaced, one per 2 x CYCLE_S
+    assert min(gaps) >= 2 * cycle_s * 0.9, gaps
+    assert len(ran) <= 3.0 / (2 * cycle_s) + 2, gaps

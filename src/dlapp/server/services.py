@@ -108,7 +108,10 @@ def submit(
             session, repo.NewApp(user=user, spec=spec, workspace=str(dest)), now, app_id, seq
         )
         audit.record(session, user, "submit", app_id, now, f"queue {spec.queue}, name {spec.name}")
-    return app_view(app, ctx.settings.url)
+        # the view of the app as added, before the commit expires it (reading it after would
+        # load the app and its relations again: four queries per submission)
+        view = app_view(app, ctx.settings.url)
+    return view
 
 
 @contextmanager
@@ -118,7 +121,10 @@ def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Itera
     dest = ctx.settings.artifacts / "workspaces" / f"{key}.tar.gz"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
-    shutil.copyfile(upload, tmp)
+    try:  # the upload is the request's own file: a second name for it costs no copy
+        os.link(upload, tmp)
+    except OSError:  # another filesystem
+        shutil.copyfile(upload, tmp)
     try:
         yield dest
         os.replace(tmp, dest)

@@ -37,6 +37,18 @@ from dlapp.store import repo
 
 logger = logging.getLogger(__name__)
 ORPHAN_SWEEP_CYCLES = 20  # remove orphan containers every this many cycles
+# A wake (a submission, a kill, a container's start or end) starts a cycle no sooner than this
+# many times the last cycle's length after it ended: a stream of wakes (hundreds of submissions a
+# second) gets one cycle per burst, the cycles take at most about half the server's time, and
+# the API keeps the other half. An idle scheduler's cycle takes milliseconds, so a lone wake is
+# served at once.
+WAKE_SPACING = 1.0
+
+
+def spacing(took: float, since_end: float) -> float:
+    """How much longer a woken scheduler waits before its next cycle: until ``WAKE_SPACING``
+    times the last cycle's length (``took``) has passed since that cycle ended."""
+    return max(0.0, took * WAKE_SPACING - since_end)
 
 
 class Fenced(Exception):
@@ -88,12 +100,15 @@ class Scheduler:
                 logger.warning("lost the scheduler lease; standing by")
             except Exception:
                 logger.exception("scheduling cycle failed")
-            self.observe_cycle(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.observe_cycle(took)
             try:
                 self.after_cycle()
             except Exception:
                 logger.exception("recording GPU usage and queue samples failed")
-            self._wake.wait(self.ctx.settings.schedule_interval_s)
+            ended = time.perf_counter()
+            if self._wake.wait(self.ctx.settings.schedule_interval_s):
+                self._stop.wait(spacing(took, time.perf_counter() - ended))
             self._wake.clear()
 
     # -- leadership ---------------------------------------------------------------------------
