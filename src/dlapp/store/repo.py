@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, lazyload, undefer
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, undefer
 
 from dlapp.errors import NotFoundError
 from dlapp.spec import AppSpec
@@ -172,17 +172,50 @@ def count_apps(session: Session, states: Sequence[AppState]) -> dict[AppState, i
     return {s: found.get(s, 0) for s in states}
 
 
-def pending_apps(session: Session) -> list[App]:
-    """The waiting apps, oldest first, without their relationships: the scheduler reads their
-    columns every cycle, and loading every waiting app's containers was half a cycle's time at
-    1,000 waiting (one is loaded when read)."""
-    q = (
-        select(App)
-        .where(App.state == AppState.ACCEPTED.value)
-        .order_by(App.seq)
-        .options(lazyload("*"))
-    )
-    return list(session.scalars(q))
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A waiting app's columns that the scheduler reads every cycle (``waiting_apps``)."""
+
+    id: str
+    seq: int
+    user: str
+    queue: str
+    num_containers: int
+    cpus: float
+    memory_mb: int
+    gpus: float
+    attempt: int
+    submit_time: float
+    pending_reason: str
+    array_id: str | None
+
+
+_WAITING_COLUMNS = tuple(getattr(App, f.name) for f in fields(Waiting))
+
+
+def waiting_apps(session: Session) -> list[Waiting]:
+    """The waiting apps, oldest first, as plain rows: the scheduler reads them every cycle,
+    and making 1,000 ORM objects a cycle was a third of its time at 1,000 waiting."""
+    q = select(*_WAITING_COLUMNS).where(App.state == AppState.ACCEPTED.value).order_by(App.seq)
+    return [Waiting(*row) for row in session.execute(q)]
+
+
+def set_pending_reasons(session: Session, reasons: dict[str, str]) -> None:
+    """Write the waiting apps' new reasons (app id -> reason) in one statement."""
+    if reasons:
+        session.execute(update(App), [{"id": k, "pending_reason": v} for k, v in reasons.items()])
+
+
+def specs_json(session: Session, app_ids: Sequence[str]) -> dict[str, str]:
+    """The stored spec JSON of each of ``app_ids`` that exists."""
+    out: dict[str, str] = {}
+    for i in range(0, len(app_ids), 500):
+        chunk = list(app_ids[i : i + 500])
+        out.update(
+            (app_id, text)
+            for app_id, text in session.execute(select(App.id, App.spec).where(App.id.in_(chunk)))
+        )
+    return out
 
 
 def running_apps(session: Session) -> list[App]:

@@ -3,6 +3,7 @@ carried out (admit and start, preempt, or say why an app waits)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 
@@ -49,6 +50,13 @@ class Specs:
             spec = self._by_id[app.id] = repo.app_spec(app)
         return spec
 
+    def of(self, session: Session, app_ids: Sequence[str]) -> dict[str, AppSpec]:
+        """The specs of ``app_ids``, those not parsed yet read in one query."""
+        missing = [i for i in app_ids if i not in self._by_id]
+        for app_id, text in repo.specs_json(session, missing).items():
+            self._by_id[app_id] = AppSpec.from_dict(json.loads(text))
+        return {i: self._by_id[i] for i in app_ids if i in self._by_id}
+
 
 class Admission:
     def __init__(
@@ -64,12 +72,14 @@ class Admission:
         self.specs = specs
         self.claims = claims  # preempted app -> the queue its resources go to
         self.commit = commit  # fenced: raises when the lease was lost
+        # waiting app -> (attempt, earlier runs, its head): made once while it waits
+        self._heads: dict[str, tuple[int, tuple[float, float] | None, AppHead]] = {}
 
     # -- what decide() sees ---------------------------------------------------------------------
 
     def hold_array_members(
-        self, session: Session, pending: Sequence[App]
-    ) -> tuple[list[App], bool]:
+        self, session: Session, pending: Sequence[repo.Waiting]
+    ) -> tuple[list[repo.Waiting], bool]:
         """The waiting apps that go on to ``decide``: all but the members over their array's
         running limit, which wait with the reason said (``scheduler.arrays``); and whether a
         reason changed."""
@@ -79,31 +89,59 @@ class Admission:
             return list(pending), False
         running = array_store.running_members(session, list(limits))
         held = hold_over_limits([(a.id, a.array_id) for a in pending], running, limits)
-        out, changed = [], False
+        out: list[repo.Waiting] = []
+        changed: dict[str, str] = {}
         for a in pending:
             reason = held.get(a.id)
             if reason is None:
                 out.append(a)
             elif a.pending_reason != reason:
-                a.pending_reason, changed = reason, True
-        return out, changed
+                changed[a.id] = reason
+        repo.set_pending_reasons(session, changed)
+        return out, bool(changed)
 
-    def heads(self, session: Session, pending: Sequence[App]) -> list[AppHead]:
+    def heads(self, session: Session, pending: Sequence[repo.Waiting]) -> list[AppHead]:
         """The waiting apps as ``decide`` sees them, with the service they have had and how
-        long they have waited (the las / srtf orderings, promotion and reservations)."""
+        long they have waited (the las / srtf orderings, promotion and reservations). A head
+        is made once per app and attempt and kept while the app waits: nothing it holds
+        changes in between."""
         runs = repo.earlier_runs(session, {a.id: a.attempt + 1 for a in pending if a.attempt})
-        return [self.head(a, runs.get(a.id)) for a in pending]
+        kept: dict[str, tuple[int, tuple[float, float] | None, AppHead]] = {}
+        stale = [a for a in pending if self._key(a, runs) != self._heads.get(a.id, (None,))[:2]]
+        specs = self.specs.of(session, [a.id for a in stale])
+        for a in stale:
+            if a.id in specs:  # (an app deleted since it was read is passed over)
+                kept[a.id] = (a.attempt, runs.get(a.id), self.head(a, specs[a.id], runs.get(a.id)))
+        fresh = {a.id for a in stale}
+        out = []
+        for a in pending:
+            known = kept.get(a.id) if a.id in fresh else self._heads[a.id]
+            if known is not None:
+                kept[a.id] = known
+                out.append(known[2])
+        self._heads = kept
+        return out
 
-    def head(self, app: App, runs: tuple[float, float] | None = None) -> AppHead:
+    @staticmethod
+    def _key(
+        app: repo.Waiting, runs: dict[str, tuple[float, float]]
+    ) -> tuple[int, tuple[float, float] | None]:
+        return app.attempt, runs.get(app.id)
+
+    def head(
+        self,
+        app: App | repo.Waiting,
+        spec: AppSpec,
+        runs: tuple[float, float] | None = None,
+    ) -> AppHead:
         """``runs``: (seconds it ran before, when its last run ended), when it has run."""
-        spec = self.specs(app)
         ran, last_end = runs if runs is not None else (0.0, None)
         return AppHead(
             app_id=app.id,
             user=app.user,
             queue=app.queue,
             seq=app.seq,
-            request=app_request(app),
+            request=Resources(app.cpus, app.memory_mb, app.gpus),
             num_containers=app.num_containers,
             include_nodes=spec.nodes.include,
             exclude_nodes=spec.nodes.exclude,
@@ -184,21 +222,26 @@ class Admission:
     def apply(
         self,
         session: Session,
-        pending: Sequence[App],
+        pending: Sequence[repo.Waiting],
         decisions: Sequence[Decision],
         snapshot: Snapshot,
     ) -> None:
         by_id = {a.id: a for a in pending}
+        reasons: dict[str, str] = {}  # only those that changed are written
         for d in decisions:
-            if isinstance(d, Admit):
-                self._admit(session, by_id[d.app_id], d, snapshot)
-            elif isinstance(d, Wait):
-                app = by_id[d.app_id]
-                reason = f"{d.reason} (position {d.position} in queue {app.queue})"
+            if isinstance(d, Wait):
+                waiting = by_id[d.app_id]
+                reason = f"{d.reason} (position {d.position} in queue {waiting.queue})"
                 if d.estimate is not None:
                     reason += f"; could start by {iso(d.estimate)}"
-                if app.pending_reason != reason:
-                    app.pending_reason = reason
+                if waiting.pending_reason != reason:
+                    reasons[d.app_id] = reason
+        repo.set_pending_reasons(session, reasons)
+        for d in decisions:
+            if isinstance(d, Admit):
+                app = session.get(App, d.app_id)
+                if app is not None:
+                    self._admit(session, app, d, snapshot)
             elif isinstance(d, Preempt):
                 self._preempt(session, d)
 

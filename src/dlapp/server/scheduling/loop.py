@@ -166,7 +166,7 @@ class Scheduler:
             if self.cycles % ORPHAN_SWEEP_CYCLES == 0:  # on start, then every few cycles
                 self.remove_orphans(session)
             # 3. heads and snapshot
-            pending = repo.pending_apps(session)
+            pending = repo.waiting_apps(session)
             # (arrays' members over their running limit wait, with the reason said)
             pending, held = self.admission.hold_array_members(session, pending)
             if held and not pending:
