@@ -64,6 +64,9 @@ def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        # acknowledged means durable: each commit is synced (2 = FULL), not left to a checkpoint
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
 
 
 def test_schema_version_is_the_newest_migration(engine: Engine) -> None:

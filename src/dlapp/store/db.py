@@ -62,7 +62,10 @@ def make_engine(url: str, pool: PoolSize | None = None) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit (an acknowledged submission, a kill) is on disk before the answer,
+            # power loss included; in WAL mode it costs one fsync of the log per commit
+            # (~0.3 ms on the development VM), where NORMAL may lose the last commits
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
