@@ -2,7 +2,8 @@
 measured in the same run on the same server.
 
     .venv/bin/python bench/throughput.py [--queued 1000] [--history 100000] [--sustained 200]
-                                         [--cli-runs 20] [--samples 40] [--json]
+                                         [--cli-runs 20] [--samples 40] [--clients 8]
+                                         [--json]
 
 One real server (``dlapp server``, the embedded cluster ``dlapp up`` starts: FastAPI behind
 uvicorn, an embedded Ray, SQLite in WAL mode, or ``--db-url``) with one declared GPU. A first
@@ -16,7 +17,9 @@ The submitter is one plain user; the per-user limits are off (``submit_rate_per_
    ``dlapp launch app.yaml`` as its own process (spec parse, workspace pack, submit: what one
    user pays per launch) CLI-RUNS times. Baselines: an authenticated ``GET /api/v1/me`` (the
    HTTP and auth floor) and ``dlapp --version`` as a process (the interpreter and import
-   floor). The scheduler's mean cycle time (``/metrics``) while QUEUED apps wait.
+   floor). Then SUSTAINED more from CLIENTS callers at once (``--clients``, 8; a thread and a
+   connection each): the server's capacity, its rate the calls over the wall time. The
+   scheduler's mean cycle time (``/metrics``) while QUEUED apps wait.
 2. **list / status** with the store as it is after step 1 (about QUEUED apps), then again after
    HISTORY finished apps (one container, three events each) are bulk-inserted through the store
    layer: ``dlapp list`` (queued and running), ``dlapp list --all`` (newest first),
@@ -83,19 +86,24 @@ class Latency:
     p50: float
     p95: float
     mean: float
+    wall: float | None = None  # calls made at once: the seconds from the first to the last
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> Latency:
+    def of(cls, seconds: Sequence[float], wall: float | None = None) -> Latency:
         return cls(
             len(seconds),
             percentile(seconds, 50),
             percentile(seconds, 95),
             sum(seconds) / len(seconds),
+            wall,
         )
 
     @property
     def rate(self) -> float:
-        """Calls per second, one after the other."""
+        """Calls per second: one after the other, or all of them over ``wall`` when made at
+        once by several callers."""
+        if self.wall is not None:
+            return self.n / self.wall if self.wall > 0 else float("inf")
         return 1.0 / self.mean if self.mean > 0 else float("inf")
 
 
@@ -283,6 +291,18 @@ def dlapp_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "dlapp.cli.main"]
 
 
+def timed_at_once(fns: Sequence[Callable[[], object]], n: int) -> tuple[list[float], float]:
+    """``n`` calls shared out among ``fns`` (one caller each, in its own thread), all at once:
+    each call's seconds, and the seconds from the first call to the last answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counts = [n // len(fns) + (1 if i < n % len(fns) else 0) for i in range(len(fns))]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(fns)) as pool:
+        parts = list(pool.map(timed, fns, counts))
+    return [s for part in parts for s in part], time.perf_counter() - start
+
+
 def timed(fn: Callable[[], object], n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -384,7 +404,9 @@ def wait_running(client: DlappClient, app_id: str, timeout_s: float = 120) -> No
 # -- the measurements ----------------------------------------------------------------------------
 
 
-def submissions(b: Bench, report: Report, queued: int, sustained: int, cli_runs: int) -> None:
+def submissions(
+    b: Bench, report: Report, queued: int, sustained: int, cli_runs: int, clients: int = 1
+) -> None:
     spec = AppSpec.from_file(b.spec_file)
     with b.client() as c:
         holder = c.submit(spec, b.tarball)["id"]
@@ -407,6 +429,24 @@ def submissions(b: Bench, report: Report, queued: int, sustained: int, cli_runs:
                 (after[0] - before[0]) / cycles * 1000, 1
             )
             report.notes["scheduler cycles during sustained submits"] = int(cycles)
+        if clients > 1:  # the server's capacity: several callers at once
+            callers = [b.client() for _ in range(clients)]
+            try:
+                each, wall = timed_at_once(
+                    [partial(cl.submit, spec, b.tarball) for cl in callers], sustained
+                )
+            finally:
+                for cl in callers:
+                    cl.close()
+            report.rows.append(
+                Row(
+                    "submit",
+                    f"API submit, {clients} clients at once, {queued:,}+ queued",
+                    Latency.of(each, wall),
+                    "GET /api/v1/me",
+                    floor,
+                )
+            )
         report.notes["apps waiting"] = c.cluster()["apps"]["ACCEPTED"]
         newest = c.list_apps(states=["ACCEPTED"], limit=1)
         report.notes["why the last one waits"] = newest[0]["pending_reason"] if newest else ""
@@ -624,7 +664,7 @@ def run(args: argparse.Namespace) -> Report:
     try:
         b = start(work, args.db_url)
         _log(f"server at {b.url}; submitting {args.queued} apps")
-        submissions(b, report, args.queued, args.sustained, args.cli_runs)
+        submissions(b, report, args.queued, args.sustained, args.cli_runs, args.clients)
         with b.client() as c:
             probe = c.list_apps(states=["ACCEPTED"])[-1]["id"]
         n_small = count_apps(b.engine)
@@ -662,6 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--queued", type=int, default=1000, help="apps to queue before measuring")
     ap.add_argument("--sustained", type=int, default=200, help="API submissions at that depth")
+    ap.add_argument(
+        "--clients", type=int, default=8, help="callers submitting at once for the capacity row"
+    )
     ap.add_argument("--history", type=int, default=100_000, help="finished apps to insert")
     ap.add_argument("--samples", type=int, default=40, help="API calls per list / status figure")
     ap.add_argument("--cli-runs", type=int, default=20, help="CLI processes per figure")

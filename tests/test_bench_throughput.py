@@ -60,3 +60,13 @@ def test_indexes_compares_the_same_queries_on_both_schemas() -> None:
     names = [r.what for r in report.rows]
     assert len(names) == len(bench.store_queries()) and all("1,200 apps" in n for n in names)
     assert all(r.section == "store" and r.base is not None and r.ratio for r in report.rows)
+
+
+def test_calls_at_once_are_shared_out_and_rated_over_the_wall_time() -> None:
+    calls: list[int] = []
+    each, wall = bench.timed_at_once([lambda: calls.append(1), lambda: calls.append(2)], 5)
+    assert len(each) == 5 and sorted(calls) == [1, 1, 1, 2, 2]
+    assert wall >= 0
+    lat = bench.Latency.of([0.1] * 10, wall=0.5)  # 10 calls of 0.1 s each, over 0.5 s
+    assert lat.rate == pytest.approx(20.0)  # not one after the other (10/s)
+    assert bench.Latency.of([0.1] * 10).rate == pytest.approx(10.0)

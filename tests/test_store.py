@@ -68,7 +68,6 @@ def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
-
 def test_schema_version_is_the_newest_migration(engine: Engine) -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
