@@ -8,6 +8,7 @@ it go), the app goes back to its queue, and the agent, restarted by Ray, runs it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
@@ -151,8 +152,7 @@ def test_a_lost_agent_takes_its_containers_down_and_their_apps_run_again(
     assert any("lost with its node's agent" in r for r in requeued), requeued
     # the first attempt's processes went with the agent: none of the app's is left
     wait_for(lambda: processes_with_env("DLAPP_APP_ID", app_id) == [], 20, "no processes left")
-    with pytest.raises(ProcessLookupError):
-        os.kill(guard, 0)
+    wait_for(lambda: not _alive(guard), 20, f"the first attempt's guard {guard} gone")
     # a new agent process runs the node's containers now
     again = existing_agent(first["containers"][0]["node_id"], "dlapp")
     assert again is not None
@@ -163,6 +163,16 @@ def test_a_lost_agent_takes_its_containers_down_and_their_apps_run_again(
         )
         == 0
     )
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended and waiting for its new parent to reap it, does
+    not: an agent killed with SIGKILL leaves its guards to whoever adopts them)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_an_agent_that_never_answers_sends_the_app_back_then_fails_it(
@@ -214,3 +224,33 @@ def _stuck_agent() -> Any:
         stop = forget
 
     return ray.remote(StuckAgent)
+
+
+def test_an_agent_refuses_a_start_a_server_gave_up_on(tmp_path: Path) -> None:
+    """The start of an attempt that a restarted server gave up on (``forget(name, attempt)``),
+    still on its way from the server that died, is refused: the app was requeued and must not
+    run twice. ``find`` answers at once for a container the agent does not run."""
+    from dlapp.contract import ContainerPlan
+    from dlapp.executor.agent import NodeAgent
+
+    agent = NodeAgent()
+    plan = ContainerPlan(
+        app_id="application_1_0001",
+        attempt=1,
+        index=0,
+        num_containers=1,
+        spec={},
+        workspace_tarball=str(tmp_path / "none.tar.gz"),
+        artifact_root=str(tmp_path / "artifacts"),
+        work_root=str(tmp_path / "work"),
+    )
+    name = plan.actor_name
+
+    async def scenario() -> tuple[object, object, list[str]]:
+        before = await asyncio.wait_for(agent.find(name), 1.0)  # at once, not a 30 s wait
+        await agent.forget(name, 1)
+        await agent.start(plan)  # attempt 1's start, arriving late
+        return before, await agent.find(name), await agent.names()
+
+    before, after, names = asyncio.run(scenario())
+    assert before is None and after is None and names == []

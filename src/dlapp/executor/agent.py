@@ -77,6 +77,9 @@ class NodeAgent:
     def __init__(self) -> None:
         self._hosted: dict[str, _Hosted] = {}
         self._registered: dict[str, asyncio.Event] = {}
+        # container -> the last attempt a server gave up on (``forget(name, attempt)``): its
+        # start, still on its way from a server that died, must not run it after all
+        self._given_up: dict[str, int] = {}
         self._node: str = ray.util.get_node_ip_address()
         self._watch_raylet()
 
@@ -91,6 +94,9 @@ class NodeAgent:
         at once. The same container asked again (a retried call) is left as it is; another
         attempt's is stopped and replaced."""
         name = plan.actor_name
+        if plan.attempt <= self._given_up.get(name, -1):
+            logger.warning("%s attempt %d was given up before it came", name, plan.attempt)
+            return
         old = self._hosted.get(name)
         if old is not None:
             if old.sup.plan.attempt == plan.attempt:
@@ -139,8 +145,12 @@ class NodeAgent:
         sup = (await self._get(name)).sup
         threading.Thread(target=sup.stop, args=(grace, notice), daemon=True).start()
 
-    async def forget(self, name: str) -> None:
-        """Done with this container (its result taken): kill it if it still runs, drop it."""
+    async def forget(self, name: str, attempt: int | None = None) -> None:
+        """Done with this container (its result taken): kill it if it still runs, drop it.
+        With ``attempt`` (a server giving the container up after a restart), a start of that
+        attempt or an earlier one that arrives later is refused."""
+        if attempt is not None:
+            self._given_up[name] = max(attempt, self._given_up.get(name, -1))
         self._forget(name)
 
     def _forget(self, name: str) -> None:
@@ -153,6 +163,12 @@ class NodeAgent:
 
     async def plan_of(self, name: str) -> ContainerPlan:
         return (await self._get(name)).sup.plan
+
+    async def find(self, name: str) -> ContainerPlan | None:
+        """The container's plan if this agent runs it now, else None, at once (a server taking
+        containers over must not wait for starts that died with the server before it)."""
+        hosted = self._hosted.get(name)
+        return None if hosted is None else hosted.sup.plan
 
     async def supervises(self, app_id: str, index: int) -> bool:
         """Whether this agent runs that container now (the orphan sweep spares it)."""

@@ -562,15 +562,20 @@ class RayExecutor(Executor):
             agents = [existing_agent(n, NAMESPACE) for n in node_ids]
             if all(a is not None for a in agents):
                 actors = [AgentContainer(a, name) for a, name in zip(agents, names, strict=True)]
+                # at once: a start that died with the last server is never coming
+                found = ray.get([a.find.remote() for a in actors], timeout=ADOPT_TIMEOUT_S)
             else:
                 pg = ray.util.get_placement_group(f"dlapp:{app_id}")
                 actors = [ray.get_actor(name, namespace=NAMESPACE) for name in names]
-            plans = ray.get([a.plan_of.remote() for a in actors], timeout=ADOPT_TIMEOUT_S)
+                found = ray.get([a.plan_of.remote() for a in actors], timeout=ADOPT_TIMEOUT_S)
         except (ValueError, RayError):  # gone, dead, or not answering (GetTimeoutError)
-            self._discard(app_id, node_ids)
+            self._discard(app_id, node_ids, attempt)
             return False
-        if any(p.attempt != attempt or p.index != i for i, p in enumerate(plans)):
-            self._discard(app_id, node_ids)  # another attempt's: stale
+        plans = [p for p in found if p is not None]
+        if len(plans) < len(found) or any(
+            p.attempt != attempt or p.index != i for i, p in enumerate(plans)
+        ):
+            self._discard(app_id, node_ids, attempt)  # never started, or another attempt's
             return False
         run = _AppRun(pg=pg)
         for plan, actor, node_id in zip(plans, actors, node_ids, strict=True):
@@ -585,16 +590,17 @@ class RayExecutor(Executor):
         logger.info("took over %s (%d containers)", app_id, len(actors))
         return True
 
-    def _discard(self, app_id: str, node_ids: Sequence[str]) -> None:
+    def _discard(self, app_id: str, node_ids: Sequence[str], attempt: int) -> None:
         """Kill what is left of an app that is not taken over (its containers on the nodes'
         agents; its supervisor actors, which end their containers, and its placement group):
-        it is requeued, and must not run twice."""
+        it is requeued, and must not run twice: an agent refuses a start of this attempt that
+        is still on its way from the server that died."""
         for i, node_id in enumerate(node_ids):
             name = f"dlapp:{app_id}:{i}"
             agent = existing_agent(node_id, NAMESPACE)
             if agent is not None:
                 with contextlib.suppress(RayError):
-                    agent.forget.remote(name)
+                    agent.forget.remote(name, attempt)
             with contextlib.suppress(ValueError, RayError):
                 ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         with contextlib.suppress(ValueError, RayError):

@@ -312,9 +312,12 @@ def get_container(session: Session, app: App, index: int) -> Container:
 
 
 def update_container(session: Session, container: Container, now: float, **fields: Any) -> None:
+    """Set the container's fields; a change of state is an event (a taken-over container
+    reported RUNNING again is not: it ran once)."""
+    moved = "state" in fields and fields["state"] != container.state
     for key, value in fields.items():
         setattr(container, key, value)
-    if "state" in fields:
+    if moved:
         add_event(
             session,
             container.app_id,
