@@ -385,8 +385,15 @@ class DlappBurst(Dlapp, System):
     """dlapp through its HTTP SDK: N submits of the same packed workspace, or one array."""
 
     def __init__(self, url: str, token: str, workspace: Path, array: bool) -> None:
+        from dlapp.spec import AppSpec
+
         Dlapp.__init__(self, url, token, workspace, "process", "")
         self.array = array
+        # 64 MiB, not the launch benchmark's 256: the node's memory (23 GiB here) then holds
+        # every app of a big --gpus run, and only the GPUs bound how many run at once
+        spec = self.spec.to_dict()
+        spec["resources"]["memory"] = "64M"
+        self.spec = AppSpec.from_dict(spec)
         self.name = "dlapp-array" if array else "dlapp"
         self.describe = (
             "dlapp, process runtime: one DlappClient.submit with array: 0-(N-1)"
