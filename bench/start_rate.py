@@ -498,6 +498,21 @@ def slurm_start_times(scontrol_all: str, job_ids: set[str]) -> dict[str, tuple[s
     return out
 
 
+def slurm_node_shape(sinfo: str) -> tuple[int, int]:
+    """CPUs and GPUs of the nodes in ``sinfo -h -o "%c %G"``'s answer (summed over its lines)."""
+    cpus = gpus = 0
+    for line in sinfo.splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit():
+            cpus += int(parts[0])
+        for g in parts[1:]:
+            for item in g.split(","):
+                name, _, count = item.partition("(")[0].rpartition(":")
+                if name.split(":")[0] == "gpu" and count.isdigit():
+                    gpus += int(count)
+    return cpus, gpus
+
+
 class SlurmBurst(Slurm, System):
     describe = "Slurm: N sbatch --gres=gpu:1 on a local slurmctld + slurmd"
 
@@ -507,14 +522,20 @@ class SlurmBurst(Slurm, System):
 
     def setup(self) -> None:
         Slurm.setup(self)
-        gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout
-        have = sum(int(g.rsplit(":", 1)[1]) for g in gres.split() if g.startswith("gpu:"))
+        info = subprocess.run(["sinfo", "-h", "-o", "%c %G"], capture_output=True, text=True)
+        cpus, have = slurm_node_shape(info.stdout)
+        fix = f"SLURM_GPUS={self.gpus} SLURM_CPUS={self.gpus + 4} bench/peers/slurm.sh"
         if have != self.gpus:
             self.note = (
                 f"the Slurm node declares {have} GPUs, not {self.gpus}: measured as it is "
-                f"(SLURM_GPUS={self.gpus} bench/peers/slurm.sh declares {self.gpus})"
+                f"({fix} declares {self.gpus})"
             )
             self.gpus = have
+        if cpus < self.gpus:
+            self.note += (self.note and "; ") + (
+                f"the Slurm node has {cpus} CPUs for {self.gpus} GPUs: at most {cpus} jobs "
+                f"of 1 CPU run at once ({fix})"
+            )
         self._run()  # one job untimed
 
     def burst(self, n: int) -> Burst:

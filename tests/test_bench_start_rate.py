@@ -129,6 +129,13 @@ def test_slurm_states_and_start_times_from_scontrol() -> None:
     }
 
 
+def test_slurm_node_shape_from_sinfo() -> None:
+    assert start_rate.slurm_node_shape("20 gpu:16\n") == (20, 16)
+    assert start_rate.slurm_node_shape("2 gpu:2(S:0)\n") == (2, 2)
+    assert start_rate.slurm_node_shape("4 gpu:a100:2,gpu:v100:1\n") == (4, 3)
+    assert start_rate.slurm_node_shape("4 (null)\n8 gpu:4\n") == (12, 4)
+
+
 class Broken(start_rate.System):
     name = "broken"
 
