@@ -1,1 +1,2 @@
-"""What bench/launch.py measures dlapp against, and how to set those peers up."""
+"""What bench/launch.py and bench/start_rate.py measure dlapp against, and how to set those
+peers up."""

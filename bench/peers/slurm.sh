@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# A single-node Slurm (Debian's slurm-wlm 22.05) for bench/launch.py: slurmctld + slurmd on
-# this machine, the node declaring 2 GPUs as GRES with no devices behind them, as dlapp's
-# embedded cluster declares them with --gpus 2.
+# A single-node Slurm (Debian's slurm-wlm 22.05) for bench/launch.py and bench/start_rate.py:
+# slurmctld + slurmd on this machine, the node declaring 2 GPUs as GRES with no devices behind
+# them, as dlapp's embedded cluster declares them with --gpus 2.
 #
 #   bench/peers/slurm.sh          # install if missing, configure, start, wait until idle
+#   SLURM_GPUS=16 SLURM_CPUS=20 bench/peers/slurm.sh   # a bigger node (bench/start_rate.py)
 #   bench/peers/slurm.sh stop     # stop the daemons this script started (by their pid files)
 #
 # Needs root (apt-get, munge key, slurmd). Idempotent: a second run finds the packages, keeps
-# the munge key, rewrites the same configuration and restarts nothing that is already up.
-# Knobs (environment): SLURM_CPUS (default: nproc), SLURM_GPUS (2), SLURM_MEMORY_MB (4096),
-# SLURM_STATE (/var/lib/dlapp-bench-slurm: logs, spool, pid files).
+# the munge key, rewrites the same configuration and restarts nothing that is already up; a
+# run that changes the node (its CPUs, GPUs or memory) restarts slurmctld and slurmd, which
+# read a node's shape only when they start.
+# Knobs (environment): SLURM_CPUS (default: nproc; more than the machine has is declared with
+# SlurmdParameters=config_overrides), SLURM_GPUS (2), SLURM_MEMORY_MB (4096), SLURM_STATE
+# (/var/lib/dlapp-bench-slurm: logs, spool, pid files).
 set -euo pipefail
 
 CPUS="${SLURM_CPUS:-$(nproc)}"
@@ -71,8 +75,15 @@ fi
 # file-less GPU"), and then slurmctld sets the node INVAL ("gres/gpu count reported lower than
 # configured"), so each declared GPU gets a placeholder file standing in for /dev/nvidiaN:
 # with TaskPlugin=task/none nothing constrains devices, and the job sees CUDA_VISIBLE_DEVICES.
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || die "SLURM_GPUS must be a positive integer, not '$GPUS'"
+[[ "$CPUS" =~ ^[1-9][0-9]*$ ]] || die "SLURM_CPUS must be a positive integer, not '$CPUS'"
 mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" "$STATE/dev"
 for ((i = 0; i < GPUS; i++)); do touch "$STATE/dev/gpu$i"; done
+# more CPUs than the machine has: slurmd reports the configured count instead of its own (else
+# the controller drains the node: "Low socket*core*thread count"), as for GPUs, declared only
+overrides=""
+if ((CPUS > $(nproc))); then overrides="SlurmdParameters=config_overrides"; fi
+old_node="$(grep -h '^NodeName=' "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf" 2>/dev/null || true)"
 cat >"$CONF_DIR/slurm.conf" <<EOF
 # written by dlapp bench/peers/slurm.sh
 ClusterName=dlappbench
@@ -104,6 +115,7 @@ GresTypes=gpu
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MinJobAge=300
+$overrides
 NodeName=$NODE CPUs=$CPUS RealMemory=$MEMORY_MB Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=bench Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -121,6 +133,11 @@ EOF
 
 # 4. daemons
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+new_node="$(grep -h '^NodeName=' "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf")"
+if [[ -n "$old_node" && "$old_node" != "$new_node" ]] && (running slurmctld || running slurmd); then
+    echo "the node's shape changed: restarting slurmctld and slurmd"
+    stop
+fi
 if running slurmctld; then
     scontrol reconfigure  # a running controller reads the configuration written above
 else

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,7 @@ class SharedCluster:
     gpus: int = 2
     start_path: str = "agent"  # the server's start_path: "actor" for the path before agents
     dashboard: bool = True  # the Jobs API's home; a cluster for dlapp alone goes without
+    settings: dict[str, Any] = field(default_factory=dict)  # more server settings (server.yaml)
     ray: Any = None
     server: subprocess.Popen[bytes] | None = None
     url: str = ""
@@ -426,6 +427,7 @@ class SharedCluster:
             "container": {"gpus": "none"},
             "submit_rate_per_min": 0,
             "start_path": self.start_path,
+            **self.settings,
         }
         (self.home / "server.yaml").write_text(json.dumps(settings))  # JSON is YAML
         cmd = [sys.executable, "-m", "dlapp.cli.main", "server", "--home", str(self.home)]
