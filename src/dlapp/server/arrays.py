@@ -43,10 +43,9 @@ def submit(
         )
     checked = services.check_submission(ctx, session, user, spec.member_spec(), upload, size)
     spec = spec.model_copy(update={"queue": checked.queue})
-    now = ctx.clock()
-    array_id, seq = store.next_array_id(session, now)
     limit = running_limit(spec.array, spec.sweep)
-    with services.keep_upload(ctx, session, upload, array_id) as dest:
+
+    def add(dest: Path, array_id: str, seq: int, now: float) -> AppArray:
         new = store.NewArray(user, spec, found, limit, str(dest))
         array = store.add_array(session, new, now, array_id, seq)
         audit.record(
@@ -57,6 +56,9 @@ def submit(
             now,
             f"array of {size}, queue {spec.queue}, name {spec.name}",
         )
+        return array
+
+    array = services.keep_new(ctx, session, upload, store.next_array_id, add)
     return view(session, array, ctx.settings.url)
 
 

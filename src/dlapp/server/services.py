@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dlapp.arrays import split_member
@@ -100,24 +102,59 @@ def submit(
             "this spec is an array or a sweep: submit it to /api/v1/arrays (dlapp launch does)"
         )
     spec = check_submission(ctx, session, user, spec, upload)
+
     # 2. keep the tarball under the app's id and record the app, as one step
-    now = ctx.clock()
-    app_id, seq = repo.next_app_id(session, now)
-    with keep_upload(ctx, session, upload, app_id) as dest:
+    def add(dest: Path, app_id: str, seq: int, now: float) -> dict[str, Any]:
         app = repo.add_app(
             session, repo.NewApp(user=user, spec=spec, workspace=str(dest)), now, app_id, seq
         )
         audit.record(session, user, "submit", app_id, now, f"queue {spec.queue}, name {spec.name}")
         # the view of the app as added, before the commit expires it (reading it after would
         # load the app and its relations again: four queries per submission)
-        view = app_view(app, ctx.settings.url)
-    return view
+        return app_view(app, ctx.settings.url)
+
+    return keep_new(ctx, session, upload, repo.next_app_id, add)
+
+
+ID_TRIES = 5  # a sequence number another server took first is taken again, this many times
+_taking_ids = threading.Lock()  # one submission at a time takes the next ids in this server
+
+T = TypeVar("T")
+
+
+def keep_new(
+    ctx: Context,
+    session: Session,
+    upload: Path,
+    next_id: Callable[[Session, float], tuple[str, int]],
+    add: Callable[[Path, str, int, float], T],
+) -> T:
+    """Take the next id and sequence number (``next_id``), keep the upload under that id and
+    add the rows (``add(tarball, id, seq, now)``), all committed together, and return what
+    ``add`` made. Ids are one past the largest taken: submissions at once in this server take
+    theirs one at a time; one that another server (sharing the store) took first between the
+    read and the commit fails the commit, or finds its tarball kept, and is taken again."""
+    for attempt in range(ID_TRIES):
+        with _taking_ids:
+            now = ctx.clock()
+            key, seq = next_id(session, now)
+            try:
+                with keep_upload(ctx, session, upload, key) as dest:
+                    return add(dest, key, seq, now)
+            except (IntegrityError, FileExistsError):
+                if attempt == ID_TRIES - 1:
+                    raise ConflictError(
+                        f"could not take a new id in {ID_TRIES} tries (other servers took "
+                        "each first); submit again"
+                    ) from None
+    raise AssertionError("unreachable")
 
 
 @contextmanager
 def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Iterator[Path]:
     """The upload kept as ``workspaces/<key>.tar.gz`` together with the rows the block adds:
-    both are kept, and committed, or neither (the tarball is renamed into place last)."""
+    both are kept, and committed, or neither (the tarball is put in place last, never over
+    one kept already: ``FileExistsError``, its id taken by another server)."""
     dest = ctx.settings.artifacts / "workspaces" / f"{key}.tar.gz"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
@@ -125,15 +162,19 @@ def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Itera
         os.link(upload, tmp)
     except OSError:  # another filesystem
         shutil.copyfile(upload, tmp)
+    placed = False
     try:
         yield dest
-        os.replace(tmp, dest)
+        os.link(tmp, dest)  # fails if it exists
+        placed = True
         session.commit()
     except BaseException:
         session.rollback()
-        tmp.unlink(missing_ok=True)
-        dest.unlink(missing_ok=True)
+        if placed:
+            dest.unlink(missing_ok=True)
         raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def get(ctx: Context, session: Session, app_id: str, caller: Caller) -> App:
