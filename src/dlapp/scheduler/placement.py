@@ -97,10 +97,7 @@ class FreeIndex:
             self.free[n.node_id] = n.free
             self.devices[n.node_id] = list(n.devices())
             self.mig[n.node_id] = mig_counts(n.mig_free)
-            if n.schedulable:
-                self._insert(n.node_id)
-        if placement == "first-fit":
-            self._order.sort()
+        self._index_all()
         if placement == "best-fit" and self.nodes:
             self._scale = (
                 max(max(n.total.cpus for n in self.nodes.values()), 1.0),
@@ -123,11 +120,7 @@ class FreeIndex:
             other._order = list(self._order)
             other._delta = self._delta  # scores of alike nodes stay true
             return other
-        for node_id, n in other.nodes.items():
-            if n.schedulable:
-                other._insert(node_id)
-        if other.placement == "first-fit":
-            other._order.sort()
+        other._index_all()
         if other.placement == "best-fit" and self.placement != "best-fit" and other.nodes:
             other._scale = (
                 max(max(n.total.cpus for n in other.nodes.values()), 1.0),
@@ -157,6 +150,36 @@ class FreeIndex:
             tuple(sorted(self.mig[node_id].items())),
             fits,
         )
+
+    def _index_all(self) -> None:
+        """Fill the lookup structures with every schedulable node at once: what ``_insert``
+        node by node would make (the same lists, in the same order), each list sorted once."""
+        schedulable = [i for i, n in self.nodes.items() if n.schedulable]
+        if self.placement == "first-fit":
+            self._order = sorted((self.nodes[i].name, i) for i in schedulable)
+            return
+        free, nodes = self.free, self.nodes
+        if self.placement == "pack":
+            buckets = self._buckets
+            for i in schedulable:
+                f = free[i]
+                key = round(f.gpus, 6)
+                bucket = buckets.get(key)
+                if bucket is None:
+                    bucket = buckets[key] = []
+                bucket.append((f.cpus, nodes[i].name, i))
+            for bucket in buckets.values():
+                bucket.sort()
+            return
+        groups, group_of = self._groups, self._group_of
+        for i in schedulable:
+            key = group_of[i] = self._group_key(i)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append((free[i].cpus, nodes[i].name, i))
+        for group in groups.values():
+            group.sort()
 
     def _insert(self, node_id: str) -> None:
         if self.placement == "pack":

@@ -168,6 +168,7 @@ class _Cycle:
         self._rooms: dict[str, tuple[Resources, Resources]] = {}
         self._relative: dict[str, tuple[float, float, str]] = {}
         self._caps: dict[str, Resources] = {}
+        self._capped_of: dict[str, tuple[list[tuple[str, Resources]], bool]] = {}
         self.preempts: list[Preempt] = []
         self.failed_shapes: dict[Shape, str] = {}
         self.estimates: dict[Shape, float | None] = {}
@@ -177,6 +178,8 @@ class _Cycle:
         self.victims: dict[str, str] = {}  # chosen this cycle -> the queue they make room for
         self._victim_order: list[tuple[RunningApp, str]] | None = None
         self._victim_use: dict[str, Resources] | None = None
+        self._victim_at: dict[str, list[int]] | None = None  # queue -> its apps in _victims()
+        self._borrowing: dict[str, bool] = {}  # preemptible and over by _victim_use, per queue
         self._by_queue: dict[str, list[RunningApp]] | None = None
         self._ranks: dict[str, list[tuple[float, RunningApp]]] = {}
         self._futures: dict[str, tuple[FreeIndex, list[int]]] = {}
@@ -284,19 +287,42 @@ class _Cycle:
             room = self._rooms[path] = (headroom, self.user_cap(path))
         return room
 
+    def _capped(self, path: str) -> tuple[list[tuple[str, Resources]], bool]:
+        """(the queues of ``path``'s chain with their maxima, where a maximum is below the
+        cluster's size on some resource; whether a user's cap is): only those can bind (see
+        ``_binds``). Once a cycle."""
+        known = self._capped_of.get(path)
+        if known is None:
+            total = self.total
+
+            def below(m: Resources) -> bool:
+                return (
+                    m.gpus < total.gpus
+                    or m.cpus < total.cpus - _EPS
+                    or m.memory_mb < total.memory_mb
+                )
+
+            maxima = [(p, self.limits_of(p).maximum) for p in self.chain(path)]
+            known = ([(p, m) for p, m in maxima if below(m)], below(self.user_cap(path)))
+            self._capped_of[path] = known
+        return known
+
     def limit_reason(self, head: AppHead, path: str) -> str | None:
+        capped, user_capped = self._capped(path)
+        if not capped and not user_capped:
+            return None  # no maximum, no user cap below the cluster's size: none binds
         need = head.total
         headroom, cap = self._room(path)
         if need.fits_in(headroom) and (need.fits_in(cap - self.user_usage[(path, head.user)])):
             return None
-        for p in self.chain(path):
-            maximum = self.limits_of(p).maximum
+        for p, maximum in capped:
             if _binds(self.usage[p] + need, maximum, self.total):
                 in_use = _say(self.usage[p], maximum)
                 return f"queue {p} at its maximum ({in_use} in use, needs {need.describe()})"
-        held = self.user_usage[(path, head.user)]
-        if _binds(held + need, cap, self.total):
-            return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
+        if user_capped:
+            held = self.user_usage[(path, head.user)]
+            if _binds(held + need, cap, self.total):
+                return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
         return None
 
     def try_place(self, head: AppHead) -> tuple[str, ...] | str:
@@ -595,11 +621,11 @@ class _Cycle:
         use = self._victim_uses()
 
         def candidates() -> Iterator[RunningApp]:
-            for app, q in self._victims():
-                if q == path or not self._preemptible(q):
-                    continue
+            # only the apps of queues borrowing now: use only shrinks while victims are taken,
+            # so a queue not over its guarantee when this starts is not over it later on
+            for app, q in self._borrowed(path):
                 if not self.limits_of(q).over(use[q]):
-                    continue  # its queue is not (or no longer) borrowing: take nothing from it
+                    continue  # its queue is no longer borrowing: take nothing more from it
                 if self.quotas.protects(app, q):
                     continue  # it runs on GPUs its queue is guaranteed of their model
                 yield app
@@ -726,6 +752,7 @@ class _Cycle:
 
         def choose(victim: RunningApp, sign: int) -> None:
             vpath = self._path(victim.queue)
+            self._borrowing.pop(vpath, None)
             use[vpath] = use[vpath] - victim.total if sign > 0 else use[vpath] + victim.total
             self._lend(future, victim, sign)
 
@@ -780,6 +807,28 @@ class _Cycle:
             pairs.sort(key=lambda p: (-rel[p[1]], p[0].priority, -p[0].started_at, -p[0].seq))
             self._victim_order = pairs
         return self._victim_order
+
+    def _borrowed(self, path: str) -> Iterator[tuple[RunningApp, str]]:
+        """``_victims()`` of the preemptible queues other than ``path`` that are over their
+        guarantee by ``_victim_uses()`` now, in the same order."""
+        order = self._victims()
+        if self._victim_at is None:
+            self._victim_at = defaultdict(list)
+            for i, (_, q) in enumerate(order):
+                self._victim_at[q].append(i)
+        use, borrowing = self._victim_uses(), self._borrowing
+        queues = []
+        for q in self._victim_at:
+            over = borrowing.get(q)
+            if over is None:
+                over = borrowing[q] = self._preemptible(q) and self.limits_of(q).over(use[q])
+            if over and q != path:
+                queues.append(q)
+        if len(queues) == 1:
+            at: Iterable[int] = self._victim_at[queues[0]]
+        else:
+            at = sorted(i for q in queues for i in self._victim_at[q])
+        return (order[i] for i in at)
 
     def _victim_uses(self) -> dict[str, Resources]:
         """What each leaf queue will hold once the apps already stopping have gone (and, as
