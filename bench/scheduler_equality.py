@@ -24,13 +24,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scheduler import build  # noqa: E402  (bench/scheduler.py)
+from scheduler import build
 
-from dlapp.scheduler import (  # noqa: E402
+from dlapp.scheduler import (
     Admit,
     AppHead,
     Preempt,
-    RunningApp,
     Snapshot,
     Wait,
     decide,
@@ -221,7 +220,9 @@ def main() -> None:
                 continue
             if old != json.loads(json.dumps(out)):
                 bad += 1
-                diffs = [(i, a, b) for i, (a, b) in enumerate(zip(old, out, strict=False)) if a != b]
+                diffs = [
+                    (i, a, b) for i, (a, b) in enumerate(zip(old, out, strict=False)) if a != b
+                ]
                 print(f"{name}: DIFFERS ({len(old)} vs {len(out)} rows, {len(diffs)} differ)")
                 for i, a, b in diffs[:3]:
                     print(f"  row {i}: before {a}\n          after  {b}")
