@@ -135,21 +135,29 @@ class QueueLine:
         self.heads: dict[str, AppHead] = {}
         self.groups: dict[tuple[str, Shape], Group] = {}
         self.oldest: list[tuple[float, int, str]] = []  # large heads: (waiting_since, seq, id)
-        self._keys: dict[str, tuple[tuple[str, Shape], Key, float]] = {}
+        # app -> (gid, key, promote_at): plain values (the garbage collector stops tracking
+        # such tuples), the group's (user, shape) kept once per group in _gkeys
+        self._keys: dict[str, tuple[int, Key, float]] = {}
+        self._gkeys: dict[int, tuple[str, Shape]] = {}
         self._gids = 0
 
     def __len__(self) -> int:
         return len(self.heads)
 
-    def add(self, head: AppHead, sort: bool = True) -> None:
-        gkey = (head.user, shape(head))
+    def add(
+        self, head: AppHead, sort: bool = True, shapes: dict[Shape, Shape] | None = None
+    ) -> None:
+        """Add a waiting head (``shapes``: shapes seen, to keep one tuple per shape)."""
+        s = shape(head)
+        gkey = (head.user, s if shapes is None else shapes.setdefault(s, s))
         group = self.groups.get(gkey)
         if group is None:
             self._gids += 1
             group = self.groups[gkey] = Group(self._gids, head.user)
+            self._gkeys[group.gid] = gkey
         k, when = key(head, self.queue), promote_at(head, self.queue)
         self.heads[head.app_id] = head
-        self._keys[head.app_id] = (gkey, k, when)
+        self._keys[head.app_id] = (group.gid, k, when)
         if sort:
             bisect.insort(group.keys, k)
             if when != math.inf:
@@ -172,7 +180,8 @@ class QueueLine:
 
     def remove(self, app_id: str) -> AppHead:
         head = self.heads.pop(app_id)
-        gkey, k, when = self._keys.pop(app_id)
+        gid, k, when = self._keys.pop(app_id)
+        gkey = self._gkeys[gid]
         group = self.groups[gkey]
         _discard(group.keys, k)
         if when != math.inf:
@@ -181,10 +190,11 @@ class QueueLine:
             _discard(self.oldest, (head.waiting_since, head.seq, app_id))
         if not group.keys:
             del self.groups[gkey]
+            del self._gkeys[gid]
         return head
 
     def group_of(self, app_id: str) -> Group:
-        return self.groups[self._keys[app_id][0]]
+        return self.groups[self._gkeys[self._keys[app_id][0]]]
 
     def promoted(self, app_id: str, now: float) -> bool:
         return self._keys[app_id][2] <= now
@@ -210,11 +220,17 @@ class Backlog:
         self.tree = tree
         self.lines: dict[str, QueueLine] = {}
         self._where: dict[str, QueueLine] = {}
+        by_queue: dict[str, QueueLine] = {}
+        shapes: dict[Shape, Shape] = {}
+        where = self._where
         for h in heads:
-            if h.app_id in self._where:
+            if h.app_id in where:
                 raise ValueError("duplicate app_id among heads")
-            self._line(h.queue).add(h, sort=False)
-            self._where[h.app_id] = self.lines[self.path(h.queue)]
+            line = by_queue.get(h.queue)
+            if line is None:
+                line = by_queue[h.queue] = self._line(h.queue)
+            line.add(h, sort=False, shapes=shapes)
+            where[h.app_id] = line
         for line in self.lines.values():
             line.sort()
 

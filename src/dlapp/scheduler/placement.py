@@ -85,6 +85,9 @@ class FreeIndex:
         self.free: dict[str, Resources] = {}
         self.devices: dict[str, list[float]] = {}
         self.mig: dict[str, dict[str, int]] = {}
+        # None: every node's device list and MIG counts belong to this index; else the nodes
+        # whose do, the others' being shared with a copy until one of the two changes them
+        self._own: set[str] | None = None
         self.placed: dict[str, list[tuple[str, tuple[int, ...]]]] = {}  # app -> its containers
         self._buckets: dict[float, list[tuple[float, str, str]]] = {}
         self._groups: dict[_Group, list[tuple[float, str, str]]] = {}
@@ -110,8 +113,10 @@ class FreeIndex:
         other = FreeIndex((), placement or self.placement, self.work)
         other.nodes = dict(self.nodes)
         other.free = dict(self.free)
-        other.devices = {i: list(d) for i, d in self.devices.items()}
-        other.mig = {i: dict(m) for i, m in self.mig.items()}
+        # copy on write: both share each node's devices and MIG counts until they change them
+        other.devices = dict(self.devices)
+        other.mig = dict(self.mig)
+        self._own, other._own = set(), set()
         other._scale = self._scale
         if other.placement == self.placement:  # the same lookups: copied, not rebuilt
             other._buckets = {g: list(b) for g, b in self._buckets.items()}
@@ -217,6 +222,14 @@ class FreeIndex:
 
     # -- taking and giving ---------------------------------------------------------------------
 
+    def _writable(self, node_id: str) -> None:
+        """Make the node's device list and MIG counts this index's own before changing them."""
+        own = self._own
+        if own is not None and node_id not in own:
+            self.devices[node_id] = list(self.devices[node_id])
+            self.mig[node_id] = dict(self.mig[node_id])
+            own.add(node_id)
+
     def take(
         self,
         node_id: str,
@@ -226,6 +239,7 @@ class FreeIndex:
     ) -> tuple[int, ...]:
         """Take one container's ``r`` on the node: its MIG instances (``mig``), or the
         ``devices`` given (by default, those ``pick_devices`` chooses). Returns the devices."""
+        self._writable(node_id)
         if mig is not None:
             count = round(r.gpus / mig_share(mig))
             counts = self.mig[node_id]
@@ -247,6 +261,7 @@ class FreeIndex:
         """Set aside up to ``r``'s GPUs from whatever the devices have free (a reservation of
         room that is partly in use): the freest devices first; the node's free GPU share drops
         by what the devices gave."""
+        self._writable(node_id)
         free = self.devices[node_id]
         left = r.gpus
         chosen: list[tuple[int, float]] = []
@@ -273,6 +288,7 @@ class FreeIndex:
         mig: str | None = None,
     ) -> None:
         """Give one container's ``r`` back (the devices it held, when known)."""
+        self._writable(node_id)
         if mig is not None:
             count = round(r.gpus / mig_share(mig))
             counts = self.mig[node_id]

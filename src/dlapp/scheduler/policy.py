@@ -33,6 +33,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeAlias
 
 from dlapp.scheduler.gpu_quotas import ModelQuotas
@@ -140,6 +141,11 @@ def _clamp(r: Resources, free: Resources) -> Resources:
     )
 
 
+def _chain(tree: QueueTree, path: str) -> list[str]:
+    """``path`` and its ancestors, itself first (only itself when the tree lacks it)."""
+    return tree.ancestors(path) if path in tree.by_path else [path]
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -158,10 +164,13 @@ class _Cycle:
         self.usage: dict[str, Resources] = defaultdict(Resources)
         self.user_usage: dict[tuple[str, str], Resources] = defaultdict(Resources)
         self.path_of: dict[str, str] = {}
+        self.line_shares: dict[str, dict[str, float]] = {}  # see _Line.shares
         self._charge_running(snapshot.running)
         # per GPU model: what queues are guaranteed, may hold, and hold
+        # (its chain function holds the tree, not this cycle: no reference cycle, so all of
+        # the cycle's working state is freed when ``decide`` returns, not by a full GC later)
         self.quotas = ModelQuotas(
-            self.tree, snapshot.nodes, snapshot.running, self._path, self.chain
+            self.tree, snapshot.nodes, snapshot.running, self._path, partial(_chain, self.tree)
         )
         self.decisions: dict[str, Admit] = {}
         self.waits: dict[str, tuple[str, float | None]] = {}  # app -> (reason, estimate)
@@ -223,12 +232,15 @@ class _Cycle:
         return self.limits.get(path) or Limits(Resources(), self.total)
 
     def chain(self, path: str) -> list[str]:
-        return self.tree.ancestors(path) if path in self.tree.by_path else [path]
+        return _chain(self.tree, path)
 
     def _charge(self, path: str, user: str, r: Resources) -> None:
         for p in self.chain(path):
             self.usage[p] = self.usage[p] + r
         self.user_usage[(path, user)] = self.user_usage[(path, user)] + r
+        shares = self.line_shares.get(path)
+        if shares:
+            shares.pop(user, None)  # its share in its queue's line changed
 
     def relative_use(self, path: str) -> tuple[float, float, str]:
         """Sort key of queues: used/guaranteed (on the resources it is guaranteed some of),
@@ -1008,7 +1020,8 @@ class _Line:
         # entries: (-priority, band, user share, rank, seq, app_id, gid, stream)
         self.heap: list[tuple[int, int, float, float, int, str, int, int]] = []
         self.groups: dict[int, Group] = {}
-        self.cursor: dict[int, list[int]] = {}  # gid -> [next promoted, next by key]
+        self.at_promo: dict[int, int] = {}  # gid -> index of its next promoted head
+        self.at_key: dict[int, int] = {}  # gid -> index of its next head by key
         self.promoted_count: dict[int, int] = {}
         self.dropped: dict[int, tuple[str, float | None]] = {}
         self.served: set[str] = set()
@@ -1017,16 +1030,27 @@ class _Line:
         self._held: AppHead | None = None
         self._last_key: tuple[float, ...] = (math.inf,)
         self._held_key: tuple[float, ...] = (math.inf,)
+        # user -> dominant share of the queue's maximum; dropped when the user is charged
+        self.shares: dict[str, float] = cycle.line_shares.setdefault(self.path, {})
+        # each group's first head of each stream (what ``_push`` would push, nothing being
+        # served yet), then one heapify: the entries are distinct, so the heap pops the same
+        heap, now, heads, by_share = self.heap, self.now, ql.heads, self.by_share
         for group in ql.groups.values():
             gid = group.gid
             self.groups[gid] = group
-            self.cursor[gid] = [0, 0]
-            n = 0
-            if group.promos:
-                n = _count_promoted(group.promos, self.now)
+            n = _count_promoted(group.promos, now) if group.promos else 0
             self.promoted_count[gid] = n
-            self._push(gid, 0)
-            self._push(gid, 1)
+            if n:
+                when, seq, app_id = group.promos[0]
+                heap.append((-heads[app_id].priority, PROMOTED, 0.0, when, seq, app_id, gid, 0))
+            self.at_promo[gid] = 1 if n else 0
+            keys = group.keys
+            if keys:
+                prio, band, rank, seq, app_id = keys[0]
+                user_share = self._share(group.user) if by_share else 0.0
+                heap.append((prio, band, user_share, rank, seq, app_id, gid, 1))
+            self.at_key[gid] = 1 if keys else 0
+        heapq.heapify(heap)
 
     def __bool__(self) -> bool:
         return self._held is not None or bool(self.heap)
@@ -1035,30 +1059,36 @@ class _Line:
         return self.ql.group_of(app_id).gid
 
     def _share(self, user: str) -> float:
-        return share(self.cycle.user_usage[(self.path, user)], self.cap)
+        known = self.shares.get(user)
+        if known is None:
+            used = self.cycle.user_usage.get((self.path, user))
+            known = self.shares[user] = 0.0 if used is None else share(used, self.cap)
+        return known
 
     def _push(self, gid: int, stream: int) -> None:
         """Push the next head of a group's stream (0: promoted, by promotion time; 1: all, by
         key) that no stream has served yet."""
-        group, at = self.groups[gid], self.cursor[gid]
+        group, served = self.groups[gid], self.served
         if stream == 0:
-            promos, end = group.promos, self.promoted_count[gid]
-            while at[0] < end and promos[at[0]][2] in self.served:
-                at[0] += 1
-            if at[0] < end:
-                when, seq, app_id = promos[at[0]]
-                at[0] += 1
+            at, promos, end = self.at_promo[gid], group.promos, self.promoted_count[gid]
+            while at < end and promos[at][2] in served:
+                at += 1
+            if at < end:
+                when, seq, app_id = promos[at]
+                at += 1
                 prio = -self.ql.heads[app_id].priority
                 heapq.heappush(self.heap, (prio, PROMOTED, 0.0, when, seq, app_id, gid, 0))
+            self.at_promo[gid] = at
         else:
-            keys = group.keys
-            while at[1] < len(keys) and keys[at[1]][4] in self.served:
-                at[1] += 1
-            if at[1] < len(keys):
-                prio, band, rank, seq, app_id = keys[at[1]]
-                at[1] += 1
+            at, keys = self.at_key[gid], group.keys
+            while at < len(keys) and keys[at][4] in served:
+                at += 1
+            if at < len(keys):
+                prio, band, rank, seq, app_id = keys[at]
+                at += 1
                 user_share = self._share(group.user) if self.by_share else 0.0
                 heapq.heappush(self.heap, (prio, band, user_share, rank, seq, app_id, gid, 1))
+            self.at_key[gid] = at
 
     def put_back(self, head: AppHead) -> None:
         """Return the app just taken: it is the next one again."""
