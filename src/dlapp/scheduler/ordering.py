@@ -193,6 +193,10 @@ class QueueLine:
             del self._gkeys[gid]
         return head
 
+    def shape_of(self, app_id: str) -> Shape:
+        """The head's shape (the tuple its group keeps)."""
+        return self._gkeys[self._keys[app_id][0]][1]
+
     def group_of(self, app_id: str) -> Group:
         return self.groups[self._gkeys[self._keys[app_id][0]]]
 

@@ -95,6 +95,11 @@ class FreeIndex:
         self._order: list[tuple[str, str]] = []
         self._delta: dict[tuple[object, ...], tuple[float, float]] = {}
         self._scale = (1.0, 1.0)  # best-fit: the largest node's CPUs and GPUs
+        # another placement's index: ``pack``'s buckets as of its last ``copy("pack")``, and
+        # the free resources then of the schedulable nodes changed since (kept up to date
+        # at the next such copy rather than rebuilt: preemption copies it once per queue)
+        self._pack_cache: dict[float, list[tuple[float, str, str]]] | None = None
+        self._stale: dict[str, Resources] = {}
         for n in nodes:
             self.nodes[n.node_id] = n
             self.free[n.node_id] = n.free
@@ -124,6 +129,15 @@ class FreeIndex:
             other._group_of = dict(self._group_of)
             other._order = list(self._order)
             other._delta = self._delta  # scores of alike nodes stay true
+            return other
+        if other.placement == "pack":
+            if self._pack_cache is None:
+                other._index_all()
+                self._pack_cache = {g: list(b) for g, b in other._buckets.items()}
+            else:
+                self._refresh_pack(self._pack_cache)
+                other._buckets = {g: list(b) for g, b in self._pack_cache.items()}
+            self._stale = {}
             return other
         other._index_all()
         if other.placement == "best-fit" and self.placement != "best-fit" and other.nodes:
@@ -186,6 +200,18 @@ class FreeIndex:
         for group in groups.values():
             group.sort()
 
+    def _refresh_pack(self, buckets: dict[float, list[tuple[float, str, str]]]) -> None:
+        """Bring ``pack`` buckets built earlier up to date: the same lists ``_index_all`` would
+        build now (the order of the buckets aside, which ``_pack`` sorts)."""
+        for node_id, old in self._stale.items():
+            name, new = self.nodes[node_id].name, self.free[node_id]
+            gpus = round(old.gpus, 6)
+            bucket = buckets[gpus]
+            del bucket[bisect.bisect_left(bucket, (old.cpus, name, node_id))]
+            if not bucket:
+                del buckets[gpus]
+            bisect.insort(buckets.setdefault(round(new.gpus, 6), []), (new.cpus, name, node_id))
+
     def _insert(self, node_id: str) -> None:
         if self.placement == "pack":
             gpus = round(self.free[node_id].gpus, 6)
@@ -212,7 +238,10 @@ class FreeIndex:
 
     def _update(self, node_id: str, r: Resources, change: Callable[[], None]) -> None:
         """Apply ``change`` to the node's devices and add ``r`` to its free resources."""
-        indexed = self.nodes[node_id].schedulable and self.placement != "first-fit"
+        schedulable = self.nodes[node_id].schedulable
+        indexed = schedulable and self.placement != "first-fit"
+        if schedulable and self._pack_cache is not None and node_id not in self._stale:
+            self._stale[node_id] = self.free[node_id]
         if indexed:
             self._remove(node_id)
         change()
@@ -607,7 +636,10 @@ def explain_free(
     gpus = _Devices(devices, mig)
     if not nodes:
         return "the cluster has no nodes"
-    allowed = [(n, f) for n, f in nodes if head.allows(n)]
+    if head.include_nodes or head.exclude_nodes:
+        allowed = [(n, f) for n, f in nodes if head.allows(n)]
+    else:
+        allowed = list(nodes)  # every node (``allows`` says so without lists)
     if not allowed:
         return f"no allowed node ({_lists(head.include_nodes, head.exclude_nodes)})"
     usable = [(n, f) for n, f in allowed if n.schedulable]
@@ -615,7 +647,10 @@ def explain_free(
         return "no schedulable node: every allowed node is drained, cordoned or down"
     request = head.request
     needs = f"needs {_containers(head.num_containers)} of {describe_request(head)}"
-    typed = [(n, f) for n, f in usable if head.accepts(n)]
+    if head.gpu_types and request.gpus > GPU_EPS:
+        typed = [(n, f) for n, f in usable if head.accepts(n)]
+    else:
+        typed = usable  # it accepts any node (see ``AppHead.accepts``)
     if not typed:
         return f"{needs}; no schedulable node has one ({_models([n for n, _ in usable])})"
     if head.mig is not None:
@@ -869,8 +904,10 @@ def _fit_count(
     as ``gpus`` says), counting no further than ``limit``."""
     if not head.accepts(node):
         return 0
-    gpus = gpus or _Devices()
     request = head.request
+    if limit < 1 or not request.fits_in(free):
+        return 0  # not one container: no need to copy its devices
+    gpus = gpus or _Devices()
     devices = list(gpus.devices(node))
     mig = dict(gpus.mig(node))
     count = 0

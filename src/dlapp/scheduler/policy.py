@@ -97,6 +97,7 @@ Decision: TypeAlias = Admit | Wait | Preempt
 _MAX_ESTIMATES = 32  # estimates are worked out for this many distinct request shapes per cycle
 _SRTF_MARGIN = 2.0  # srtf preempts only apps with over this many times the head's time left
 _EPS = 1e-9
+_UNKNOWN = object()  # not in a cache (whose values may be None)
 _FIT_SLACK = 1e-3  # more than the slack of any number of containers' GPU comparisons
 
 
@@ -181,6 +182,7 @@ class _Cycle:
         self.preempts: list[Preempt] = []
         self.failed_shapes: dict[Shape, str] = {}
         self.estimates: dict[Shape, float | None] = {}
+        self._ends: list[RunningApp] | None = None  # running apps with an end, soonest first
         self.claimed: dict[str, Resources] = defaultdict(Resources)  # promised by preemption
         # (guarantee or level, queue, shape) -> the best rank that found no victims
         self.no_victims: dict[tuple[str, str, Shape], float] = {}
@@ -337,9 +339,10 @@ class _Cycle:
                 return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
         return None
 
-    def try_place(self, head: AppHead) -> tuple[str, ...] | str:
-        """Node ids, or the reason the gang does not fit now."""
-        key = shape(head)
+    def try_place(self, head: AppHead, key: Shape | None = None) -> tuple[str, ...] | str:
+        """Node ids, or the reason the gang does not fit now (``key``: its shape, if known)."""
+        if key is None:
+            key = shape(head)
         known = self.failed_shapes.get(key)
         if known is not None:
             return known
@@ -362,20 +365,25 @@ class _Cycle:
         if self.explain:
             self.waits[head.app_id] = (reason, estimate)
 
-    def estimate(self, head: AppHead) -> float | None:
+    def estimate(self, head: AppHead, key: Shape | None = None) -> float | None:
         """When ``head`` could start if nothing else started first: the earliest time at which
-        running apps' max runtimes free enough room. None when no such bound is known."""
+        running apps' max runtimes free enough room. None when no such bound is known.
+        (``key``: its shape, if known.)"""
         if not self.explain:
             return None
-        key = shape(head)
-        if key in self.estimates:
-            return self.estimates[key]
+        if key is None:
+            key = shape(head)
+        known = self.estimates.get(key, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known  # type: ignore[return-value]
         if len(self.estimates) >= _MAX_ESTIMATES:
             return None
-        ending = sorted(
-            (a for a in self.snapshot.running if a.ends_by is not None),
-            key=lambda a: a.ends_by or 0.0,
-        )
+        ending = self._ends
+        if ending is None:  # once a cycle
+            ending = self._ends = sorted(
+                (a for a in self.snapshot.running if a.ends_by is not None),
+                key=lambda a: a.ends_by or 0.0,
+            )
         result: float | None = None
         if ending:
             sim = self._copy_free("pack")  # whether it fits, not where: the quick lookup
@@ -913,16 +921,22 @@ class _Cycle:
             while order:
                 _, path = heapq.heappop(order)
                 line = lines[path]
-                head = line.next()
-                if head is None:
-                    continue
-                if not borrowing and not self.within_guarantee(head, path):
-                    line.put_back(head)  # its turn comes when capacity is lent out
-                    continue
-                if not self.serve(head, path, line, borrowing) and line.fifo:
-                    line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
-                    continue
-                heapq.heappush(order, (key(path, borrowing), path))
+                while True:  # the same queue as long as it would come first again
+                    head = line.next()
+                    if head is None:
+                        break
+                    if not borrowing and not self.within_guarantee(head, path):
+                        line.put_back(head)  # its turn comes when capacity is lent out
+                        break
+                    if not self.serve(head, path, line, borrowing) and line.fifo:
+                        line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
+                        break
+                    entry = (key(path, borrowing), path)
+                    if order and order[0] < entry:  # the entries are distinct (one a queue)
+                        heapq.heappush(order, entry)
+                        break
+                    # else: pushed, it would be popped right away (an app that waits changes
+                    # no queue's key; one admitted may not either)
         return lines
 
     def serve(self, head: AppHead, path: str, line: _Line, borrowing: bool) -> bool:
@@ -942,7 +956,11 @@ class _Cycle:
             return False
         # the whole gang, by best fit (an app holding a reservation gets its room back)
         held = self.reserved.get(head.app_id)
-        placed = self.place_reserved(typed) if held is not None else self.try_place(typed)
+        key = line.ql.shape_of(head.app_id)  # the one tuple of its shape: quick to look up
+        if held is not None:
+            placed = self.place_reserved(typed)
+        else:
+            placed = self.try_place(typed, key if typed is head else None)
         if isinstance(placed, str) and not borrowing and self._held:
             placed = self.place_over_reservations(typed, path) or placed
         if isinstance(placed, str) and held is None and self._held:
@@ -958,7 +976,7 @@ class _Cycle:
         if why is not None:
             self.wait(head, why)  # the next app of its group may preempt too
             return False
-        estimate = self.estimate(head)
+        estimate = self.estimate(head, key)
         self.wait(head, placed if held is None else held, estimate)
         if held is None:  # the rest of its group has no reserved room: none of it fits
             line.drop_group(placed, estimate)
