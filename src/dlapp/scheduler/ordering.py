@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,7 @@ class QueueLine:
 
     def __init__(self, path: str, queue: Queue | None) -> None:
         self.path, self.queue = path, queue
+        self._plain = queue is None or queue.ordering not in ("las", "srtf")  # no levels
         self.heads: dict[str, AppHead] = {}
         self.groups: dict[tuple[str, Shape], Group] = {}
         self.oldest: list[tuple[float, int, str]] = []  # large heads: (waiting_since, seq, id)
@@ -155,7 +156,10 @@ class QueueLine:
             self._gids += 1
             group = self.groups[gkey] = Group(self._gids, head.user)
             self._gkeys[group.gid] = gkey
-        k, when = key(head, self.queue), promote_at(head, self.queue)
+        if self._plain:  # what ``key`` and ``promote_at`` say in such a queue
+            k, when = (-head.priority, 0, 0.0, head.seq, head.app_id), math.inf
+        else:
+            k, when = key(head, self.queue), promote_at(head, self.queue)
         self.heads[head.app_id] = head
         self._keys[head.app_id] = (group.gid, k, when)
         if sort:
@@ -202,6 +206,16 @@ class QueueLine:
 
     def promoted(self, app_id: str, now: float) -> bool:
         return self._keys[app_id][2] <= now
+
+    def in_order(self, skip: Container[str], now: float) -> list[str]:
+        """Its heads but those in ``skip``, by ``position_key``."""
+        keyed = [
+            (k[0], PROMOTED, when, k[3], k[4]) if when <= now else k
+            for app_id, (_, k, when) in self._keys.items()
+            if app_id not in skip
+        ]
+        keyed.sort()
+        return [k[4] for k in keyed]
 
     def position_key(self, app_id: str, now: float) -> tuple[int, int, float, int, str]:
         """Its place in the line as ``dlapp status`` counts it (user shares aside)."""

@@ -36,7 +36,7 @@ from dlapp.scheduler.gpus import (
     same_model,
     take_devices,
     task_fragment,
-    workload,
+    workload_of,
 )
 from dlapp.scheduler.snapshot import (
     PLACEMENTS,
@@ -591,14 +591,22 @@ def place_gang(head: AppHead, snapshot: Snapshot) -> tuple[str, ...] | None:
 def default_workload(heads: Iterable[AppHead], running: Iterable[RunningApp]) -> Workload:
     """The mix of kinds of task, learned from what waits and what runs now (one count per
     app): what fragmentation-aware placement keeps room for when the caller gives none."""
-    counts: Counter[tuple[Resources, tuple[str, ...], str | None]] = Counter(
-        (h.request, h.gpu_types, h.mig) for h in heads if h.request.gpus > GPU_EPS
-    )
-    counts.update((a.request, (), a.mig) for a in running if a.request.gpus > GPU_EPS)
-    shapes: list[TaskShape] = []
-    for (r, models, mig), n in counts.items():
-        shapes.extend([TaskShape(r.cpus, r.memory_mb, r.gpus, models, mig)] * n)
-    return workload(shapes)
+    # counted by plain tuples, equal when the requests are (and quicker to hash); each kind
+    # keeps the amounts of the first of it, in the order they first come
+    counts: Counter[tuple[float, int, float, tuple[str, ...], str | None]] = Counter()
+    for h in heads:
+        r = h.request
+        if r.gpus > GPU_EPS:
+            counts[(r.cpus, r.memory_mb, r.gpus, h.gpu_types, h.mig)] += 1
+    for a in running:
+        r = a.request
+        if r.gpus > GPU_EPS:
+            counts[(r.cpus, r.memory_mb, r.gpus, (), a.mig)] += 1
+    kinds: dict[TaskShape, int] = {}  # what ``workload`` counts, one task at a time
+    for (cpus, memory_mb, gpus, models, mig), n in counts.items():
+        task = TaskShape(cpus, memory_mb, gpus, models, mig)
+        kinds[task] = kinds.get(task, 0) + n
+    return workload_of(kinds)
 
 
 def shape_of(head: AppHead) -> TaskShape:

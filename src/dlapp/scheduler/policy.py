@@ -949,7 +949,7 @@ class _Cycle:
             line.drop_group(limited, None)
             return False
         # ... and the queue's maxima per GPU model: the models it may still land on
-        typed = self.quotas.restrict(head, path)
+        typed = self.quotas.restrict(head, path) if self.quotas.active else head
         if isinstance(typed, str):
             self.wait(head, typed)
             line.drop_group(typed, None)
@@ -969,15 +969,16 @@ class _Cycle:
             self.admit(head, path, placed)
             return True
         # 5. preemption: a guarantee back (never for borrowing), or a later level's room
-        promoted = line.ql.promoted(head.app_id, self.now)
         why = None if borrowing else self.preempt_for(head, path)
-        if why is None:
+        if why is None and line.within:
+            promoted = line.ql.promoted(head.app_id, self.now)
             why = self.preempt_within(head, path, line.ql.queue, promoted)
         if why is not None:
             self.wait(head, why)  # the next app of its group may preempt too
             return False
         estimate = self.estimate(head, key)
-        self.wait(head, placed if held is None else held, estimate)
+        if self.explain:
+            self.waits[head.app_id] = (placed if held is None else held, estimate)
         if held is None:  # the rest of its group has no reserved room: none of it fits
             line.drop_group(placed, estimate)
         return False
@@ -988,15 +989,19 @@ class _Cycle:
         """Step 6: one Admit or Wait per head in the caller's order, then the preemptions.
         Positions count only the apps still waiting, in each queue's line order."""
         out: dict[str, Decision] = dict(self.decisions)
+        waits = self.waits
         for path, ql in backlog.lines.items():
             line = lines.get(path)
-            waiting = [a for a in ql.heads if a not in self.decisions]
-            waiting.sort(key=lambda a: ql.position_key(a, self.now))
-            for position, app_id in enumerate(waiting, 1):
-                reason, estimate = self._why(app_id, ql, line)
-                asked = ql.heads[app_id].queue
-                if line is not None and asked not in (path, path.removeprefix("root.")):
-                    reason += f" (its queue {asked} is not configured: it waits in {path})"
+            names = (path, path.removeprefix("root."))
+            for position, app_id in enumerate(ql.in_order(self.decisions, self.now), 1):
+                known = waits.get(app_id)
+                if known is None:
+                    known = self._why(app_id, ql, line)
+                reason, estimate = known
+                if line is not None:
+                    asked = ql.heads[app_id].queue
+                    if asked not in names:
+                        reason += f" (its queue {asked} is not configured: it waits in {path})"
                 out[app_id] = Wait(app_id, position, reason, estimate)
         return [out[h.app_id] for h in heads] + list(self.preempts)
 
@@ -1033,6 +1038,11 @@ class _Line:
         self.ql, self.cycle, self.path = ql, cycle, ql.path
         self.now = cycle.now
         self.fifo = ql.queue is not None and ql.queue.ordering == "fifo"
+        q, tree = ql.queue, cycle.tree
+        # whether ``preempt_within`` may preempt for its apps (else it answers None)
+        self.within = bool(
+            tree.preemption and q is not None and q.preemptible and q.ordering in ("las", "srtf")
+        )
         self.by_share = by_user_share(ql.queue)
         self.cap = cycle.limits_of(self.path).maximum
         # entries: (-priority, band, user share, rank, seq, app_id, gid, stream)
