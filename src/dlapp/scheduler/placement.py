@@ -12,6 +12,7 @@ with the fewest free GPUs, then CPUs (a short lookup in buckets); ``best-fit`` a
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -386,7 +387,8 @@ class FreeIndex:
         req = head.request
         for gpus in sorted(g for g in self._buckets if g >= req.gpus - GPU_EPS):
             bucket = self._buckets[gpus]
-            for _cpus, _name, node_id in bucket[bisect.bisect_left(bucket, (req.cpus - _EPS,)) :]:
+            start = bisect.bisect_left(bucket, (req.cpus - _EPS,))
+            for _cpus, _name, node_id in itertools.islice(bucket, start, None):
                 if self._usable(node_id, head, avoid):
                     return node_id
         return None
@@ -408,28 +410,26 @@ class FreeIndex:
         from it to the first that keeps room for every kind of task that fits now (the CPUs
         and memory it leaves then strand no GPU), at most ``_SCAN`` nodes a group."""
         req = head.request
+        fgd = self.placement == "fgd"
         best: tuple[tuple[object, ...], str] | None = None
         for key, group in self._groups.items():
             if not self._group_fits(key, head):
                 continue  # its nodes' GPUs are alike: none of them holds it
             first = bisect.bisect_left(group, (req.cpus - _EPS,))
             scanned = 0
-            for _cpus, _name, node_id in group[first:]:
+            for _cpus, _name, node_id in itertools.islice(group, first, None):
                 if (
                     node_id in avoid
                     or req.memory_mb > self.free[node_id].memory_mb
                     or not head.allows(self.nodes[node_id])
                 ):
                     continue
-                rank = self._rank(key, node_id, head)
+                after = self._after_fits(node_id, head) if fgd else None
+                rank = self._rank(key, node_id, head, after)
                 if best is None or rank < best[0]:
                     best = (rank, node_id)
                 scanned += 1
-                if (
-                    self.placement != "fgd"
-                    or scanned >= _SCAN
-                    or self._after_fits(node_id, head) == key.fits
-                ):
+                if not fgd or scanned >= _SCAN or after == key.fits:
                     break
         return None if best is None else best[1]
 
@@ -452,7 +452,13 @@ class FreeIndex:
         cpus, memory = free.cpus - req.cpus + _EPS, free.memory_mb - req.memory_mb
         return tuple(s.cpus <= cpus and s.memory_mb <= memory for s, _ in self.work)
 
-    def _rank(self, key: _Group, node_id: str, head: AppHead) -> tuple[object, ...]:
+    def _rank(
+        self,
+        key: _Group,
+        node_id: str,
+        head: AppHead,
+        after_fits: tuple[bool, ...] | None = None,
+    ) -> tuple[object, ...]:
         req, free = head.request, self.free[node_id]
         # ties: fewest free GPUs, then fewest free CPUs, then by name (as pack)
         name_order = (free.gpus, free.cpus, self.nodes[node_id].name, node_id)
@@ -462,15 +468,22 @@ class FreeIndex:
                 gpu_scale
             )
             return (round(left, 9), *name_order)
-        return (round(self._fgd(key, node_id, head)[0], 9), *name_order)
+        return (round(self._fgd(key, node_id, head, after_fits)[0], 9), *name_order)
 
-    def _fgd(self, key: _Group, node_id: str, head: AppHead) -> tuple[float, float]:
+    def _fgd(
+        self,
+        key: _Group,
+        node_id: str,
+        head: AppHead,
+        after_fits: tuple[bool, ...] | None = None,
+    ) -> tuple[float, float]:
         """(growth of the node's expected fragmentation, the free share of the device a
         fraction goes on; -1 for none) if one container of ``head`` lands on it; cached for
         nodes that look alike (alike nodes hold their devices in any order: the device is
-        named by its free share, not its index)."""
+        named by its free share, not its index; ``after_fits``: ``_after_fits``, if known)."""
         req = head.request
-        after_fits = self._after_fits(node_id, head)
+        if after_fits is None:
+            after_fits = self._after_fits(node_id, head)
         cache_key = (key, after_fits, req.gpus, head.mig)
         known = self._delta.get(cache_key)
         if known is not None:

@@ -921,14 +921,13 @@ class _Cycle:
             while order:
                 _, path = heapq.heappop(order)
                 line = lines[path]
-                while True:  # the same queue as long as it would come first again
-                    head = line.next()
-                    if head is None:
-                        break
+                head = line.next()
+                while head is not None:  # the same queue as long as it would come first again
                     if not borrowing and not self.within_guarantee(head, path):
                         line.put_back(head)  # its turn comes when capacity is lent out
                         break
-                    if not self.serve(head, path, line, borrowing) and line.fifo:
+                    admitted = self.serve(head, path, line, borrowing)
+                    if not admitted and line.fifo:
                         line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
                         break
                     entry = (key(path, borrowing), path)
@@ -937,7 +936,36 @@ class _Cycle:
                         break
                     # else: pushed, it would be popped right away (an app that waits changes
                     # no queue's key; one admitted may not either)
+                    if not admitted and borrowing and not by_rank and self._quick(line):
+                        head = self._wait_known(line)  # the same key until one is admitted
+                    else:
+                        head = line.next()
         return lines
+
+    def _quick(self, line: _Line) -> bool:
+        """Whether, in this queue, an app lent capacity that is not admitted can only be one
+        whose shape is known not to fit: no maximum or user cap that binds, no GPU-model
+        quota, no preemption within the queue, no reserved room held."""
+        capped, user_capped = self._capped(line.path)
+        return not (capped or user_capped or self.quotas.active or line.within or self._held)
+
+    def _wait_known(self, line: _Line) -> AppHead | None:
+        """What ``serve`` does for the line's next apps while it is ``_quick`` and lending:
+        each app of a shape known not to fit waits for that reason (and its group with it);
+        returns the first app that needs more (``serve`` it), or None when none is left."""
+        ql, failed, waits, reserved = line.ql, self.failed_shapes, self.waits, self.reserved
+        while True:
+            head = line.next()
+            if head is None or head.app_id in reserved:
+                return head
+            key = ql.shape_of(head.app_id)
+            reason = failed.get(key)
+            if reason is None:
+                return head
+            estimate = self.estimate(head, key)
+            if self.explain:
+                waits[head.app_id] = (reason, estimate)
+            line.drop_group(reason, estimate)
 
     def serve(self, head: AppHead, path: str, line: _Line, borrowing: bool) -> bool:
         """Admit ``head`` if its queue's maximum, its user's limit and the cluster allow; else
