@@ -117,6 +117,9 @@ def queue_path(tree: QueueTree, queue: str) -> str:
     return queue
 
 
+_NO_PROMOS: list[tuple[float, int, str]] = []  # shared, never added to (see Group.promos)
+
+
 @dataclass
 class Group:
     """The waiting heads of one user with one shape, in line order, and by promotion time."""
@@ -124,7 +127,8 @@ class Group:
     gid: int
     user: str
     keys: list[Key] = field(default_factory=list)
-    promos: list[tuple[float, int, str]] = field(default_factory=list)  # (promote_at, seq, id)
+    # (promote_at, seq, id); no list of its own until one is added (most have none)
+    promos: list[tuple[float, int, str]] = field(default_factory=lambda: _NO_PROMOS)
 
 
 class QueueLine:
@@ -165,12 +169,16 @@ class QueueLine:
         if sort:
             bisect.insort(group.keys, k)
             if when != math.inf:
+                if group.promos is _NO_PROMOS:
+                    group.promos = []
                 bisect.insort(group.promos, (when, head.seq, head.app_id))
             if head.waiting_since is not None and is_large(head):
                 bisect.insort(self.oldest, (head.waiting_since, head.seq, head.app_id))
         else:
             group.keys.append(k)
             if when != math.inf:
+                if group.promos is _NO_PROMOS:
+                    group.promos = []
                 group.promos.append((when, head.seq, head.app_id))
             if head.waiting_since is not None and is_large(head):
                 self.oldest.append((head.waiting_since, head.seq, head.app_id))

@@ -1058,6 +1058,10 @@ class _Cycle:
         return ("waiting for its turn in the line", None)  # not reached: no capacity left
 
 
+# a line's heap entry: (-priority, band, user share, rank, seq, app_id, gid, stream)
+_Entry: TypeAlias = tuple[int, int, float, float, int, str, int, int]
+
+
 class _Line:
     """One queue's line for one cycle: a heap of its groups' next heads, merged in line order
     (see ``ordering``). Reads the queue's ``QueueLine``, never changes it."""
@@ -1073,8 +1077,7 @@ class _Line:
         )
         self.by_share = by_user_share(ql.queue)
         self.cap = cycle.limits_of(self.path).maximum
-        # entries: (-priority, band, user share, rank, seq, app_id, gid, stream)
-        self.heap: list[tuple[int, int, float, float, int, str, int, int]] = []
+        self.heap: list[_Entry] = []
         self.groups: dict[int, Group] = {}
         self.at_promo: dict[int, int] = {}  # gid -> index of its next promoted head
         self.at_key: dict[int, int] = {}  # gid -> index of its next head by key
@@ -1082,9 +1085,11 @@ class _Line:
         self.dropped: dict[int, tuple[str, float | None]] = {}
         self.served: set[str] = set()
         self.blocked_by: str | None = None
-        self._last: tuple[int, int] | None = None  # (gid, stream) of the last head taken
+        # the heap entry of the last head taken: until the next push (_last), and for
+        # put_back (_taken)
+        self._last: _Entry | None = None
+        self._taken: _Entry | None = None
         self._held: AppHead | None = None
-        self._last_key: tuple[float, ...] = (math.inf,)
         self._held_key: tuple[float, ...] = (math.inf,)
         # user -> dominant share of the queue's maximum; dropped when the user is charged
         self.shares: dict[str, float] = cycle.line_shares.setdefault(self.path, {})
@@ -1149,7 +1154,7 @@ class _Line:
     def put_back(self, head: AppHead) -> None:
         """Return the app just taken: it is the next one again."""
         self._held = head
-        self._held_key = self._last_key
+        self._held_key = (math.inf,) if self._taken is None else self._taken[:5]
 
     def peek(self) -> tuple[float, ...]:
         """Where the next app stands in the line (priority, band, share, rank, seq); (inf,)
@@ -1157,7 +1162,7 @@ class _Line:
         if self._held is not None:
             return self._held_key
         if self._last is not None:
-            gid, stream = self._last
+            gid, stream = self._last[6], self._last[7]
             self._last = None
             if gid not in self.dropped:
                 self._push(gid, stream)
@@ -1185,7 +1190,7 @@ class _Line:
             head, self._held = self._held, None
             return head
         if self._last is not None:
-            gid, stream = self._last
+            gid, stream = self._last[6], self._last[7]
             self._last = None
             if gid not in self.dropped:
                 self._push(gid, stream)
@@ -1204,15 +1209,14 @@ class _Line:
                     heapq.heappush(self.heap, new)
                     continue
             self.served.add(app_id)
-            self._last = (gid, stream)
-            self._last_key = (prio, band, user_share, rank, seq)
+            self._last = self._taken = entry
             return self.ql.heads[app_id]
         return None
 
     def drop_group(self, reason: str, estimate: float | None) -> None:
         """The last app taken could not start, nor can the rest of its group this cycle."""
         if self._last is not None:
-            self.dropped[self._last[0]] = (reason, estimate)
+            self.dropped[self._last[6]] = (reason, estimate)
 
 
 def _count_promoted(promos: list[tuple[float, int, str]], now: float) -> int:
