@@ -95,6 +95,13 @@ class FreeIndex:
         self._group_of: dict[str, _Group] = {}
         self._order: list[tuple[str, str]] = []
         self._delta: dict[tuple[object, ...], tuple[float, float]] = {}
+        # answers that depend only on their key (and the workload), worked out once: which
+        # kinds of task fit free (CPUs, memory), and once a request's (CPUs, memory) is
+        # taken; devices' free shares, rounded and sorted; whether a request fits a group
+        self._fits_in: dict[tuple[float, int], tuple[bool, ...]] = {}
+        self._after: dict[tuple[float, int, float, int], tuple[bool, ...]] = {}
+        self._alike: dict[tuple[float, ...], tuple[float, ...]] = {}
+        self._group_ok: dict[tuple[object, ...], bool] = {}
         self._scale = (1.0, 1.0)  # best-fit: the largest node's CPUs and GPUs
         # another placement's index: ``pack``'s buckets as of its last ``copy("pack")``, and
         # the free resources then of the schedulable nodes changed since (kept up to date
@@ -130,6 +137,8 @@ class FreeIndex:
             other._group_of = dict(self._group_of)
             other._order = list(self._order)
             other._delta = self._delta  # scores of alike nodes stay true
+            other._fits_in, other._after = self._fits_in, self._after  # the same workload
+            other._alike, other._group_ok = self._alike, self._group_ok
             return other
         if other.placement == "pack":
             if self._pack_cache is None:
@@ -161,13 +170,21 @@ class FreeIndex:
 
     def _group_key(self, node_id: str) -> _Group:
         free = self.free[node_id]
-        fits = tuple(
-            s.cpus <= free.cpus + _EPS and s.memory_mb <= free.memory_mb for s, _ in self.work
-        )
+        room = (free.cpus, free.memory_mb)
+        fits = self._fits_in.get(room)
+        if fits is None:
+            fits = self._fits_in[room] = tuple(
+                s.cpus <= free.cpus + _EPS and s.memory_mb <= free.memory_mb for s, _ in self.work
+            )
+        devices = tuple(self.devices[node_id])
+        alike = self._alike.get(devices)
+        if alike is None:
+            alike = self._alike[devices] = tuple(sorted(round(d, 6) for d in devices))
+        mig = self.mig[node_id]
         return _Group(
             self.nodes[node_id].model,
-            tuple(sorted(round(d, 6) for d in self.devices[node_id])),
-            tuple(sorted(self.mig[node_id].items())),
+            alike,
+            tuple(sorted(mig.items())) if mig else (),
             fits,
         )
 
@@ -439,6 +456,14 @@ class FreeIndex:
         req = head.request
         if req.gpus <= GPU_EPS:
             return True
+        memo = (key, req.gpus, head.gpu_types, head.mig)
+        known = self._group_ok.get(memo)
+        if known is None:
+            known = self._group_ok[memo] = self._gpus_fit_group(key, head)
+        return known
+
+    def _gpus_fit_group(self, key: _Group, head: AppHead) -> bool:
+        req = head.request
         if head.gpu_types and not same_model(key.model, head.gpu_types):
             return False
         if head.mig is not None:
@@ -449,8 +474,14 @@ class FreeIndex:
         """Which kinds of task of the workload fit the node's CPUs and memory once one
         container of ``head`` is on it."""
         req, free = head.request, self.free[node_id]
-        cpus, memory = free.cpus - req.cpus + _EPS, free.memory_mb - req.memory_mb
-        return tuple(s.cpus <= cpus and s.memory_mb <= memory for s, _ in self.work)
+        memo = (free.cpus, free.memory_mb, req.cpus, req.memory_mb)
+        known = self._after.get(memo)
+        if known is None:
+            cpus, memory = free.cpus - req.cpus + _EPS, free.memory_mb - req.memory_mb
+            known = self._after[memo] = tuple(
+                s.cpus <= cpus and s.memory_mb <= memory for s, _ in self.work
+            )
+        return known
 
     def _rank(
         self,
