@@ -57,6 +57,28 @@ def shape(head: AppHead) -> Shape:
     )
 
 
+# A head's shape with its request as three numbers: equal exactly when the shapes are, and
+# hashed without calling Python code (Resources hash in Python).
+Plain = tuple[
+    float, int, float, int, tuple[str, ...], tuple[str, ...], bool, tuple[str, ...], str | None
+]
+
+
+def plain_shape(head: AppHead) -> Plain:
+    r = head.request
+    return (
+        r.cpus,
+        r.memory_mb,
+        r.gpus,
+        head.num_containers,
+        head.include_nodes,
+        head.exclude_nodes,
+        head.spread,
+        head.gpu_types,
+        head.mig,
+    )
+
+
 def las_level(attained_gpu_s: float, levels_gpu_h: tuple[float, ...]) -> int:
     """0 below the first threshold, 1 below the second, ...; thresholds in GPU-hours."""
     return bisect.bisect_right(levels_gpu_h, attained_gpu_s / 3600.0)
@@ -138,28 +160,33 @@ class QueueLine:
         self.path, self.queue = path, queue
         self._plain = queue is None or queue.ordering not in ("las", "srtf")  # no levels
         self.heads: dict[str, AppHead] = {}
-        self.groups: dict[tuple[str, Shape], Group] = {}
+        self.groups: dict[tuple[str, Plain], Group] = {}  # by (user, plain_shape)
         self.oldest: list[tuple[float, int, str]] = []  # large heads: (waiting_since, seq, id)
         # app -> (gid, key, promote_at): plain values (the garbage collector stops tracking
-        # such tuples), the group's (user, shape) kept once per group in _gkeys
+        # such tuples); gid -> (its key in groups, its shape)
         self._keys: dict[str, tuple[int, Key, float]] = {}
-        self._gkeys: dict[int, tuple[str, Shape]] = {}
+        self._gkeys: dict[int, tuple[tuple[str, Plain], Shape]] = {}
         self._gids = 0
 
     def __len__(self) -> int:
         return len(self.heads)
 
     def add(
-        self, head: AppHead, sort: bool = True, shapes: dict[Shape, Shape] | None = None
+        self, head: AppHead, sort: bool = True, shapes: dict[Plain, Shape] | None = None
     ) -> None:
         """Add a waiting head (``shapes``: shapes seen, to keep one tuple per shape)."""
-        s = shape(head)
-        gkey = (head.user, s if shapes is None else shapes.setdefault(s, s))
+        plain = plain_shape(head)
+        gkey = (head.user, plain)
         group = self.groups.get(gkey)
         if group is None:
+            s = None if shapes is None else shapes.get(plain)
+            if s is None:
+                s = shape(head)
+                if shapes is not None:
+                    shapes[plain] = s
             self._gids += 1
             group = self.groups[gkey] = Group(self._gids, head.user)
-            self._gkeys[group.gid] = gkey
+            self._gkeys[group.gid] = (gkey, s)
         if self._plain:  # what ``key`` and ``promote_at`` say in such a queue
             k, when = (-head.priority, 0, 0.0, head.seq, head.app_id), math.inf
         else:
@@ -193,7 +220,7 @@ class QueueLine:
     def remove(self, app_id: str) -> AppHead:
         head = self.heads.pop(app_id)
         gid, k, when = self._keys.pop(app_id)
-        gkey = self._gkeys[gid]
+        gkey = self._gkeys[gid][0]
         group = self.groups[gkey]
         _discard(group.keys, k)
         if when != math.inf:
@@ -210,7 +237,7 @@ class QueueLine:
         return self._gkeys[self._keys[app_id][0]][1]
 
     def group_of(self, app_id: str) -> Group:
-        return self.groups[self._gkeys[self._keys[app_id][0]]]
+        return self.groups[self._gkeys[self._keys[app_id][0]][0]]
 
     def promoted(self, app_id: str, now: float) -> bool:
         return self._keys[app_id][2] <= now
@@ -247,7 +274,7 @@ class Backlog:
         self.lines: dict[str, QueueLine] = {}
         self._where: dict[str, QueueLine] = {}
         by_queue: dict[str, QueueLine] = {}
-        shapes: dict[Shape, Shape] = {}
+        shapes: dict[Plain, Shape] = {}
         where = self._where
         for h in heads:
             if h.app_id in where:
