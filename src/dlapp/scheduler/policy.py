@@ -956,6 +956,7 @@ class _Cycle:
         each app of a shape known not to fit waits for that reason (and its group with it);
         returns the first app that needs more (``serve`` it), or None when none is left."""
         ql, failed, waits, reserved = line.ql, self.failed_shapes, self.waits, self.reserved
+        estimates, dropped = self.estimates, line.dropped
         while True:
             head = line.next()
             if head is None or head.app_id in reserved:
@@ -964,10 +965,13 @@ class _Cycle:
             reason = failed.get(key)
             if reason is None:
                 return head
-            estimate = self.estimate(head, key)
+            estimate = estimates.get(key, _UNKNOWN)
+            if estimate is _UNKNOWN:
+                estimate = self.estimate(head, key)
+            why = (reason, estimate)
             if self.explain:
-                waits[head.app_id] = (reason, estimate)
-            line.drop_group(reason, estimate)
+                waits[head.app_id] = why
+            dropped[line.last_gid()] = why  # line.drop_group(reason, estimate)
 
     def serve(self, head: AppHead, path: str, line: _Line, borrowing: bool) -> bool:
         """Admit ``head`` if its queue's maximum, its user's limit and the cluster allow; else
@@ -1191,29 +1195,36 @@ class _Line:
         if self._held is not None:
             head, self._held = self._held, None
             return head
-        if self._last is not None:
-            gid, stream = self._last[6], self._last[7]
+        last = self._last
+        if last is not None:
             self._last = None
-            if gid not in self.dropped:
-                self._push(gid, stream)
-        while self.heap:
-            entry = heapq.heappop(self.heap)
-            prio, band, user_share, rank, seq, app_id, gid, stream = entry
-            if gid in self.dropped:
+            if last[6] not in self.dropped:
+                self._push(last[6], last[7])
+        heap, dropped, served = self.heap, self.dropped, self.served
+        while heap:
+            entry = heapq.heappop(heap)
+            gid, app_id = entry[6], entry[5]
+            if gid in dropped:
                 continue
-            if app_id in self.served:  # its other stream took it
-                self._push(gid, stream)
+            if app_id in served:  # its other stream took it
+                self._push(gid, entry[7])
                 continue
-            if stream == 1 and self.by_share:
+            if entry[7] == 1 and self.by_share:
                 now_share = self._share(self.groups[gid].user)
-                if now_share > user_share + 1e-12:  # its user was served since: re-sort
+                if now_share > entry[2] + 1e-12:  # its user was served since: re-sort
+                    prio, band, _, rank, seq, _, _, stream = entry
                     new = (prio, band, now_share, rank, seq, app_id, gid, stream)
-                    heapq.heappush(self.heap, new)
+                    heapq.heappush(heap, new)
                     continue
-            self.served.add(app_id)
+            served.add(app_id)
             self._last = self._taken = entry
             return self.ql.heads[app_id]
         return None
+
+    def last_gid(self) -> int:
+        """The group of the last app taken (``next`` took one since the last push)."""
+        assert self._last is not None
+        return self._last[6]
 
     def drop_group(self, reason: str, estimate: float | None) -> None:
         """The last app taken could not start, nor can the rest of its group this cycle."""
