@@ -210,10 +210,10 @@ class FreeIndex:
             return
         groups, group_of = self._groups, self._group_of
         for i in schedulable:
-            key = group_of[i] = self._group_key(i)
-            group = groups.get(key)
+            alike = group_of[i] = self._group_key(i)
+            group = groups.get(alike)
             if group is None:
-                group = groups[key] = []
+                group = groups[alike] = []
             group.append((free[i].cpus, nodes[i].name, i))
         for group in groups.values():
             group.sort()
@@ -710,14 +710,16 @@ def explain_free(
         if not with_profile:
             return f"{needs}; no schedulable node has {head.mig} instances"
         typed = with_profile
+    # (``_fit_count`` is 0 on a node that has not one container's request free: skipped)
+    typed_fit = [(n, f) for n, f in typed if request.fits_in(f)]
     if head.spread:
-        holders = sum(1 for n, f in typed if _fit_count(head, n, f, 1, gpus))
+        holders = sum(1 for n, f in typed_fit if _fit_count(head, n, f, 1, gpus))
         if holders < head.num_containers:
             return (
                 f"{needs}, {head.num_containers} containers on different nodes; "
                 f"only {holders} node{'' if holders == 1 else 's'} can hold one now"
             )
-    fit = sum(_fit_count(head, n, f, head.num_containers, gpus) for n, f in typed)
+    fit = sum(_fit_count(head, n, f, head.num_containers, gpus) for n, f in typed_fit)
     if fit > 0:
         return f"{needs} at once; only {fit} fit{'s' if fit == 1 else ''} now"
     where = "any allowed node" if head.include_nodes or head.exclude_nodes else "any node"
@@ -725,8 +727,25 @@ def explain_free(
         where = f"any {' or '.join(head.gpu_types)} node"
     short = []
     if request.gpus > GPU_EPS:
+        if head.mig is None and not is_fraction(request.gpus):
+            # whole GPUs: ``_gpu_room`` counts the wholly free devices (every node here
+            # accepts it), counted once for each list of free shares
+            counted: dict[tuple[float, ...], int] = {}
+
+            def room_of(n: NodeView) -> float:
+                shares = tuple(gpus.devices(n))
+                known = counted.get(shares)
+                if known is None:
+                    known = counted[shares] = sum(1 for d in shares if d >= 1 - GPU_EPS)
+                return known
+
+        else:
+
+            def room_of(n: NodeView) -> float:
+                return _gpu_room(head, n, gpus)
+
         node, room = max(
-            ((n, _gpu_room(head, n, gpus)) for n, _ in typed),
+            ((n, room_of(n)) for n, _ in typed),
             key=lambda c: (c[1], -len(c[0].name)),
         )
         if room < _gpu_need(head) - GPU_EPS:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from dlapp.scheduler.gpu_quotas import ModelQuotas
 from dlapp.scheduler.ordering import (
@@ -377,7 +377,7 @@ class _Cycle:
             key = shape(head)
         known = self.estimates.get(key, _UNKNOWN)
         if known is not _UNKNOWN:
-            return known  # type: ignore[return-value]
+            return cast("float | None", known)
         if len(self.estimates) >= _MAX_ESTIMATES:
             return None
         ending = self._ends
@@ -965,9 +965,11 @@ class _Cycle:
             reason = failed.get(key)
             if reason is None:
                 return head
-            estimate = estimates.get(key, _UNKNOWN)
-            if estimate is _UNKNOWN:
+            known = estimates.get(key, _UNKNOWN)
+            if known is _UNKNOWN:
                 estimate = self.estimate(head, key)
+            else:
+                estimate = cast("float | None", known)
             why = (reason, estimate)
             if self.explain:
                 waits[head.app_id] = why
