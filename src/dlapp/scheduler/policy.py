@@ -1107,18 +1107,21 @@ class _Line:
         for group in ql.groups.values():
             gid = group.gid
             self.groups[gid] = group
-            n = _count_promoted(group.promos, now) if group.promos else 0
-            self.promoted_count[gid] = n
-            if n:
-                when, seq, app_id = group.promos[0]
-                heap.append((-heads[app_id].priority, PROMOTED, 0.0, when, seq, app_id, gid, 0))
-            self.at_promo[gid] = 1 if n else 0
+            if group.promos:  # (a group without: no promoted count nor cursor, read as 0)
+                n = _count_promoted(group.promos, now)
+                self.promoted_count[gid] = n
+                if n:
+                    when, seq, app_id = group.promos[0]
+                    entry = (-heads[app_id].priority, PROMOTED, 0.0, when, seq, app_id, gid, 0)
+                    heap.append(entry)
+                    self.at_promo[gid] = 1
             keys = group.keys
-            if keys:
+            if keys:  # (its cursor: 1 until it moves, read as 1 when it has none)
                 prio, band, rank, seq, app_id = keys[0]
                 user_share = self._share(group.user) if by_share else 0.0
                 heap.append((prio, band, user_share, rank, seq, app_id, gid, 1))
-            self.at_key[gid] = 1 if keys else 0
+            else:
+                self.at_key[gid] = 0
         heapq.heapify(heap)
 
     def __bool__(self) -> bool:
@@ -1139,7 +1142,8 @@ class _Line:
         key) that no stream has served yet."""
         group, served = self.groups[gid], self.served
         if stream == 0:
-            at, promos, end = self.at_promo[gid], group.promos, self.promoted_count[gid]
+            at, promos = self.at_promo.get(gid, 0), group.promos
+            end = self.promoted_count.get(gid, 0)
             while at < end and promos[at][2] in served:
                 at += 1
             if at < end:
@@ -1149,7 +1153,7 @@ class _Line:
                 heapq.heappush(self.heap, (prio, PROMOTED, 0.0, when, seq, app_id, gid, 0))
             self.at_promo[gid] = at
         else:
-            at, keys = self.at_key[gid], group.keys
+            at, keys = self.at_key.get(gid, 1), group.keys
             while at < len(keys) and keys[at][4] in served:
                 at += 1
             if at < len(keys):
