@@ -142,7 +142,7 @@ def queue_path(tree: QueueTree, queue: str) -> str:
 _NO_PROMOS: list[tuple[float, int, str]] = []  # shared, never added to (see Group.promos)
 
 
-@dataclass
+@dataclass(slots=True)
 class Group:
     """The waiting heads of one user with one shape, in line order, and by promotion time."""
 
@@ -185,7 +185,7 @@ class QueueLine:
                 if shapes is not None:
                     shapes[plain] = s
             self._gids += 1
-            group = self.groups[gkey] = Group(self._gids, head.user)
+            group = self.groups[gkey] = Group(self._gids, head.user, [], _NO_PROMOS)
             self._gkeys[group.gid] = (gkey, s)
         if self._plain:  # what ``key`` and ``promote_at`` say in such a queue
             k, when = (-head.priority, 0, 0.0, head.seq, head.app_id), math.inf
