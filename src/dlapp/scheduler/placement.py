@@ -293,6 +293,15 @@ class FreeIndex:
             self._update(node_id, _negative(r), lambda: _add(counts, mig, -count))
             return ()
         free = self.devices[node_id]
+        if devices is None and r.gpus >= 1 - GPU_EPS:
+            # whole GPUs: what fits_devices, pick_devices and the check below would say, in
+            # one pass (the lowest-indexed wholly free devices; none short of a whole GPU)
+            need = round(r.gpus)
+            chosen = tuple([i for i, d in enumerate(free) if d >= 1 - GPU_EPS][:need])
+            if len(chosen) < need:
+                return self._take_what_is_free(node_id, r)
+            self._update(node_id, _negative(r), lambda: take_devices(free, chosen, r.gpus))
+            return chosen
         if devices is None:
             if r.gpus > GPU_EPS and not fits_devices(free, r.gpus):
                 return self._take_what_is_free(node_id, r)
