@@ -1008,8 +1008,14 @@ def _fit_count(
 def _largest(
     candidates: Sequence[tuple[NodeView, Resources]], amount: Callable[[Resources], float]
 ) -> tuple[NodeView, Resources]:
-    """The (node, resources) pair with the most of ``amount``; ties go to the first by name."""
-    return min(candidates, key=lambda c: (-amount(c[1]), c[0].name, c[0].node_id))
+    """The (node, resources) pair with the most of ``amount``; ties go to the first by name
+    (then id): ``min`` by (-amount, name, node_id), with the amounts read once each."""
+    amounts = [amount(r) for _, r in candidates]
+    most = max(amounts)
+    return min(
+        (c for c, a in zip(candidates, amounts, strict=True) if a == most),
+        key=lambda c: (c[0].name, c[0].node_id),
+    )
 
 
 def _containers(n: int) -> str:
