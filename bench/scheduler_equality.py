@@ -3,11 +3,12 @@
     .venv/bin/python bench/scheduler_equality.py OUT.json         # dump every decision
     .venv/bin/python bench/scheduler_equality.py OUT.json --compare BEFORE.json
 
-Runs ``decide()`` on seeded random snapshots (``bench/scheduler.py``'s generator, plus
-variants: preemption off, fifo / las / srtf queues, gangs spread over nodes, reservations,
-user limits and maxima, stopping apps, max runtimes, other placements) and writes the whole
-output, in order: every Admit with its nodes and devices, every Wait with its position, reason
-and estimate, every Preempt with its reason. ``--compare`` says which case differs, and where.
+Runs ``decide()`` and ``decide_changes()`` on seeded random snapshots (``bench/scheduler.py``'s
+generator, plus variants: preemption off, fifo / las / srtf queues, gangs spread over nodes,
+reservations, user limits and maxima, stopping apps, max runtimes, other placements) and
+writes the whole output, in order: every Admit with its nodes and devices, every Wait with its
+position, reason and estimate, every Preempt with its reason. ``--compare`` says which case
+differs, and where.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from scheduler import build
 from dlapp.scheduler import (
     Admit,
     AppHead,
+    Backlog,
     Preempt,
     Snapshot,
     Wait,
     decide,
+    decide_changes,
     parse_tree,
 )
 
@@ -209,6 +212,9 @@ def main() -> None:
             f"reasons {len({row[3] for row in out if row[0] == 'wait'}):4d}"
         )
         results[name] = out
+        # decide_changes (the simulator's way): the same cycle on a Backlog, without reasons
+        changes = decide_changes(Backlog(snapshot.queues, heads), snapshot)
+        results[f"{name}/changes"] = dump(list(changes))
     Path(args.out).write_text(json.dumps(results, indent=0))
     if args.compare:
         before = json.loads(Path(args.compare).read_text())
