@@ -32,6 +32,7 @@ from dlapp.scheduler import (
     AppHead,
     Backlog,
     Preempt,
+    Resources,
     Snapshot,
     Wait,
     decide,
@@ -47,6 +48,7 @@ def tree_of(
     rng: random.Random,
     limits: bool,
     reserve: bool,
+    models: bool = False,
 ) -> Any:
     parents = max(1, queues // 10)
     per_parent = max(1, queues // parents)
@@ -55,6 +57,13 @@ def tree_of(
         children: dict[str, Any] = {}
         for c in range(per_parent):
             leaf: dict[str, Any] = {"guaranteed": f"{100 / per_parent:.4f}%"}
+            if models:  # GPU-model guarantees and maxima: the quotas per model
+                leaf["guaranteed"] = {
+                    "gpus": f"{100 / per_parent:.4f}%",
+                    "gpu_types": {"A100": f"{100 / per_parent:.4f}%"},
+                }
+                if rng.random() < 0.4:
+                    leaf["maximum"] = {"gpu_types": {"H100": f"{rng.choice([5, 10, 30])}%"}}
             leaf["ordering"] = orderings[(p * per_parent + c) % len(orderings)]
             if limits and rng.random() < 0.3:
                 leaf["maximum"] = f"{rng.choice([20, 40, 60])}%"
@@ -67,7 +76,10 @@ def tree_of(
             else:
                 leaf["reserve_after"] = "never" if rng.random() < 0.5 else "100h"
             children[f"q{p}_{c}"] = leaf
-        spec[f"p{p}"] = {"guaranteed": f"{100 / parents:.4f}%", "children": children}
+        guaranteed: Any = f"{100 / parents:.4f}%"
+        if models:
+            guaranteed = {"gpus": guaranteed, "gpu_types": {"A100": guaranteed}}
+        spec[f"p{p}"] = {"guaranteed": guaranteed, "children": children}
     return parse_tree({"queues": spec, "preemption": {"enabled": preemption}})
 
 
@@ -85,17 +97,18 @@ def case(
     placement: str = "fgd",
     spread: bool = False,
     skew: bool = False,
+    models: bool = False,
 ) -> tuple[list[AppHead], Snapshot]:
     heads, snap = build(pending, queues, nodes, seed=seed)
     if (
         preemption
         and orderings == ("backfill",)
-        and not (extras or limits or reserve or spread or skew)
+        and not (extras or limits or reserve or spread or skew or models)
         and placement == "fgd"
     ):
         return heads, snap  # the bench's own snapshot
     rng = random.Random(seed * 1000 + 1)
-    tree = tree_of(queues, preemption, list(orderings), rng, limits, reserve)
+    tree = tree_of(queues, preemption, list(orderings), rng, limits, reserve, models)
     leaves = [q.path for q in tree.leaves]
     # the generator's queue names are the same paths: keep them (they exist in this tree)
     now = 100_000.0 if extras or reserve else 0.0
@@ -114,6 +127,11 @@ def case(
             changes["spread"] = True
         if spread and rng.random() < 0.03:
             changes["exclude_nodes"] = (f"node{rng.randrange(nodes):04d}",)
+        if models and rng.random() < 0.15:
+            changes["gpu_types"] = (rng.choice(["A100", "H100"]),)
+        elif models and rng.random() < 0.1:  # a share of one device
+            changes["request"] = Resources(2, 8 * 1024, 0.5)
+            changes["num_containers"] = 1
         new_heads.append(replace(h, **changes) if changes else h)
     running = []
     for a in snap.running:
@@ -124,9 +142,10 @@ def case(
             changes["stopping"] = rng.random() < 0.02
             changes["priority"] = rng.choice([0, 0, 1])
         running.append(replace(a, **changes))
-    snapshot = Snapshot(
-        snap.nodes, running=tuple(running), queues=tree, now=now, placement=placement
-    )
+    views = snap.nodes
+    if models:
+        views = tuple(replace(n, model="A100" if i % 2 else "H100") for i, n in enumerate(views))
+    snapshot = Snapshot(views, running=tuple(running), queues=tree, now=now, placement=placement)
     return new_heads, snapshot
 
 
@@ -172,6 +191,11 @@ CASES: dict[str, dict[str, Any]] = {
         seed=22, pending=1500, queues=20, nodes=150, skew=True, orderings=("las", "backfill")
     ),
     "skew-limits-s23": dict(seed=23, pending=2000, queues=20, nodes=150, skew=True, limits=True),
+    "models-s24": dict(seed=24, pending=2000, queues=20, nodes=150, models=True),
+    "models-skew-s25": dict(seed=25, pending=2000, queues=20, nodes=150, models=True, skew=True),
+    "models-pack-s26": dict(
+        seed=26, pending=1500, queues=20, nodes=150, models=True, placement="pack", extras=True
+    ),
     "tiny-s19": dict(seed=19, pending=50, queues=10, nodes=5, extras=True, limits=True),
     "tiny-s20": dict(seed=20, pending=200, queues=10, nodes=3, orderings=("las", "srtf")),
 }
