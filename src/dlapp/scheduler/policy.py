@@ -1264,7 +1264,8 @@ def _no_gc() -> Iterator[None]:
     (its working state is freed by reference counting when it returns): collections in the
     middle of it find nothing to free, and a full one walks every object of the process
     (about a fifth of a cycle's time at 10,000 waiting apps). As Mercurial's ``nogc``: left
-    as it is when something else turned it off."""
+    as it is when something else turned it off. The switch is process-wide: other threads'
+    garbage cycles wait until the cycle returns (a fraction of a second)."""
     if not gc.isenabled():
         yield
         return
@@ -1276,7 +1277,8 @@ def _no_gc() -> Iterator[None]:
 
 
 def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
-    """One Admit or Wait per head, in the order of ``heads``, then any Preempts. Pure."""
+    """One Admit or Wait per head, in the order of ``heads``, then any Preempts. Pure (but for
+    pausing the garbage collector while it runs, see ``_no_gc``)."""
     with _no_gc():
         backlog = Backlog(snapshot.queues, heads)  # raises on a duplicate app_id
         cycle = _Cycle(_with_workload(snapshot, heads), explain=True)
