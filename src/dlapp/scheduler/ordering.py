@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,28 @@ def shape(head: AppHead) -> Shape:
         head.spread,
         head.gpu_types,  # GPU models it accepts
         head.mig,  # MIG profile
+    )
+
+
+# A head's shape with its request as three numbers: equal exactly when the shapes are, and
+# hashed without calling Python code (Resources hash in Python).
+Plain = tuple[
+    float, int, float, int, tuple[str, ...], tuple[str, ...], bool, tuple[str, ...], str | None
+]
+
+
+def plain_shape(head: AppHead) -> Plain:
+    r = head.request
+    return (
+        r.cpus,
+        r.memory_mb,
+        r.gpus,
+        head.num_containers,
+        head.include_nodes,
+        head.exclude_nodes,
+        head.spread,
+        head.gpu_types,
+        head.mig,
     )
 
 
@@ -117,14 +139,18 @@ def queue_path(tree: QueueTree, queue: str) -> str:
     return queue
 
 
-@dataclass
+_NO_PROMOS: list[tuple[float, int, str]] = []  # shared, never added to (see Group.promos)
+
+
+@dataclass(slots=True)
 class Group:
     """The waiting heads of one user with one shape, in line order, and by promotion time."""
 
     gid: int
     user: str
     keys: list[Key] = field(default_factory=list)
-    promos: list[tuple[float, int, str]] = field(default_factory=list)  # (promote_at, seq, id)
+    # (promote_at, seq, id); no list of its own until one is added (most have none)
+    promos: list[tuple[float, int, str]] = field(default_factory=lambda: _NO_PROMOS)
 
 
 class QueueLine:
@@ -132,33 +158,54 @@ class QueueLine:
 
     def __init__(self, path: str, queue: Queue | None) -> None:
         self.path, self.queue = path, queue
+        self._plain = queue is None or queue.ordering not in ("las", "srtf")  # no levels
         self.heads: dict[str, AppHead] = {}
-        self.groups: dict[tuple[str, Shape], Group] = {}
+        self.groups: dict[tuple[str, Plain], Group] = {}  # by (user, plain_shape)
         self.oldest: list[tuple[float, int, str]] = []  # large heads: (waiting_since, seq, id)
-        self._keys: dict[str, tuple[tuple[str, Shape], Key, float]] = {}
+        # app -> (gid, key, promote_at): plain values (the garbage collector stops tracking
+        # such tuples); gid -> (its key in groups, its shape)
+        self._keys: dict[str, tuple[int, Key, float]] = {}
+        self._gkeys: dict[int, tuple[tuple[str, Plain], Shape]] = {}
         self._gids = 0
 
     def __len__(self) -> int:
         return len(self.heads)
 
-    def add(self, head: AppHead, sort: bool = True) -> None:
-        gkey = (head.user, shape(head))
+    def add(
+        self, head: AppHead, sort: bool = True, shapes: dict[Plain, Shape] | None = None
+    ) -> None:
+        """Add a waiting head (``shapes``: shapes seen, to keep one tuple per shape)."""
+        plain = plain_shape(head)
+        gkey = (head.user, plain)
         group = self.groups.get(gkey)
         if group is None:
+            s = None if shapes is None else shapes.get(plain)
+            if s is None:
+                s = shape(head)
+                if shapes is not None:
+                    shapes[plain] = s
             self._gids += 1
-            group = self.groups[gkey] = Group(self._gids, head.user)
-        k, when = key(head, self.queue), promote_at(head, self.queue)
+            group = self.groups[gkey] = Group(self._gids, head.user, [], _NO_PROMOS)
+            self._gkeys[group.gid] = (gkey, s)
+        if self._plain:  # what ``key`` and ``promote_at`` say in such a queue
+            k, when = (-head.priority, 0, 0.0, head.seq, head.app_id), math.inf
+        else:
+            k, when = key(head, self.queue), promote_at(head, self.queue)
         self.heads[head.app_id] = head
-        self._keys[head.app_id] = (gkey, k, when)
+        self._keys[head.app_id] = (group.gid, k, when)
         if sort:
             bisect.insort(group.keys, k)
             if when != math.inf:
+                if group.promos is _NO_PROMOS:
+                    group.promos = []
                 bisect.insort(group.promos, (when, head.seq, head.app_id))
             if head.waiting_since is not None and is_large(head):
                 bisect.insort(self.oldest, (head.waiting_since, head.seq, head.app_id))
         else:
             group.keys.append(k)
             if when != math.inf:
+                if group.promos is _NO_PROMOS:
+                    group.promos = []
                 group.promos.append((when, head.seq, head.app_id))
             if head.waiting_since is not None and is_large(head):
                 self.oldest.append((head.waiting_since, head.seq, head.app_id))
@@ -172,7 +219,8 @@ class QueueLine:
 
     def remove(self, app_id: str) -> AppHead:
         head = self.heads.pop(app_id)
-        gkey, k, when = self._keys.pop(app_id)
+        gid, k, when = self._keys.pop(app_id)
+        gkey = self._gkeys[gid][0]
         group = self.groups[gkey]
         _discard(group.keys, k)
         if when != math.inf:
@@ -181,13 +229,28 @@ class QueueLine:
             _discard(self.oldest, (head.waiting_since, head.seq, app_id))
         if not group.keys:
             del self.groups[gkey]
+            del self._gkeys[gid]
         return head
 
+    def shape_of(self, app_id: str) -> Shape:
+        """The head's shape (the tuple its group keeps)."""
+        return self._gkeys[self._keys[app_id][0]][1]
+
     def group_of(self, app_id: str) -> Group:
-        return self.groups[self._keys[app_id][0]]
+        return self.groups[self._gkeys[self._keys[app_id][0]][0]]
 
     def promoted(self, app_id: str, now: float) -> bool:
         return self._keys[app_id][2] <= now
+
+    def in_order(self, skip: Container[str], now: float) -> list[str]:
+        """Its heads but those in ``skip``, by ``position_key``."""
+        keyed = [
+            (k[0], PROMOTED, when, k[3], k[4]) if when <= now else k
+            for app_id, (_, k, when) in self._keys.items()
+            if app_id not in skip
+        ]
+        keyed.sort()
+        return [k[4] for k in keyed]
 
     def position_key(self, app_id: str, now: float) -> tuple[int, int, float, int, str]:
         """Its place in the line as ``dlapp status`` counts it (user shares aside)."""
@@ -210,11 +273,17 @@ class Backlog:
         self.tree = tree
         self.lines: dict[str, QueueLine] = {}
         self._where: dict[str, QueueLine] = {}
+        by_queue: dict[str, QueueLine] = {}
+        shapes: dict[Plain, Shape] = {}
+        where = self._where
         for h in heads:
-            if h.app_id in self._where:
+            if h.app_id in where:
                 raise ValueError("duplicate app_id among heads")
-            self._line(h.queue).add(h, sort=False)
-            self._where[h.app_id] = self.lines[self.path(h.queue)]
+            line = by_queue.get(h.queue)
+            if line is None:
+                line = by_queue[h.queue] = self._line(h.queue)
+            line.add(h, sort=False, shapes=shapes)
+            where[h.app_id] = line
         for line in self.lines.values():
             line.sort()
 

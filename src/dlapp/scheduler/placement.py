@@ -12,6 +12,7 @@ with the fewest free GPUs, then CPUs (a short lookup in buckets); ``best-fit`` a
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +37,7 @@ from dlapp.scheduler.gpus import (
     same_model,
     take_devices,
     task_fragment,
-    workload,
+    workload_of,
 )
 from dlapp.scheduler.snapshot import (
     PLACEMENTS,
@@ -85,22 +86,34 @@ class FreeIndex:
         self.free: dict[str, Resources] = {}
         self.devices: dict[str, list[float]] = {}
         self.mig: dict[str, dict[str, int]] = {}
+        # None: every node's device list and MIG counts belong to this index; else the nodes
+        # whose do, the others' being shared with a copy until one of the two changes them
+        self._own: set[str] | None = None
         self.placed: dict[str, list[tuple[str, tuple[int, ...]]]] = {}  # app -> its containers
         self._buckets: dict[float, list[tuple[float, str, str]]] = {}
         self._groups: dict[_Group, list[tuple[float, str, str]]] = {}
         self._group_of: dict[str, _Group] = {}
         self._order: list[tuple[str, str]] = []
         self._delta: dict[tuple[object, ...], tuple[float, float]] = {}
+        # answers that depend only on their key (and the workload), worked out once: which
+        # kinds of task fit free (CPUs, memory), and once a request's (CPUs, memory) is
+        # taken; devices' free shares, rounded and sorted; whether a request fits a group
+        self._fits_in: dict[tuple[float, int], tuple[bool, ...]] = {}
+        self._after: dict[tuple[float, int, float, int], tuple[bool, ...]] = {}
+        self._alike: dict[tuple[float, ...], tuple[float, ...]] = {}
+        self._group_ok: dict[tuple[object, ...], bool] = {}
         self._scale = (1.0, 1.0)  # best-fit: the largest node's CPUs and GPUs
+        # another placement's index: ``pack``'s buckets as of its last ``copy("pack")``, and
+        # the free resources then of the schedulable nodes changed since (kept up to date
+        # at the next such copy rather than rebuilt: preemption copies it once per queue)
+        self._pack_cache: dict[float, list[tuple[float, str, str]]] | None = None
+        self._stale: dict[str, Resources] = {}
         for n in nodes:
             self.nodes[n.node_id] = n
             self.free[n.node_id] = n.free
             self.devices[n.node_id] = list(n.devices())
             self.mig[n.node_id] = mig_counts(n.mig_free)
-            if n.schedulable:
-                self._insert(n.node_id)
-        if placement == "first-fit":
-            self._order.sort()
+        self._index_all()
         if placement == "best-fit" and self.nodes:
             self._scale = (
                 max(max(n.total.cpus for n in self.nodes.values()), 1.0),
@@ -113,8 +126,10 @@ class FreeIndex:
         other = FreeIndex((), placement or self.placement, self.work)
         other.nodes = dict(self.nodes)
         other.free = dict(self.free)
-        other.devices = {i: list(d) for i, d in self.devices.items()}
-        other.mig = {i: dict(m) for i, m in self.mig.items()}
+        # copy on write: both share each node's devices and MIG counts until they change them
+        other.devices = dict(self.devices)
+        other.mig = dict(self.mig)
+        self._own, other._own = set(), set()
         other._scale = self._scale
         if other.placement == self.placement:  # the same lookups: copied, not rebuilt
             other._buckets = {g: list(b) for g, b in self._buckets.items()}
@@ -122,12 +137,19 @@ class FreeIndex:
             other._group_of = dict(self._group_of)
             other._order = list(self._order)
             other._delta = self._delta  # scores of alike nodes stay true
+            other._fits_in, other._after = self._fits_in, self._after  # the same workload
+            other._alike, other._group_ok = self._alike, self._group_ok
             return other
-        for node_id, n in other.nodes.items():
-            if n.schedulable:
-                other._insert(node_id)
-        if other.placement == "first-fit":
-            other._order.sort()
+        if other.placement == "pack":
+            if self._pack_cache is None:
+                other._index_all()
+                self._pack_cache = {g: list(b) for g, b in other._buckets.items()}
+            else:
+                self._refresh_pack(self._pack_cache)
+                other._buckets = {g: list(b) for g, b in self._pack_cache.items()}
+            self._stale = {}
+            return other
+        other._index_all()
         if other.placement == "best-fit" and self.placement != "best-fit" and other.nodes:
             other._scale = (
                 max(max(n.total.cpus for n in other.nodes.values()), 1.0),
@@ -148,15 +170,65 @@ class FreeIndex:
 
     def _group_key(self, node_id: str) -> _Group:
         free = self.free[node_id]
-        fits = tuple(
-            s.cpus <= free.cpus + _EPS and s.memory_mb <= free.memory_mb for s, _ in self.work
-        )
+        room = (free.cpus, free.memory_mb)
+        fits = self._fits_in.get(room)
+        if fits is None:
+            fits = self._fits_in[room] = tuple(
+                s.cpus <= free.cpus + _EPS and s.memory_mb <= free.memory_mb for s, _ in self.work
+            )
+        devices = tuple(self.devices[node_id])
+        alike = self._alike.get(devices)
+        if alike is None:
+            alike = self._alike[devices] = tuple(sorted(round(d, 6) for d in devices))
+        mig = self.mig[node_id]
         return _Group(
             self.nodes[node_id].model,
-            tuple(sorted(round(d, 6) for d in self.devices[node_id])),
-            tuple(sorted(self.mig[node_id].items())),
+            alike,
+            tuple(sorted(mig.items())) if mig else (),
             fits,
         )
+
+    def _index_all(self) -> None:
+        """Fill the lookup structures with every schedulable node at once: what ``_insert``
+        node by node would make (the same lists, in the same order), each list sorted once."""
+        schedulable = [i for i, n in self.nodes.items() if n.schedulable]
+        if self.placement == "first-fit":
+            self._order = sorted((self.nodes[i].name, i) for i in schedulable)
+            return
+        free, nodes = self.free, self.nodes
+        if self.placement == "pack":
+            buckets = self._buckets
+            for i in schedulable:
+                f = free[i]
+                key = round(f.gpus, 6)
+                bucket = buckets.get(key)
+                if bucket is None:
+                    bucket = buckets[key] = []
+                bucket.append((f.cpus, nodes[i].name, i))
+            for bucket in buckets.values():
+                bucket.sort()
+            return
+        groups, group_of = self._groups, self._group_of
+        for i in schedulable:
+            alike = group_of[i] = self._group_key(i)
+            group = groups.get(alike)
+            if group is None:
+                group = groups[alike] = []
+            group.append((free[i].cpus, nodes[i].name, i))
+        for group in groups.values():
+            group.sort()
+
+    def _refresh_pack(self, buckets: dict[float, list[tuple[float, str, str]]]) -> None:
+        """Bring ``pack`` buckets built earlier up to date: the same lists ``_index_all`` would
+        build now (the order of the buckets aside, which ``_pack`` sorts)."""
+        for node_id, old in self._stale.items():
+            name, new = self.nodes[node_id].name, self.free[node_id]
+            gpus = round(old.gpus, 6)
+            bucket = buckets[gpus]
+            del bucket[bisect.bisect_left(bucket, (old.cpus, name, node_id))]
+            if not bucket:
+                del buckets[gpus]
+            bisect.insort(buckets.setdefault(round(new.gpus, 6), []), (new.cpus, name, node_id))
 
     def _insert(self, node_id: str) -> None:
         if self.placement == "pack":
@@ -184,7 +256,10 @@ class FreeIndex:
 
     def _update(self, node_id: str, r: Resources, change: Callable[[], None]) -> None:
         """Apply ``change`` to the node's devices and add ``r`` to its free resources."""
-        indexed = self.nodes[node_id].schedulable and self.placement != "first-fit"
+        schedulable = self.nodes[node_id].schedulable
+        indexed = schedulable and self.placement != "first-fit"
+        if schedulable and self._pack_cache is not None and node_id not in self._stale:
+            self._stale[node_id] = self.free[node_id]
         if indexed:
             self._remove(node_id)
         change()
@@ -193,6 +268,14 @@ class FreeIndex:
             self._insert(node_id)
 
     # -- taking and giving ---------------------------------------------------------------------
+
+    def _writable(self, node_id: str) -> None:
+        """Make the node's device list and MIG counts this index's own before changing them."""
+        own = self._own
+        if own is not None and node_id not in own:
+            self.devices[node_id] = list(self.devices[node_id])
+            self.mig[node_id] = dict(self.mig[node_id])
+            own.add(node_id)
 
     def take(
         self,
@@ -203,12 +286,22 @@ class FreeIndex:
     ) -> tuple[int, ...]:
         """Take one container's ``r`` on the node: its MIG instances (``mig``), or the
         ``devices`` given (by default, those ``pick_devices`` chooses). Returns the devices."""
+        self._writable(node_id)
         if mig is not None:
             count = round(r.gpus / mig_share(mig))
             counts = self.mig[node_id]
             self._update(node_id, _negative(r), lambda: _add(counts, mig, -count))
             return ()
         free = self.devices[node_id]
+        if devices is None and r.gpus >= 1 - GPU_EPS:
+            # whole GPUs: what fits_devices, pick_devices and the check below would say, in
+            # one pass (the lowest-indexed wholly free devices; none short of a whole GPU)
+            need = round(r.gpus)
+            chosen = tuple([i for i, d in enumerate(free) if d >= 1 - GPU_EPS][:need])
+            if len(chosen) < need:
+                return self._take_what_is_free(node_id, r)
+            self._update(node_id, _negative(r), lambda: take_devices(free, chosen, r.gpus))
+            return chosen
         if devices is None:
             if r.gpus > GPU_EPS and not fits_devices(free, r.gpus):
                 return self._take_what_is_free(node_id, r)
@@ -224,6 +317,7 @@ class FreeIndex:
         """Set aside up to ``r``'s GPUs from whatever the devices have free (a reservation of
         room that is partly in use): the freest devices first; the node's free GPU share drops
         by what the devices gave."""
+        self._writable(node_id)
         free = self.devices[node_id]
         left = r.gpus
         chosen: list[tuple[int, float]] = []
@@ -250,6 +344,7 @@ class FreeIndex:
         mig: str | None = None,
     ) -> None:
         """Give one container's ``r`` back (the devices it held, when known)."""
+        self._writable(node_id)
         if mig is not None:
             count = round(r.gpus / mig_share(mig))
             counts = self.mig[node_id]
@@ -318,7 +413,8 @@ class FreeIndex:
         req = head.request
         for gpus in sorted(g for g in self._buckets if g >= req.gpus - GPU_EPS):
             bucket = self._buckets[gpus]
-            for _cpus, _name, node_id in bucket[bisect.bisect_left(bucket, (req.cpus - _EPS,)) :]:
+            start = bisect.bisect_left(bucket, (req.cpus - _EPS,))
+            for _cpus, _name, node_id in itertools.islice(bucket, start, None):
                 if self._usable(node_id, head, avoid):
                     return node_id
         return None
@@ -340,28 +436,26 @@ class FreeIndex:
         from it to the first that keeps room for every kind of task that fits now (the CPUs
         and memory it leaves then strand no GPU), at most ``_SCAN`` nodes a group."""
         req = head.request
+        fgd = self.placement == "fgd"
         best: tuple[tuple[object, ...], str] | None = None
         for key, group in self._groups.items():
             if not self._group_fits(key, head):
                 continue  # its nodes' GPUs are alike: none of them holds it
             first = bisect.bisect_left(group, (req.cpus - _EPS,))
             scanned = 0
-            for _cpus, _name, node_id in group[first:]:
+            for _cpus, _name, node_id in itertools.islice(group, first, None):
                 if (
                     node_id in avoid
                     or req.memory_mb > self.free[node_id].memory_mb
                     or not head.allows(self.nodes[node_id])
                 ):
                     continue
-                rank = self._rank(key, node_id, head)
+                after = self._after_fits(node_id, head) if fgd else None
+                rank = self._rank(key, node_id, head, after)
                 if best is None or rank < best[0]:
                     best = (rank, node_id)
                 scanned += 1
-                if (
-                    self.placement != "fgd"
-                    or scanned >= _SCAN
-                    or self._after_fits(node_id, head) == key.fits
-                ):
+                if not fgd or scanned >= _SCAN or after == key.fits:
                     break
         return None if best is None else best[1]
 
@@ -371,6 +465,14 @@ class FreeIndex:
         req = head.request
         if req.gpus <= GPU_EPS:
             return True
+        memo = (key, req.gpus, head.gpu_types, head.mig)
+        known = self._group_ok.get(memo)
+        if known is None:
+            known = self._group_ok[memo] = self._gpus_fit_group(key, head)
+        return known
+
+    def _gpus_fit_group(self, key: _Group, head: AppHead) -> bool:
+        req = head.request
         if head.gpu_types and not same_model(key.model, head.gpu_types):
             return False
         if head.mig is not None:
@@ -381,10 +483,22 @@ class FreeIndex:
         """Which kinds of task of the workload fit the node's CPUs and memory once one
         container of ``head`` is on it."""
         req, free = head.request, self.free[node_id]
-        cpus, memory = free.cpus - req.cpus + _EPS, free.memory_mb - req.memory_mb
-        return tuple(s.cpus <= cpus and s.memory_mb <= memory for s, _ in self.work)
+        memo = (free.cpus, free.memory_mb, req.cpus, req.memory_mb)
+        known = self._after.get(memo)
+        if known is None:
+            cpus, memory = free.cpus - req.cpus + _EPS, free.memory_mb - req.memory_mb
+            known = self._after[memo] = tuple(
+                s.cpus <= cpus and s.memory_mb <= memory for s, _ in self.work
+            )
+        return known
 
-    def _rank(self, key: _Group, node_id: str, head: AppHead) -> tuple[object, ...]:
+    def _rank(
+        self,
+        key: _Group,
+        node_id: str,
+        head: AppHead,
+        after_fits: tuple[bool, ...] | None = None,
+    ) -> tuple[object, ...]:
         req, free = head.request, self.free[node_id]
         # ties: fewest free GPUs, then fewest free CPUs, then by name (as pack)
         name_order = (free.gpus, free.cpus, self.nodes[node_id].name, node_id)
@@ -394,15 +508,22 @@ class FreeIndex:
                 gpu_scale
             )
             return (round(left, 9), *name_order)
-        return (round(self._fgd(key, node_id, head)[0], 9), *name_order)
+        return (round(self._fgd(key, node_id, head, after_fits)[0], 9), *name_order)
 
-    def _fgd(self, key: _Group, node_id: str, head: AppHead) -> tuple[float, float]:
+    def _fgd(
+        self,
+        key: _Group,
+        node_id: str,
+        head: AppHead,
+        after_fits: tuple[bool, ...] | None = None,
+    ) -> tuple[float, float]:
         """(growth of the node's expected fragmentation, the free share of the device a
         fraction goes on; -1 for none) if one container of ``head`` lands on it; cached for
         nodes that look alike (alike nodes hold their devices in any order: the device is
-        named by its free share, not its index)."""
+        named by its free share, not its index; ``after_fits``: ``_after_fits``, if known)."""
         req = head.request
-        after_fits = self._after_fits(node_id, head)
+        if after_fits is None:
+            after_fits = self._after_fits(node_id, head)
         cache_key = (key, after_fits, req.gpus, head.mig)
         known = self._delta.get(cache_key)
         if known is not None:
@@ -523,14 +644,22 @@ def place_gang(head: AppHead, snapshot: Snapshot) -> tuple[str, ...] | None:
 def default_workload(heads: Iterable[AppHead], running: Iterable[RunningApp]) -> Workload:
     """The mix of kinds of task, learned from what waits and what runs now (one count per
     app): what fragmentation-aware placement keeps room for when the caller gives none."""
-    counts: Counter[tuple[Resources, tuple[str, ...], str | None]] = Counter(
-        (h.request, h.gpu_types, h.mig) for h in heads if h.request.gpus > GPU_EPS
-    )
-    counts.update((a.request, (), a.mig) for a in running if a.request.gpus > GPU_EPS)
-    shapes: list[TaskShape] = []
-    for (r, models, mig), n in counts.items():
-        shapes.extend([TaskShape(r.cpus, r.memory_mb, r.gpus, models, mig)] * n)
-    return workload(shapes)
+    # counted by plain tuples, equal when the requests are (and quicker to hash); each kind
+    # keeps the amounts of the first of it, in the order they first come
+    counts: Counter[tuple[float, int, float, tuple[str, ...], str | None]] = Counter()
+    for h in heads:
+        r = h.request
+        if r.gpus > GPU_EPS:
+            counts[(r.cpus, r.memory_mb, r.gpus, h.gpu_types, h.mig)] += 1
+    for a in running:
+        r = a.request
+        if r.gpus > GPU_EPS:
+            counts[(r.cpus, r.memory_mb, r.gpus, (), a.mig)] += 1
+    kinds: dict[TaskShape, int] = {}  # what ``workload`` counts, one task at a time
+    for (cpus, memory_mb, gpus, models, mig), n in counts.items():
+        task = TaskShape(cpus, memory_mb, gpus, models, mig)
+        kinds[task] = kinds.get(task, 0) + n
+    return workload_of(kinds)
 
 
 def shape_of(head: AppHead) -> TaskShape:
@@ -568,7 +697,10 @@ def explain_free(
     gpus = _Devices(devices, mig)
     if not nodes:
         return "the cluster has no nodes"
-    allowed = [(n, f) for n, f in nodes if head.allows(n)]
+    if head.include_nodes or head.exclude_nodes:
+        allowed = [(n, f) for n, f in nodes if head.allows(n)]
+    else:
+        allowed = list(nodes)  # every node (``allows`` says so without lists)
     if not allowed:
         return f"no allowed node ({_lists(head.include_nodes, head.exclude_nodes)})"
     usable = [(n, f) for n, f in allowed if n.schedulable]
@@ -576,7 +708,10 @@ def explain_free(
         return "no schedulable node: every allowed node is drained, cordoned or down"
     request = head.request
     needs = f"needs {_containers(head.num_containers)} of {describe_request(head)}"
-    typed = [(n, f) for n, f in usable if head.accepts(n)]
+    if head.gpu_types and request.gpus > GPU_EPS:
+        typed = [(n, f) for n, f in usable if head.accepts(n)]
+    else:
+        typed = usable  # it accepts any node (see ``AppHead.accepts``)
     if not typed:
         return f"{needs}; no schedulable node has one ({_models([n for n, _ in usable])})"
     if head.mig is not None:
@@ -584,14 +719,16 @@ def explain_free(
         if not with_profile:
             return f"{needs}; no schedulable node has {head.mig} instances"
         typed = with_profile
+    # (``_fit_count`` is 0 on a node that has not one container's request free: skipped)
+    typed_fit = [(n, f) for n, f in typed if request.fits_in(f)]
     if head.spread:
-        holders = sum(1 for n, f in typed if _fit_count(head, n, f, 1, gpus))
+        holders = sum(1 for n, f in typed_fit if _fit_count(head, n, f, 1, gpus))
         if holders < head.num_containers:
             return (
                 f"{needs}, {head.num_containers} containers on different nodes; "
                 f"only {holders} node{'' if holders == 1 else 's'} can hold one now"
             )
-    fit = sum(_fit_count(head, n, f, head.num_containers, gpus) for n, f in typed)
+    fit = sum(_fit_count(head, n, f, head.num_containers, gpus) for n, f in typed_fit)
     if fit > 0:
         return f"{needs} at once; only {fit} fit{'s' if fit == 1 else ''} now"
     where = "any allowed node" if head.include_nodes or head.exclude_nodes else "any node"
@@ -599,8 +736,25 @@ def explain_free(
         where = f"any {' or '.join(head.gpu_types)} node"
     short = []
     if request.gpus > GPU_EPS:
+        if head.mig is None and not is_fraction(request.gpus):
+            # whole GPUs: ``_gpu_room`` counts the wholly free devices (every node here
+            # accepts it), counted once for each list of free shares
+            counted: dict[tuple[float, ...], int] = {}
+
+            def room_of(n: NodeView) -> float:
+                shares = tuple(gpus.devices(n))
+                known = counted.get(shares)
+                if known is None:
+                    known = counted[shares] = sum(1 for d in shares if d >= 1 - GPU_EPS)
+                return known
+
+        else:
+
+            def room_of(n: NodeView) -> float:
+                return _gpu_room(head, n, gpus)
+
         node, room = max(
-            ((n, _gpu_room(head, n, gpus)) for n, _ in typed),
+            ((n, room_of(n)) for n, _ in typed),
             key=lambda c: (c[1], -len(c[0].name)),
         )
         if room < _gpu_need(head) - GPU_EPS:
@@ -830,8 +984,10 @@ def _fit_count(
     as ``gpus`` says), counting no further than ``limit``."""
     if not head.accepts(node):
         return 0
-    gpus = gpus or _Devices()
     request = head.request
+    if limit < 1 or not request.fits_in(free):
+        return 0  # not one container: no need to copy its devices
+    gpus = gpus or _Devices()
     devices = list(gpus.devices(node))
     mig = dict(gpus.mig(node))
     count = 0
@@ -852,8 +1008,14 @@ def _fit_count(
 def _largest(
     candidates: Sequence[tuple[NodeView, Resources]], amount: Callable[[Resources], float]
 ) -> tuple[NodeView, Resources]:
-    """The (node, resources) pair with the most of ``amount``; ties go to the first by name."""
-    return min(candidates, key=lambda c: (-amount(c[1]), c[0].name, c[0].node_id))
+    """The (node, resources) pair with the most of ``amount``; ties go to the first by name
+    (then id): ``min`` by (-amount, name, node_id), with the amounts read once each."""
+    amounts = [amount(r) for _, r in candidates]
+    most = max(amounts)
+    return min(
+        (c for c, a in zip(candidates, amounts, strict=True) if a == most),
+        key=lambda c: (c[0].name, c[0].node_id),
+    )
 
 
 def _containers(n: int) -> str:

@@ -27,13 +27,16 @@ keeps in a ``Backlog`` between cycles and answers only the admissions and preemp
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TypeAlias
+from functools import partial
+from typing import TypeAlias, cast
 
 from dlapp.scheduler.gpu_quotas import ModelQuotas
 from dlapp.scheduler.ordering import (
@@ -96,6 +99,7 @@ Decision: TypeAlias = Admit | Wait | Preempt
 _MAX_ESTIMATES = 32  # estimates are worked out for this many distinct request shapes per cycle
 _SRTF_MARGIN = 2.0  # srtf preempts only apps with over this many times the head's time left
 _EPS = 1e-9
+_UNKNOWN = object()  # not in a cache (whose values may be None)
 _FIT_SLACK = 1e-3  # more than the slack of any number of containers' GPU comparisons
 
 
@@ -140,6 +144,11 @@ def _clamp(r: Resources, free: Resources) -> Resources:
     )
 
 
+def _chain(tree: QueueTree, path: str) -> list[str]:
+    """``path`` and its ancestors, itself first (only itself when the tree lacks it)."""
+    return tree.ancestors(path) if path in tree.by_path else [path]
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -158,25 +167,32 @@ class _Cycle:
         self.usage: dict[str, Resources] = defaultdict(Resources)
         self.user_usage: dict[tuple[str, str], Resources] = defaultdict(Resources)
         self.path_of: dict[str, str] = {}
+        self.line_shares: dict[str, dict[str, float]] = {}  # see _Line.shares
         self._charge_running(snapshot.running)
         # per GPU model: what queues are guaranteed, may hold, and hold
+        # (its chain function holds the tree, not this cycle: no reference cycle, so all of
+        # the cycle's working state is freed when ``decide`` returns, not by a full GC later)
         self.quotas = ModelQuotas(
-            self.tree, snapshot.nodes, snapshot.running, self._path, self.chain
+            self.tree, snapshot.nodes, snapshot.running, self._path, partial(_chain, self.tree)
         )
         self.decisions: dict[str, Admit] = {}
         self.waits: dict[str, tuple[str, float | None]] = {}  # app -> (reason, estimate)
         self._rooms: dict[str, tuple[Resources, Resources]] = {}
         self._relative: dict[str, tuple[float, float, str]] = {}
         self._caps: dict[str, Resources] = {}
+        self._capped_of: dict[str, tuple[list[tuple[str, Resources]], bool]] = {}
         self.preempts: list[Preempt] = []
         self.failed_shapes: dict[Shape, str] = {}
         self.estimates: dict[Shape, float | None] = {}
+        self._ends: list[RunningApp] | None = None  # running apps with an end, soonest first
         self.claimed: dict[str, Resources] = defaultdict(Resources)  # promised by preemption
         # (guarantee or level, queue, shape) -> the best rank that found no victims
         self.no_victims: dict[tuple[str, str, Shape], float] = {}
         self.victims: dict[str, str] = {}  # chosen this cycle -> the queue they make room for
         self._victim_order: list[tuple[RunningApp, str]] | None = None
         self._victim_use: dict[str, Resources] | None = None
+        self._victim_at: dict[str, list[int]] | None = None  # queue -> its apps in _victims()
+        self._borrowing: dict[str, bool] = {}  # preemptible and over by _victim_use, per queue
         self._by_queue: dict[str, list[RunningApp]] | None = None
         self._ranks: dict[str, list[tuple[float, RunningApp]]] = {}
         self._futures: dict[str, tuple[FreeIndex, list[int]]] = {}
@@ -220,12 +236,15 @@ class _Cycle:
         return self.limits.get(path) or Limits(Resources(), self.total)
 
     def chain(self, path: str) -> list[str]:
-        return self.tree.ancestors(path) if path in self.tree.by_path else [path]
+        return _chain(self.tree, path)
 
     def _charge(self, path: str, user: str, r: Resources) -> None:
         for p in self.chain(path):
             self.usage[p] = self.usage[p] + r
         self.user_usage[(path, user)] = self.user_usage[(path, user)] + r
+        shares = self.line_shares.get(path)
+        if shares:
+            shares.pop(user, None)  # its share in its queue's line changed
 
     def relative_use(self, path: str) -> tuple[float, float, str]:
         """Sort key of queues: used/guaranteed (on the resources it is guaranteed some of),
@@ -284,24 +303,48 @@ class _Cycle:
             room = self._rooms[path] = (headroom, self.user_cap(path))
         return room
 
+    def _capped(self, path: str) -> tuple[list[tuple[str, Resources]], bool]:
+        """(the queues of ``path``'s chain with their maxima, where a maximum is below the
+        cluster's size on some resource; whether a user's cap is): only those can bind (see
+        ``_binds``). Once a cycle."""
+        known = self._capped_of.get(path)
+        if known is None:
+            total = self.total
+
+            def below(m: Resources) -> bool:
+                return (
+                    m.gpus < total.gpus
+                    or m.cpus < total.cpus - _EPS
+                    or m.memory_mb < total.memory_mb
+                )
+
+            maxima = [(p, self.limits_of(p).maximum) for p in self.chain(path)]
+            known = ([(p, m) for p, m in maxima if below(m)], below(self.user_cap(path)))
+            self._capped_of[path] = known
+        return known
+
     def limit_reason(self, head: AppHead, path: str) -> str | None:
+        capped, user_capped = self._capped(path)
+        if not capped and not user_capped:
+            return None  # no maximum, no user cap below the cluster's size: none binds
         need = head.total
         headroom, cap = self._room(path)
         if need.fits_in(headroom) and (need.fits_in(cap - self.user_usage[(path, head.user)])):
             return None
-        for p in self.chain(path):
-            maximum = self.limits_of(p).maximum
+        for p, maximum in capped:
             if _binds(self.usage[p] + need, maximum, self.total):
                 in_use = _say(self.usage[p], maximum)
                 return f"queue {p} at its maximum ({in_use} in use, needs {need.describe()})"
-        held = self.user_usage[(path, head.user)]
-        if _binds(held + need, cap, self.total):
-            return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
+        if user_capped:
+            held = self.user_usage[(path, head.user)]
+            if _binds(held + need, cap, self.total):
+                return f"user limit: {head.user} holds {_say(held, cap)} in {path}"
         return None
 
-    def try_place(self, head: AppHead) -> tuple[str, ...] | str:
-        """Node ids, or the reason the gang does not fit now."""
-        key = shape(head)
+    def try_place(self, head: AppHead, key: Shape | None = None) -> tuple[str, ...] | str:
+        """Node ids, or the reason the gang does not fit now (``key``: its shape, if known)."""
+        if key is None:
+            key = shape(head)
         known = self.failed_shapes.get(key)
         if known is not None:
             return known
@@ -324,20 +367,25 @@ class _Cycle:
         if self.explain:
             self.waits[head.app_id] = (reason, estimate)
 
-    def estimate(self, head: AppHead) -> float | None:
+    def estimate(self, head: AppHead, key: Shape | None = None) -> float | None:
         """When ``head`` could start if nothing else started first: the earliest time at which
-        running apps' max runtimes free enough room. None when no such bound is known."""
+        running apps' max runtimes free enough room. None when no such bound is known.
+        (``key``: its shape, if known.)"""
         if not self.explain:
             return None
-        key = shape(head)
-        if key in self.estimates:
-            return self.estimates[key]
+        if key is None:
+            key = shape(head)
+        known = self.estimates.get(key, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return cast("float | None", known)
         if len(self.estimates) >= _MAX_ESTIMATES:
             return None
-        ending = sorted(
-            (a for a in self.snapshot.running if a.ends_by is not None),
-            key=lambda a: a.ends_by or 0.0,
-        )
+        ending = self._ends
+        if ending is None:  # once a cycle
+            ending = self._ends = sorted(
+                (a for a in self.snapshot.running if a.ends_by is not None),
+                key=lambda a: a.ends_by or 0.0,
+            )
         result: float | None = None
         if ending:
             sim = self._copy_free("pack")  # whether it fits, not where: the quick lookup
@@ -595,11 +643,11 @@ class _Cycle:
         use = self._victim_uses()
 
         def candidates() -> Iterator[RunningApp]:
-            for app, q in self._victims():
-                if q == path or not self._preemptible(q):
-                    continue
+            # only the apps of queues borrowing now: use only shrinks while victims are taken,
+            # so a queue not over its guarantee when this starts is not over it later on
+            for app, q in self._borrowed(path):
                 if not self.limits_of(q).over(use[q]):
-                    continue  # its queue is not (or no longer) borrowing: take nothing from it
+                    continue  # its queue is no longer borrowing: take nothing more from it
                 if self.quotas.protects(app, q):
                     continue  # it runs on GPUs its queue is guaranteed of their model
                 yield app
@@ -726,6 +774,7 @@ class _Cycle:
 
         def choose(victim: RunningApp, sign: int) -> None:
             vpath = self._path(victim.queue)
+            self._borrowing.pop(vpath, None)
             use[vpath] = use[vpath] - victim.total if sign > 0 else use[vpath] + victim.total
             self._lend(future, victim, sign)
 
@@ -780,6 +829,28 @@ class _Cycle:
             pairs.sort(key=lambda p: (-rel[p[1]], p[0].priority, -p[0].started_at, -p[0].seq))
             self._victim_order = pairs
         return self._victim_order
+
+    def _borrowed(self, path: str) -> Iterator[tuple[RunningApp, str]]:
+        """``_victims()`` of the preemptible queues other than ``path`` that are over their
+        guarantee by ``_victim_uses()`` now, in the same order."""
+        order = self._victims()
+        if self._victim_at is None:
+            self._victim_at = defaultdict(list)
+            for i, (_, q) in enumerate(order):
+                self._victim_at[q].append(i)
+        use, borrowing = self._victim_uses(), self._borrowing
+        queues = []
+        for q in self._victim_at:
+            over = borrowing.get(q)
+            if over is None:
+                over = borrowing[q] = self._preemptible(q) and self.limits_of(q).over(use[q])
+            if over and q != path:
+                queues.append(q)
+        if len(queues) == 1:
+            at: Iterable[int] = self._victim_at[queues[0]]
+        else:
+            at = sorted(i for q in queues for i in self._victim_at[q])
+        return (order[i] for i in at)
 
     def _victim_uses(self) -> dict[str, Resources]:
         """What each leaf queue will hold once the apps already stopping have gone (and, as
@@ -853,16 +924,56 @@ class _Cycle:
                 _, path = heapq.heappop(order)
                 line = lines[path]
                 head = line.next()
-                if head is None:
-                    continue
-                if not borrowing and not self.within_guarantee(head, path):
-                    line.put_back(head)  # its turn comes when capacity is lent out
-                    continue
-                if not self.serve(head, path, line, borrowing) and line.fifo:
-                    line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
-                    continue
-                heapq.heappush(order, (key(path, borrowing), path))
+                while head is not None:  # the same queue as long as it would come first again
+                    if not borrowing and not self.within_guarantee(head, path):
+                        line.put_back(head)  # its turn comes when capacity is lent out
+                        break
+                    admitted = self.serve(head, path, line, borrowing)
+                    if not admitted and line.fifo:
+                        line.blocked_by = head.app_id  # 3. a fifo line stops at its first app
+                        break
+                    entry = (key(path, borrowing), path)
+                    if order and order[0] < entry:  # the entries are distinct (one a queue)
+                        heapq.heappush(order, entry)
+                        break
+                    # else: pushed, it would be popped right away (an app that waits changes
+                    # no queue's key; one admitted may not either)
+                    if not admitted and borrowing and not by_rank and self._quick(line):
+                        head = self._wait_known(line)  # the same key until one is admitted
+                    else:
+                        head = line.next()
         return lines
+
+    def _quick(self, line: _Line) -> bool:
+        """Whether, in this queue, an app lent capacity that is not admitted can only be one
+        whose shape is known not to fit: no maximum or user cap that binds, no GPU-model
+        quota, no preemption within the queue, no reserved room held."""
+        capped, user_capped = self._capped(line.path)
+        return not (capped or user_capped or self.quotas.active or line.within or self._held)
+
+    def _wait_known(self, line: _Line) -> AppHead | None:
+        """What ``serve`` does for the line's next apps while it is ``_quick`` and lending:
+        each app of a shape known not to fit waits for that reason (and its group with it);
+        returns the first app that needs more (``serve`` it), or None when none is left."""
+        ql, failed, waits, reserved = line.ql, self.failed_shapes, self.waits, self.reserved
+        estimates, dropped = self.estimates, line.dropped
+        while True:
+            head = line.next()
+            if head is None or head.app_id in reserved:
+                return head
+            key = ql.shape_of(head.app_id)
+            reason = failed.get(key)
+            if reason is None:
+                return head
+            known = estimates.get(key, _UNKNOWN)
+            if known is _UNKNOWN:
+                estimate = self.estimate(head, key)
+            else:
+                estimate = cast("float | None", known)
+            why = (reason, estimate)
+            if self.explain:
+                waits[head.app_id] = why
+            dropped[line.last_gid()] = why  # line.drop_group(reason, estimate)
 
     def serve(self, head: AppHead, path: str, line: _Line, borrowing: bool) -> bool:
         """Admit ``head`` if its queue's maximum, its user's limit and the cluster allow; else
@@ -874,14 +985,18 @@ class _Cycle:
             line.drop_group(limited, None)
             return False
         # ... and the queue's maxima per GPU model: the models it may still land on
-        typed = self.quotas.restrict(head, path)
+        typed = self.quotas.restrict(head, path) if self.quotas.active else head
         if isinstance(typed, str):
             self.wait(head, typed)
             line.drop_group(typed, None)
             return False
         # the whole gang, by best fit (an app holding a reservation gets its room back)
         held = self.reserved.get(head.app_id)
-        placed = self.place_reserved(typed) if held is not None else self.try_place(typed)
+        key = line.ql.shape_of(head.app_id)  # the one tuple of its shape: quick to look up
+        if held is not None:
+            placed = self.place_reserved(typed)
+        else:
+            placed = self.try_place(typed, key if typed is head else None)
         if isinstance(placed, str) and not borrowing and self._held:
             placed = self.place_over_reservations(typed, path) or placed
         if isinstance(placed, str) and held is None and self._held:
@@ -890,15 +1005,16 @@ class _Cycle:
             self.admit(head, path, placed)
             return True
         # 5. preemption: a guarantee back (never for borrowing), or a later level's room
-        promoted = line.ql.promoted(head.app_id, self.now)
         why = None if borrowing else self.preempt_for(head, path)
-        if why is None:
+        if why is None and line.within:
+            promoted = line.ql.promoted(head.app_id, self.now)
             why = self.preempt_within(head, path, line.ql.queue, promoted)
         if why is not None:
             self.wait(head, why)  # the next app of its group may preempt too
             return False
-        estimate = self.estimate(head)
-        self.wait(head, placed if held is None else held, estimate)
+        estimate = self.estimate(head, key)
+        if self.explain:
+            self.waits[head.app_id] = (placed if held is None else held, estimate)
         if held is None:  # the rest of its group has no reserved room: none of it fits
             line.drop_group(placed, estimate)
         return False
@@ -909,15 +1025,19 @@ class _Cycle:
         """Step 6: one Admit or Wait per head in the caller's order, then the preemptions.
         Positions count only the apps still waiting, in each queue's line order."""
         out: dict[str, Decision] = dict(self.decisions)
+        waits = self.waits
         for path, ql in backlog.lines.items():
             line = lines.get(path)
-            waiting = [a for a in ql.heads if a not in self.decisions]
-            waiting.sort(key=lambda a: ql.position_key(a, self.now))
-            for position, app_id in enumerate(waiting, 1):
-                reason, estimate = self._why(app_id, ql, line)
-                asked = ql.heads[app_id].queue
-                if line is not None and asked not in (path, path.removeprefix("root.")):
-                    reason += f" (its queue {asked} is not configured: it waits in {path})"
+            names = (path, path.removeprefix("root."))
+            for position, app_id in enumerate(ql.in_order(self.decisions, self.now), 1):
+                known = waits.get(app_id)
+                if known is None:
+                    known = self._why(app_id, ql, line)
+                reason, estimate = known
+                if line is not None:
+                    asked = ql.heads[app_id].queue
+                    if asked not in names:
+                        reason += f" (its queue {asked} is not configured: it waits in {path})"
                 out[app_id] = Wait(app_id, position, reason, estimate)
         return [out[h.app_id] for h in heads] + list(self.preempts)
 
@@ -946,6 +1066,10 @@ class _Cycle:
         return ("waiting for its turn in the line", None)  # not reached: no capacity left
 
 
+# a line's heap entry: (-priority, band, user share, rank, seq, app_id, gid, stream)
+_Entry: TypeAlias = tuple[int, int, float, float, int, str, int, int]
+
+
 class _Line:
     """One queue's line for one cycle: a heap of its groups' next heads, merged in line order
     (see ``ordering``). Reads the queue's ``QueueLine``, never changes it."""
@@ -954,30 +1078,51 @@ class _Line:
         self.ql, self.cycle, self.path = ql, cycle, ql.path
         self.now = cycle.now
         self.fifo = ql.queue is not None and ql.queue.ordering == "fifo"
+        q, tree = ql.queue, cycle.tree
+        # whether ``preempt_within`` may preempt for its apps (else it answers None)
+        self.within = bool(
+            tree.preemption and q is not None and q.preemptible and q.ordering in ("las", "srtf")
+        )
         self.by_share = by_user_share(ql.queue)
         self.cap = cycle.limits_of(self.path).maximum
-        # entries: (-priority, band, user share, rank, seq, app_id, gid, stream)
-        self.heap: list[tuple[int, int, float, float, int, str, int, int]] = []
+        self.heap: list[_Entry] = []
         self.groups: dict[int, Group] = {}
-        self.cursor: dict[int, list[int]] = {}  # gid -> [next promoted, next by key]
+        self.at_promo: dict[int, int] = {}  # gid -> index of its next promoted head
+        self.at_key: dict[int, int] = {}  # gid -> index of its next head by key
         self.promoted_count: dict[int, int] = {}
         self.dropped: dict[int, tuple[str, float | None]] = {}
         self.served: set[str] = set()
         self.blocked_by: str | None = None
-        self._last: tuple[int, int] | None = None  # (gid, stream) of the last head taken
+        # the heap entry of the last head taken: until the next push (_last), and for
+        # put_back (_taken)
+        self._last: _Entry | None = None
+        self._taken: _Entry | None = None
         self._held: AppHead | None = None
-        self._last_key: tuple[float, ...] = (math.inf,)
         self._held_key: tuple[float, ...] = (math.inf,)
+        # user -> dominant share of the queue's maximum; dropped when the user is charged
+        self.shares: dict[str, float] = cycle.line_shares.setdefault(self.path, {})
+        # each group's first head of each stream (what ``_push`` would push, nothing being
+        # served yet), then one heapify: the entries are distinct, so the heap pops the same
+        heap, now, heads, by_share = self.heap, self.now, ql.heads, self.by_share
         for group in ql.groups.values():
             gid = group.gid
             self.groups[gid] = group
-            self.cursor[gid] = [0, 0]
-            n = 0
-            if group.promos:
-                n = _count_promoted(group.promos, self.now)
-            self.promoted_count[gid] = n
-            self._push(gid, 0)
-            self._push(gid, 1)
+            if group.promos:  # (a group without: no promoted count nor cursor, read as 0)
+                n = _count_promoted(group.promos, now)
+                self.promoted_count[gid] = n
+                if n:
+                    when, seq, app_id = group.promos[0]
+                    entry = (-heads[app_id].priority, PROMOTED, 0.0, when, seq, app_id, gid, 0)
+                    heap.append(entry)
+                    self.at_promo[gid] = 1
+            keys = group.keys
+            if keys:  # (its cursor: 1 until it moves, read as 1 when it has none)
+                prio, band, rank, seq, app_id = keys[0]
+                user_share = self._share(group.user) if by_share else 0.0
+                heap.append((prio, band, user_share, rank, seq, app_id, gid, 1))
+            else:
+                self.at_key[gid] = 0
+        heapq.heapify(heap)
 
     def __bool__(self) -> bool:
         return self._held is not None or bool(self.heap)
@@ -986,35 +1131,42 @@ class _Line:
         return self.ql.group_of(app_id).gid
 
     def _share(self, user: str) -> float:
-        return share(self.cycle.user_usage[(self.path, user)], self.cap)
+        known = self.shares.get(user)
+        if known is None:
+            used = self.cycle.user_usage.get((self.path, user))
+            known = self.shares[user] = 0.0 if used is None else share(used, self.cap)
+        return known
 
     def _push(self, gid: int, stream: int) -> None:
         """Push the next head of a group's stream (0: promoted, by promotion time; 1: all, by
         key) that no stream has served yet."""
-        group, at = self.groups[gid], self.cursor[gid]
+        group, served = self.groups[gid], self.served
         if stream == 0:
-            promos, end = group.promos, self.promoted_count[gid]
-            while at[0] < end and promos[at[0]][2] in self.served:
-                at[0] += 1
-            if at[0] < end:
-                when, seq, app_id = promos[at[0]]
-                at[0] += 1
+            at, promos = self.at_promo.get(gid, 0), group.promos
+            end = self.promoted_count.get(gid, 0)
+            while at < end and promos[at][2] in served:
+                at += 1
+            if at < end:
+                when, seq, app_id = promos[at]
+                at += 1
                 prio = -self.ql.heads[app_id].priority
                 heapq.heappush(self.heap, (prio, PROMOTED, 0.0, when, seq, app_id, gid, 0))
+            self.at_promo[gid] = at
         else:
-            keys = group.keys
-            while at[1] < len(keys) and keys[at[1]][4] in self.served:
-                at[1] += 1
-            if at[1] < len(keys):
-                prio, band, rank, seq, app_id = keys[at[1]]
-                at[1] += 1
+            at, keys = self.at_key.get(gid, 1), group.keys
+            while at < len(keys) and keys[at][4] in served:
+                at += 1
+            if at < len(keys):
+                prio, band, rank, seq, app_id = keys[at]
+                at += 1
                 user_share = self._share(group.user) if self.by_share else 0.0
                 heapq.heappush(self.heap, (prio, band, user_share, rank, seq, app_id, gid, 1))
+            self.at_key[gid] = at
 
     def put_back(self, head: AppHead) -> None:
         """Return the app just taken: it is the next one again."""
         self._held = head
-        self._held_key = self._last_key
+        self._held_key = (math.inf,) if self._taken is None else self._taken[:5]
 
     def peek(self) -> tuple[float, ...]:
         """Where the next app stands in the line (priority, band, share, rank, seq); (inf,)
@@ -1022,7 +1174,7 @@ class _Line:
         if self._held is not None:
             return self._held_key
         if self._last is not None:
-            gid, stream = self._last
+            gid, stream = self._last[6], self._last[7]
             self._last = None
             if gid not in self.dropped:
                 self._push(gid, stream)
@@ -1049,35 +1201,41 @@ class _Line:
         if self._held is not None:
             head, self._held = self._held, None
             return head
-        if self._last is not None:
-            gid, stream = self._last
+        last = self._last
+        if last is not None:
             self._last = None
-            if gid not in self.dropped:
-                self._push(gid, stream)
-        while self.heap:
-            entry = heapq.heappop(self.heap)
-            prio, band, user_share, rank, seq, app_id, gid, stream = entry
-            if gid in self.dropped:
+            if last[6] not in self.dropped:
+                self._push(last[6], last[7])
+        heap, dropped, served = self.heap, self.dropped, self.served
+        while heap:
+            entry = heapq.heappop(heap)
+            gid, app_id = entry[6], entry[5]
+            if gid in dropped:
                 continue
-            if app_id in self.served:  # its other stream took it
-                self._push(gid, stream)
+            if app_id in served:  # its other stream took it
+                self._push(gid, entry[7])
                 continue
-            if stream == 1 and self.by_share:
+            if entry[7] == 1 and self.by_share:
                 now_share = self._share(self.groups[gid].user)
-                if now_share > user_share + 1e-12:  # its user was served since: re-sort
+                if now_share > entry[2] + 1e-12:  # its user was served since: re-sort
+                    prio, band, _, rank, seq, _, _, stream = entry
                     new = (prio, band, now_share, rank, seq, app_id, gid, stream)
-                    heapq.heappush(self.heap, new)
+                    heapq.heappush(heap, new)
                     continue
-            self.served.add(app_id)
-            self._last = (gid, stream)
-            self._last_key = (prio, band, user_share, rank, seq)
+            served.add(app_id)
+            self._last = self._taken = entry
             return self.ql.heads[app_id]
         return None
+
+    def last_gid(self) -> int:
+        """The group of the last app taken (``next`` took one since the last push)."""
+        assert self._last is not None
+        return self._last[6]
 
     def drop_group(self, reason: str, estimate: float | None) -> None:
         """The last app taken could not start, nor can the rest of its group this cycle."""
         if self._last is not None:
-            self.dropped[self._last[0]] = (reason, estimate)
+            self.dropped[self._last[6]] = (reason, estimate)
 
 
 def _count_promoted(promos: list[tuple[float, int, str]], now: float) -> int:
@@ -1099,12 +1257,33 @@ def _with_workload(snapshot: Snapshot, heads: Iterable[AppHead]) -> Snapshot:
     return replace(snapshot, workload=default_workload(heads, snapshot.running))
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a cycle runs. A cycle allocates tens of
+    thousands of small objects that live until it returns and that form no reference cycle
+    (its working state is freed by reference counting when it returns): collections in the
+    middle of it find nothing to free, and a full one walks every object of the process
+    (about a fifth of a cycle's time at 10,000 waiting apps). As Mercurial's ``nogc``: left
+    as it is when something else turned it off. The switch is process-wide: other threads'
+    garbage cycles wait until the cycle returns (a fraction of a second)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
-    """One Admit or Wait per head, in the order of ``heads``, then any Preempts. Pure."""
-    backlog = Backlog(snapshot.queues, heads)  # raises on a duplicate app_id
-    cycle = _Cycle(_with_workload(snapshot, heads), explain=True)
-    lines = cycle.run(backlog)
-    return cycle.answer(heads, backlog, lines)
+    """One Admit or Wait per head, in the order of ``heads``, then any Preempts. Pure (but for
+    pausing the garbage collector while it runs, see ``_no_gc``)."""
+    with _no_gc():
+        backlog = Backlog(snapshot.queues, heads)  # raises on a duplicate app_id
+        cycle = _Cycle(_with_workload(snapshot, heads), explain=True)
+        lines = cycle.run(backlog)
+        return cycle.answer(heads, backlog, lines)
 
 
 def decide_changes(backlog: Backlog, snapshot: Snapshot) -> list[Admit | Preempt]:
@@ -1115,6 +1294,7 @@ def decide_changes(backlog: Backlog, snapshot: Snapshot) -> list[Admit | Preempt
     if backlog.tree is not snapshot.queues and backlog.tree != snapshot.queues:
         raise ValueError("the backlog was built for another queue tree than the snapshot's")
     heads = (h for line in backlog.lines.values() for h in line.heads.values())
-    cycle = _Cycle(_with_workload(snapshot, heads), explain=False)
-    cycle.run(backlog)
-    return [*cycle.decisions.values(), *cycle.preempts]
+    with _no_gc():
+        cycle = _Cycle(_with_workload(snapshot, heads), explain=False)
+        cycle.run(backlog)
+        return [*cycle.decisions.values(), *cycle.preempts]

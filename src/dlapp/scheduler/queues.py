@@ -178,12 +178,13 @@ class Limits:
     def over(self, used: Resources) -> bool:
         """Whether ``used`` is more than the guarantee, on a resource the queue is guaranteed
         some of (with no guarantee at all: as soon as it uses anything)."""
-        g = self.guaranteed
-        amounts = ((used.gpus, g.gpus), (used.cpus, g.cpus), (used.memory_mb, g.memory_mb))
-        if not any(self.guarded):
-            return any(u > 1e-9 for u, _ in amounts)
-        return any(
-            guard and u > t + 1e-9 for guard, (u, t) in zip(self.guarded, amounts, strict=True)
+        g, (on_gpus, on_cpus, on_memory) = self.guaranteed, self.guarded
+        if not (on_gpus or on_cpus or on_memory):
+            return used.gpus > 1e-9 or used.cpus > 1e-9 or used.memory_mb > 1e-9
+        return bool(
+            (on_gpus and used.gpus > g.gpus + 1e-9)
+            or (on_cpus and used.cpus > g.cpus + 1e-9)
+            or (on_memory and used.memory_mb > g.memory_mb + 1e-9)
         )
 
 
