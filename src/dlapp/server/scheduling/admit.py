@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from dlapp.contract import ContainerCause
+from dlapp.contract import ContainerCause, ContainerPlan
 from dlapp.errors import DlappError
 from dlapp.scheduler import (
     Admit,
@@ -237,13 +238,26 @@ class Admission:
                 if waiting.pending_reason != reason:
                     reasons[d.app_id] = reason
         repo.set_pending_reasons(session, reasons)
+        admitted: list[_Admitted] = []
+        holds: dict[str, list[gpus.Held]] | None = None  # GPUs held, per node: read once
         for d in decisions:
             if isinstance(d, Admit):
                 app = session.get(App, d.app_id)
-                if app is not None:
-                    self._admit(session, app, d, snapshot)
+                if app is None:
+                    continue
+                if holds is None:
+                    holds = self._holds(session)
+                made = self._admit(session, app, d, snapshot, holds)
+                if made is not None:
+                    admitted.append(made)
             elif isinstance(d, Preempt):
                 self._preempt(session, d)
+        if admitted:
+            # one commit for the cycle's admissions, fenced: a server that lost the lease never
+            # starts anything; then every start
+            self.commit(session)
+            for made in admitted:
+                self._start(session, made)
 
     def _preempt(self, session: Session, d: Preempt) -> None:
         app = session.get(App, d.app_id)
@@ -258,31 +272,44 @@ class Admission:
         notice = {"reason": "preempted", "detail": d.reason, "deadline": now + grace}
         self.effects.stop_app(app.id, app.attempt, grace, notice)
 
-    def _admit(self, session: Session, app: App, admit: Admit, snapshot: Snapshot) -> None:
+    def _holds(self, session: Session) -> dict[str, list[gpus.Held]]:
+        """The GPUs each node's running apps hold now (the admitted ones added as they are)."""
+        holds: dict[str, list[gpus.Held]] = {}
+        for other, c in repo.allocations(session):
+            holds.setdefault(c.node_id, []).append(
+                gpus.held(other.gpus, self.specs(other), c.node_id, c.gpu_ids)
+            )
+        return holds
+
+    def _admit(
+        self,
+        session: Session,
+        app: App,
+        admit: Admit,
+        snapshot: Snapshot,
+        holds: dict[str, list[gpus.Held]],
+    ) -> _Admitted | None:
+        """The app RUNNING with its containers and their GPUs (``holds`` gains them), not
+        committed; None if it is not waiting any more."""
         # 1. still waiting? A kill may have finished it since this cycle read it (an array's
         #    queued members are killed in bulk): on PostgreSQL the row lock waits for that
         #    commit and reads it, so the kill is never overwritten (SQLite refuses the stale
         #    write itself)
         session.refresh(app, ["state"], with_for_update=True)
         if app.state != AppState.ACCEPTED.value:
-            return
+            return None
         now = self.ctx.clock()
-        spec = repo.app_spec(app)
+        spec = self.specs(app)
         app.attempt += 1
         names = {n.node_id: n.name for n in snapshot.nodes}
         repo.add_containers(session, app, [(n, names.get(n, n)) for n in admit.nodes])
         # 2. its GPUs: the devices decide chose, MIG instances free on its nodes; kept with its
         #    containers from now (its engine may report others when they start)
         infos = {n.node_id: n for n in self.ctx.nodes()}
-        holds: dict[str, list[gpus.Held]] = {}
-        for other, c in repo.allocations(session):
-            if other.id != app.id:
-                holds.setdefault(c.node_id, []).append(
-                    gpus.held(other.gpus, self.specs(other), c.node_id, c.gpu_ids)
-                )
         grants = gpus.grants(spec, [infos[n] for n in admit.nodes], admit.devices, holds)
         for c, grant in zip(repo.current_containers(session, app), grants, strict=True):
             c.gpu_ids = ",".join(grant.gpu_ids)
+            holds.setdefault(c.node_id, []).append(gpus.held(app.gpus, spec, c.node_id, c.gpu_ids))
         repo.transition(
             session,
             app,
@@ -293,25 +320,45 @@ class Admission:
         multi = tenancy.multi_user(self.ctx, session)
         account = tenancy.account_plan(self.ctx, session, app.user, multi)
         data = tenancy.data(self.ctx, multi)  # the account's uid, given now, is kept below
-        self.commit(session)  # fenced: a server that lost the lease never starts anything
         node_names = [names.get(n, n) for n in admit.nodes]
         plans = container_plans(self.ctx, app, spec, node_names, admit.nodes, data, account, grants)
+        return _Admitted(app, plans, list(admit.nodes), app_request(app), now)
+
+    def _start(self, session: Session, made: _Admitted) -> None:
+        """Start an admitted app's containers (committed); one that cannot start ends FAILED."""
+        app = made.app
         try:
-            self.ctx.executor.start(plans, admit.nodes, app_request(app))
+            self.ctx.executor.start(made.plans, made.nodes, made.request)
         except (DlappError, OSError, ValueError) as exc:
             logger.exception("could not start %s", app.id)
             for c in repo.current_containers(session, app):
                 repo.update_container(
                     session,
                     c,
-                    now,
+                    made.now,
                     state=ContainerState.LOST.value,
                     diagnostics=str(exc),
                     cause=ContainerCause.LOST,
                 )
             repo.transition(
-                session, app, AppState.FINISHED, f"could not start: {exc}", now, FinalStatus.FAILED
+                session,
+                app,
+                AppState.FINISHED,
+                f"could not start: {exc}",
+                made.now,
+                FinalStatus.FAILED,
             )
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """An app admitted this cycle, to start once the admissions are committed."""
+
+    app: App
+    plans: list[ContainerPlan]
+    nodes: list[str]
+    request: Resources  # each container's
+    now: float
 
 
 def _known(
