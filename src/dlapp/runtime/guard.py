@@ -74,6 +74,7 @@ def _parse(argv: list[str]) -> tuple[int, tuple[int, int] | None, list[str], lis
 def _kill_group(cleanup: list[str] | None = None) -> None:
     """Run ``cleanup`` (best effort), then SIGKILL the container's whole process group, the
     guard included."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # not for the cleanup command
     if cleanup:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
@@ -164,14 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlapp guard: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126
 
-    # 2. Wait for it, fate-sharing with the supervisor.
-    while True:
-        try:
-            returncode = child.wait(timeout=POLL_S)
-            break
-        except subprocess.TimeoutExpired:
-            if os.getppid() != parent:
-                _kill_group(cleanup)
+    # 2. Wait for it, fate-sharing with the supervisor. SIGCHLD is blocked (only now: the app
+    # must not inherit the mask) and waited for, so that its exit is seen at once.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    while (returncode := child.poll()) is None:
+        if os.getppid() != parent:
+            _kill_group(cleanup)
+        signal.sigtimedwait({signal.SIGCHLD}, POLL_S)
 
     # 3. Nothing of the container outlives its main process.
     _kill_stragglers(spare=parent)
