@@ -1,6 +1,6 @@
 """The guard: first process of a container started by the ``process`` runtime.
 
-Run as ``python -I .../dlapp/runtime/guard.py --parent PID [--user UID:GID] [--cleanup JSON]
+Run as ``python -I -S .../dlapp/runtime/guard.py --parent PID [--user UID:GID] [--cleanup JSON]
 -- CMD...`` (``python -m dlapp.runtime.guard`` works too). It leads the container's process
 group and:
 
@@ -22,8 +22,10 @@ worker's direct children when the worker exits: that reaches the stand-in alone,
 watcher, seeing its parent gone, kills the whole group. The stand-in watches the supervisor
 too, and exits with the watcher's exit code.
 
-Standard library only and no import of the rest of dlapp: it starts fast, and (run with ``-I``)
-never imports a module from the app's workspace or ``PYTHONPATH``.
+Standard library only and no import of the rest of dlapp: it starts fast, and (run with ``-I
+-S``) never imports a module from the app's workspace, ``PYTHONPATH`` or site-packages. Once the
+app has exited, the guard's two processes end with ``os._exit`` (no interpreter teardown): the
+exit reaches the supervisor a few milliseconds after the app's.
 """
 
 from __future__ import annotations
@@ -195,5 +197,15 @@ def _stand_in(watcher: int, supervisor: int, cleanup: list[str]) -> int:
         signal.sigtimedwait({signal.SIGCHLD}, POLL_S)
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code`` at once: no interpreter teardown (milliseconds between the app's exit
+    and its report, twice: the watcher's and the stand-in's), and none of the stand-in's state
+    run again in the watcher, its fork."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
