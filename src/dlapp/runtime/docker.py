@@ -14,6 +14,9 @@ admin's ``ContainerPolicy`` and a few decided values (``RunOptions``). Golden fi
 - signals go to the container through ``docker kill --signal``; SIGKILL also kills the group;
 - after the exit, ``docker inspect`` tells whether the kernel killed it for memory
   (``.State.OOMKilled``: exit 137, "out of memory"), then the container is removed;
+- those calls around ``docker run`` (the removal of a container left by an earlier attempt,
+  kill, inspect, rm) go to the Engine API over the daemon's unix socket where the CLI's
+  endpoint is one (``engine_api.py``: no Go binary started for each), else to the CLI;
 - containers carry the labels ``dlapp.app``, ``dlapp.index``, ``dlapp.cluster`` and
   ``dlapp.node`` (the Ray node id); on start and every few cycles each node removes its own
   containers of apps that are not RUNNING and have no live supervisor (``remove_orphans``,
@@ -25,8 +28,8 @@ must be an image reference (never an option such as ``--privileged``), the user 
 an entry script named like an option (``-c.sh``) is passed as ``./-c.sh``. The container's env
 never reaches the argv, where ``ps`` shows it to every local account: the runtime writes it to
 an env file (``--env-file``, one ``K=V`` a line, mode 0600, in the container's log directory,
-which only the node's own user reads) and removes that file once the container exists or the
-engine gave up.
+which only the node's own user reads) and removes that file once the container exists (the
+engine wrote its ID to the ``--cidfile`` beside it) or the engine gave up.
 
 Inside, the app sees the workspace at ``policy.workspace_path`` (its working directory), its
 checkpoint directory at ``/dlapp/checkpoint`` and the notice file under ``/dlapp/run``; the env
