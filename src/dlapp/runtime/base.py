@@ -155,8 +155,9 @@ def guard_command(
     """The guard's argv (``runtime/guard.py``): it leads the container's process group, ends it
     when ``parent`` dies, starts ``cmd`` (as ``UID:GID`` ``user``) and runs ``cleanup`` (a JSON
     argv) once it is over."""
-    # -I: the guard's own imports never come from the workspace (its cwd) or PYTHONPATH.
-    argv = [sys.executable, "-I", str(GUARD_PATH), "--parent", str(parent)]
+    # -I: the guard's own imports never come from the workspace (its cwd) or PYTHONPATH; -S:
+    # nor from site-packages (no ``site`` at all: the standard library alone, a faster start).
+    argv = [sys.executable, "-I", "-S", str(GUARD_PATH), "--parent", str(parent)]
     if user is not None:
         argv += ["--user", user]
     if cleanup is not None:

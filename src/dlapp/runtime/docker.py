@@ -14,6 +14,9 @@ admin's ``ContainerPolicy`` and a few decided values (``RunOptions``). Golden fi
 - signals go to the container through ``docker kill --signal``; SIGKILL also kills the group;
 - after the exit, ``docker inspect`` tells whether the kernel killed it for memory
   (``.State.OOMKilled``: exit 137, "out of memory"), then the container is removed;
+- those calls around ``docker run`` (the removal of a container left by an earlier attempt,
+  kill, inspect, rm) go to the Engine API over the daemon's unix socket where the CLI's
+  endpoint is one (``engine_api.py``: no Go binary started for each), else to the CLI;
 - containers carry the labels ``dlapp.app``, ``dlapp.index``, ``dlapp.cluster`` and
   ``dlapp.node`` (the Ray node id); on start and every few cycles each node removes its own
   containers of apps that are not RUNNING and have no live supervisor (``remove_orphans``,
@@ -25,8 +28,8 @@ must be an image reference (never an option such as ``--privileged``), the user 
 an entry script named like an option (``-c.sh``) is passed as ``./-c.sh``. The container's env
 never reaches the argv, where ``ps`` shows it to every local account: the runtime writes it to
 an env file (``--env-file``, one ``K=V`` a line, mode 0600, in the container's log directory,
-which only the node's own user reads) and removes that file once the container exists or the
-engine gave up.
+which only the node's own user reads) and removes that file once the container exists (the
+engine wrote its ID to the ``--cidfile`` beside it) or the engine gave up.
 
 Inside, the app sees the workspace at ``policy.workspace_path`` (its working directory), its
 checkpoint directory at ``/dlapp/checkpoint`` and the notice file under ``/dlapp/run``; the env
@@ -67,6 +70,7 @@ from dlapp.runtime.base import (
     make_log_dirs,
     spawn_guarded,
 )
+from dlapp.runtime.engine_api import EngineAPI, engine_api
 from dlapp.runtime.gpus import count_gpus
 from dlapp.runtime.policy import user_problem
 from dlapp.spec import canonical_user, image_problem
@@ -83,6 +87,8 @@ LABEL_CLUSTER = "dlapp.cluster"
 LABEL_NODE = "dlapp.node"
 DOCKER_TIMEOUT_S = 30.0
 EXIT_DOCKER_FAILED = 125  # docker run's own failure (bad flag, missing image, ...)
+CID_POLL_S = 0.005  # how often the cid file is looked at at first (a stat) ...
+CID_POLL_MAX_S = 0.1  # ... and at most, later
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Ulimit = tuple[str, int, int]  # name, soft, hard
@@ -102,6 +108,9 @@ class RunOptions:
     # the file that holds the container's env (``--env-file``), so that no value is in argv;
     # None: ``--env K=V`` (the dev shell, run by its own user on their own machine)
     env_file: Path | None = None
+    # ``--cidfile``: the engine writes the container's ID there once it exists (the runtime
+    # then removes the env file); None: no such file
+    cid_file: Path | None = None
 
 
 def container_name(app_id: str, index: int) -> str:
@@ -183,6 +192,11 @@ def env_file_path(req: LaunchRequest) -> Path:
     """Where the container's env file is written: beside its logs, which only the node's own
     user reads."""
     return req.stdout.parent.absolute() / f"{container_name(req.app_id, req.index)}.env"
+
+
+def cid_file_path(req: LaunchRequest) -> Path:
+    """Where the engine writes the container's ID (``--cidfile``): beside its env file."""
+    return req.stdout.parent.absolute() / f"{container_name(req.app_id, req.index)}.cid"
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:
@@ -316,6 +330,8 @@ def docker_run_args(req: LaunchRequest, policy: ContainerPolicy, opts: RunOption
         args += _bind(Path(req.env["DLAPP_NOTICE_FILE"]).parent, RUN_PATH, read_only=True)
     for m in c.mounts if c else ():
         args += _bind(m.host, m.path, m.read_only)
+    if opts.cid_file is not None:
+        args += ["--cidfile", str(opts.cid_file)]
     if opts.env_file is not None:
         args += ["--env-file", str(opts.env_file)]
     else:
@@ -359,8 +375,8 @@ _AVAILABILITY_TTL_S = 30.0
 
 def engine_problem(engine: Engine, command: str) -> str | None:
     """Why ``engine`` cannot run containers here, or None; cached 30 s. Docker: no CLI, or its
-    daemon does not answer ``docker version``; podman: no CLI, or ``podman info`` fails (no
-    storage, no cgroups)."""
+    daemon does not answer (the API's ``/_ping`` where the API is at hand, else ``docker
+    version``); podman: no CLI, or ``podman info`` fails (no storage, no cgroups)."""
     now = time.monotonic()
     cached = _availability.get(command)
     if cached is not None and now - cached[0] < _AVAILABILITY_TTL_S:
@@ -373,6 +389,8 @@ def engine_problem(engine: Engine, command: str) -> str | None:
         failing = "the docker daemon does not answer"
     if shutil.which(command) is None:
         problem = f"no {command!r} command on this machine"
+    elif engine == "docker" and _pings(engine_api(command)):
+        problem = None
     else:
         try:
             done = _run(probe, timeout=15)
@@ -383,6 +401,13 @@ def engine_problem(engine: Engine, command: str) -> str | None:
             problem = f"{failing}: {exc}"
     _availability[command] = (now, problem)
     return problem
+
+
+def _pings(api: EngineAPI | None) -> bool:
+    try:
+        return api is not None and api.ping()
+    except OSError:
+        return False
 
 
 def docker_problem(docker: str = "docker") -> str | None:
@@ -414,7 +439,8 @@ def give_to(paths: Iterable[Path], user: str) -> None:
 
 
 class DockerRunning(Running):
-    """The guard that holds ``docker run``; the container is found by its name."""
+    """The guard that holds ``docker run``; the container is found by its name. ``api``: the
+    engine's API where it is at hand (``engine_api``), for the calls around the run."""
 
     def __init__(
         self,
@@ -423,6 +449,8 @@ class DockerRunning(Running):
         docker: str,
         req: LaunchRequest,
         env_file: Path | None = None,
+        cid_file: Path | None = None,
+        api: EngineAPI | None = None,
     ) -> None:
         self._popen = popen
         self.pid = popen.pid
@@ -430,6 +458,8 @@ class DockerRunning(Running):
         self._docker = docker
         self._req = req
         self._env_file = env_file
+        self._cid_file = cid_file
+        self._api = api
         self._note: str | None = None
         self._finished = False
         self._lock = threading.Lock()
@@ -440,27 +470,40 @@ class DockerRunning(Running):
 
     def _remove_env_file_once_created(self) -> None:
         """The engine reads the env file before it creates the container: remove it as soon as
-        the container exists, or the ``run`` client has exited (started or failed)."""
-        pause = 0.05
-        while self._popen.poll() is None:
-            try:
-                done = _run(
-                    [self._docker, "container", "inspect", "--format", "{{.Id}}", self.name]
-                )
-                if done.returncode == 0:
-                    break
-            except (OSError, subprocess.SubprocessError):
-                pass
+        the container exists (the engine wrote its ID to the cid file), or the ``run`` client
+        has exited (started or failed). A stat a few milliseconds, no engine call."""
+        pause = CID_POLL_S
+        while self._popen.poll() is None and not self._created():
             time.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            pause = min(pause * 1.5, CID_POLL_MAX_S)
         self._remove_env_file()
+
+    def _created(self) -> bool:
+        """Whether the cid file holds the container's ID (docker makes it empty, before the
+        container; podman and docker write the ID once it exists)."""
+        if self._cid_file is None:
+            return self._exists()
+        try:
+            return self._cid_file.stat().st_size > 0
+        except OSError:
+            return False
+
+    def _exists(self) -> bool:
+        """Whether the container exists, asked of the engine (no cid file to read)."""
+        try:
+            if self._api is not None:
+                return self._api.inspect(self.name) is not None
+            argv = [self._docker, "container", "inspect", "--format", "{{.Id}}", self.name]
+            return _run(argv).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
 
     def _remove_env_file(self) -> None:
         if self._env_file is not None:
             self._env_file.unlink(missing_ok=True)
 
     def signal(self, sig: int) -> None:
-        _quiet([self._docker, "kill", "--signal", str(int(sig)), self.name])
+        _kill(self._api, self._docker, self.name, sig)
         if sig == signal.SIGKILL:  # and the client, in case the container was not made yet
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
@@ -476,26 +519,57 @@ class DockerRunning(Running):
             if not self._finished:
                 self._finished = True
                 self._note = self._inspect_and_remove(code)
+                if self._cid_file is not None:
+                    self._cid_file.unlink(missing_ok=True)
         return code
 
     def exit_note(self) -> str | None:
         return self._note
 
+    def _oom_killed(self) -> bool:
+        if self._api is not None:
+            with contextlib.suppress(OSError, ValueError):
+                found = self._api.inspect(self.name)
+                return found is not None and found.get("State", {}).get("OOMKilled") is True
+        done = _run([self._docker, "inspect", "--format", "{{.State.OOMKilled}}", self.name])
+        return done.returncode == 0 and done.stdout.strip() == "true"
+
     def _inspect_and_remove(self, code: int) -> str | None:
         note = None
         try:
-            done = _run([self._docker, "inspect", "--format", "{{.State.OOMKilled}}", self.name])
-            if done.returncode == 0 and done.stdout.strip() == "true":
+            if self._oom_killed():
                 limit = self._req.memory_mb
                 note = "out of memory (OOM): killed at its memory limit" + (
                     f" of {limit}M" if limit else ""
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             logger.warning("cannot inspect container %s: %s", self.name, exc)
-        _quiet([self._docker, "rm", "--force", self.name])
+        _remove(self._api, self._docker, self.name)
         if note is None and code == EXIT_DOCKER_FAILED:
             note = f"docker could not run the container: {_last_docker_line(self._req.stderr)}"
         return note
+
+
+def _remove(api: EngineAPI | None, docker: str, name: str) -> None:
+    """``docker rm --force NAME``, through the API where it is at hand; quiet."""
+    if api is not None:
+        try:
+            api.remove(name)
+            return
+        except OSError as exc:
+            logger.debug("docker API: cannot remove %s (%s); trying the CLI", name, exc)
+    _quiet([docker, "rm", "--force", name])
+
+
+def _kill(api: EngineAPI | None, docker: str, name: str, sig: int) -> None:
+    """``docker kill --signal SIG NAME``, through the API where it is at hand; quiet."""
+    if api is not None:
+        try:
+            api.kill(name, int(sig))
+            return
+        except OSError as exc:
+            logger.debug("docker API: cannot signal %s (%s); trying the CLI", name, exc)
+    _quiet([docker, "kill", "--signal", str(int(sig)), name])
 
 
 def _last_docker_line(stderr: Path) -> str:
@@ -555,7 +629,8 @@ class DockerRuntime(Runtime):
         policy = node_gpu_policy(self.policy) if req.gpu_ids else self.policy
         command = policy.command(self.engine)
         name = container_name(req.app_id, req.index)
-        _quiet([command, "rm", "--force", name])  # one left by an earlier attempt
+        api = engine_api(command) if self.engine == "docker" else None
+        _remove(api, command, name)  # one left by an earlier attempt
         user = resolve_user(req, policy)
         if os.geteuid() == 0:
             writable = [req.workdir]
@@ -565,10 +640,11 @@ class DockerRuntime(Runtime):
         opts = self.run_options(user)
         if needs_gateway(req, container_network(req, policy)):
             opts = replace(opts, gateway=self.bridge_gateway())
-        env_file = env_file_path(req)
-        opts = replace(opts, env_file=env_file)
+        env_file, cid_file = env_file_path(req), cid_file_path(req)
+        opts = replace(opts, env_file=env_file, cid_file=cid_file)
         argv = docker_run_args(req, policy, opts)
         make_log_dirs(req)
+        cid_file.unlink(missing_ok=True)  # the engine refuses to write over one
         write_env_file(env_file, run_env(req, policy, opts))
         cleanup = json.dumps([command, "rm", "--force", name])
         cmd = guard_command(argv, os.getpid(), cleanup=cleanup)
@@ -577,7 +653,7 @@ class DockerRuntime(Runtime):
         except BaseException:
             env_file.unlink(missing_ok=True)
             raise
-        return DockerRunning(popen, name, command, req, env_file)
+        return DockerRunning(popen, name, command, req, env_file, cid_file, api)
 
 
 # -- orphans ------------------------------------------------------------------------------------

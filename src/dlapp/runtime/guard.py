@@ -1,6 +1,6 @@
 """The guard: first process of a container started by the ``process`` runtime.
 
-Run as ``python -I .../dlapp/runtime/guard.py --parent PID [--user UID:GID] [--cleanup JSON]
+Run as ``python -I -S .../dlapp/runtime/guard.py --parent PID [--user UID:GID] [--cleanup JSON]
 -- CMD...`` (``python -m dlapp.runtime.guard`` works too). It leads the container's process
 group and:
 
@@ -22,26 +22,32 @@ worker's direct children when the worker exits: that reaches the stand-in alone,
 watcher, seeing its parent gone, kills the whole group. The stand-in watches the supervisor
 too, and exits with the watcher's exit code.
 
-Standard library only and no import of the rest of dlapp: it starts fast, and (run with ``-I``)
-never imports a module from the app's workspace or ``PYTHONPATH``.
+Standard library only and no import of the rest of dlapp: it starts fast, and (run with ``-I
+-S``) never imports a module from the app's workspace, ``PYTHONPATH`` or site-packages. Once the
+app has exited, the guard's two processes end with ``os._exit`` (no interpreter teardown): the
+exit reaches the supervisor a few milliseconds after the app's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import errno
 import os
 import signal
-import subprocess
 import sys
 import time
 from types import FrameType
+
+# Imported only where needed: ``json`` for a ``--cleanup``, ``subprocess`` to run it. The app is
+# started by ``_spawn`` (fork and exec), not ``subprocess.Popen``: the guard is on the path
+# of every container's start, and importing ``subprocess`` costs about as much as the rest of
+# the guard's start.
 
 POLL_S = 0.2  # how often the guard checks that its supervisor is alive
 STRAGGLER_ROUNDS = 50  # kill-and-rescan rounds for processes left behind by the app
 STRAGGLER_PAUSE_S = 0.02
 
 CLEANUP_TIMEOUT_S = 30.0
+MAX_FD = 65536  # descriptors closed in the app's process before its exec: 3 up to this
 
 USAGE = "usage: guard.py --parent PID [--user UID:GID] [--cleanup JSON-ARGV] -- CMD [ARG...]"
 
@@ -59,6 +65,8 @@ def _parse(argv: list[str]) -> tuple[int, tuple[int, int] | None, list[str], lis
         user, rest = (int(uid), int(gid)), rest[2:]
     cleanup: list[str] = []
     if rest[:1] == ["--cleanup"] and len(rest) >= 2:
+        import json
+
         try:
             cleanup = json.loads(rest[1])
         except ValueError:
@@ -74,8 +82,11 @@ def _parse(argv: list[str]) -> tuple[int, tuple[int, int] | None, list[str], lis
 def _kill_group(cleanup: list[str] | None = None) -> None:
     """Run ``cleanup`` (best effort), then SIGKILL the container's whole process group, the
     guard included."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # not for the cleanup command
     if cleanup:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
+        import subprocess
+
+        try:  # noqa: SIM105 (no contextlib: the guard imports little, to start fast)
             subprocess.run(
                 cleanup,
                 stdin=subprocess.DEVNULL,
@@ -84,6 +95,8 @@ def _kill_group(cleanup: list[str] | None = None) -> None:
                 timeout=CLEANUP_TIMEOUT_S,
                 start_new_session=True,  # out of the group it is about to kill
             )
+        except (OSError, subprocess.SubprocessError):
+            pass
     os.killpg(os.getpgrp(), signal.SIGKILL)
     os._exit(128 + signal.SIGKILL)  # not reached: the guard is in the group
 
@@ -120,8 +133,10 @@ def _kill_stragglers(spare: int) -> None:
         if not pids:
             return
         for pid in pids:
-            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+            try:  # noqa: SIM105
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # exited meanwhile
+                pass
         time.sleep(STRAGGLER_PAUSE_S)
 
 
@@ -155,27 +170,94 @@ def main(argv: list[str] | None = None) -> int:
         _kill_group(cleanup)
     if received:
         return 128 + received[0]
-    as_user: dict[str, object] = {}
-    if user is not None:
-        as_user = {"user": user[0], "group": user[1], "extra_groups": [], "umask": 0o077}
     try:
-        child: subprocess.Popen[bytes] = subprocess.Popen(cmd, **as_user)  # type: ignore[call-overload]
+        child = _spawn(cmd, user)
     except OSError as exc:
         print(f"dlapp guard: cannot start {cmd[0]!r}: {exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126
 
-    # 2. Wait for it, fate-sharing with the supervisor.
+    # 2. Wait for it, fate-sharing with the supervisor. SIGCHLD is blocked (only now: the app
+    # must not inherit the mask) and waited for, so that its exit is seen at once.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     while True:
-        try:
-            returncode = child.wait(timeout=POLL_S)
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid == child:
+            returncode = os.waitstatus_to_exitcode(status)
             break
-        except subprocess.TimeoutExpired:
-            if os.getppid() != parent:
-                _kill_group(cleanup)
+        if os.getppid() != parent:
+            _kill_group(cleanup)
+        signal.sigtimedwait({signal.SIGCHLD}, POLL_S)
 
     # 3. Nothing of the container outlives its main process.
     _kill_stragglers(spare=parent)
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _spawn(cmd: list[str], user: tuple[int, int] | None) -> int:
+    """Start ``cmd`` in this process group, inheriting stdio (and nothing else: every other
+    descriptor is closed), as ``subprocess.Popen`` would with ``restore_signals``; with
+    ``user``, as that uid and gid with no supplementary groups and umask 077. Its PID; an
+    ``OSError`` (with the errno of the failed exec) where it cannot be started."""
+    # the paths to try, found here: the child, once it is the app's user, may not be able to
+    # import a module (``os.execvp`` imports some) from the node's Python installation
+    if os.path.dirname(cmd[0]):
+        candidates = [cmd[0]]
+    else:
+        path = os.environ.get("PATH", os.defpath).split(os.pathsep)
+        candidates = [os.path.join(d, cmd[0]) for d in path]
+    read_end, write_end = os.pipe()  # close-on-exec: the child's exec closes its end
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but system calls until the exec, then _exit
+        try:
+            os.close(read_end)
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, MAX_FD)
+            for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):  # Python ignores them: not the app
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name), signal.SIG_DFL)
+            if user is not None:
+                os.umask(0o077)
+                os.setgroups([])
+                os.setregid(user[1], user[1])
+                os.setreuid(user[0], user[0])
+            _exec(candidates, cmd)
+        except OSError as exc:
+            code = exc.errno or errno.EPERM
+            try:
+                os.write(write_end, f"{code}:{exc.strerror or exc}".encode())
+            finally:
+                os._exit(255)
+        except BaseException:
+            os._exit(255)
+        os._exit(255)  # not reached: an exec returns only by raising
+    os.close(write_end)
+    try:
+        failure = b""
+        while chunk := os.read(read_end, 4096):
+            failure += chunk
+    finally:
+        os.close(read_end)
+    if not failure:
+        return pid
+    os.waitpid(pid, 0)
+    number, _, message = failure.decode(errors="replace").partition(":")
+    raise OSError(int(number) if number.isdigit() else errno.EPERM, message)
+
+
+def _exec(candidates: list[str], cmd: list[str]) -> None:
+    """Exec the first of ``candidates`` that runs, as ``os.execvp`` does with a PATH: raise
+    the first error that is not "no such file", else the last one."""
+    saved: OSError | None = None
+    last: OSError = FileNotFoundError(errno.ENOENT, "No such file or directory")
+    for path in candidates:
+        try:
+            os.execv(path, cmd)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+        except OSError as exc:
+            last = exc
+            saved = saved or exc
+    raise saved or last
 
 
 def _stand_in(watcher: int, supervisor: int, cleanup: list[str]) -> int:
@@ -195,5 +277,17 @@ def _stand_in(watcher: int, supervisor: int, cleanup: list[str]) -> int:
         signal.sigtimedwait({signal.SIGCHLD}, POLL_S)
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code`` at once: no interpreter teardown (milliseconds between the app's exit
+    and its report, twice: the watcher's and the stand-in's), and none of the stand-in's state
+    run again in the watcher, its fork."""
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
