@@ -146,10 +146,16 @@ def test_a_lost_agent_takes_its_containers_down_and_their_apps_run_again(
         ray.kill(agent, no_restart=True)
     done = wait_finished(api, app_id, token, timeout=120)
     assert done["final_status"] == "SUCCEEDED", done
-    assert done["attempt"] == 2, done
     assert "rerun-ok" in _logs(api, token, app_id)
-    requeued = [e["reason"] for e in _events(api, token, app_id) if e["to_state"] == "ACCEPTED"]
-    assert any("lost with its node's agent" in r for r in requeued), requeued
+    requeued = [
+        e["reason"]
+        for e in _events(api, token, app_id)
+        if e["to_state"] == "ACCEPTED" and e["from_state"] is not None  # not the submission
+    ]
+    # requeued, by the agent's loss only; a start sent in the moment before Ray sees the agent
+    # restarting is lost with it too, and requeued once more (attempt 3)
+    assert done["attempt"] in (2, 3) and len(requeued) == done["attempt"] - 1, (done, requeued)
+    assert all("lost with its node's agent" in r for r in requeued), requeued
     # the first attempt's processes went with the agent: none of the app's is left
     wait_for(lambda: processes_with_env("DLAPP_APP_ID", app_id) == [], 20, "no processes left")
     wait_for(lambda: not _alive(guard), 20, f"the first attempt's guard {guard} gone")

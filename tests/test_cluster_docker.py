@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dlapp.cli import images
 from dlapp.cli import main as cli
 from dlapp.client import DlappClient
-from dlapp.errors import DlappError, Forbidden
+from dlapp.errors import Forbidden
 from dlapp.spec import AppSpec
 from docker_support import HANDSHAKE, MINIMAL, PYTHON, containers, require_docker
 
@@ -89,18 +90,36 @@ def test_kill_leaves_no_container(
     wait_for(lambda: containers(f"dlapp.app={app_id}") == [], 30, "no container")
 
 
-def test_a_dead_supervisor_leaves_no_container(
+def test_a_dead_agent_leaves_no_container(
     client: DlappClient, make_app: AppFactory, tmp_path: Path
 ) -> None:
+    """The node's agent (the container's supervisor) dies with SIGKILL: its container goes
+    with it, and the app, lost with its agent, runs again in a new container; killed, it
+    leaves none."""
     app_id = _start(client, make_app, tmp_path, "dorphan")
+    first = containers(f"dlapp.app={app_id}")
     guard_pid = client.get(app_id)["containers"][0]["pid"]
-    supervisor_pid = int(Path(f"/proc/{guard_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    os.kill(supervisor_pid, signal.SIGKILL)
+    agent_pid = int(Path(f"/proc/{guard_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(agent_pid, signal.SIGKILL)
+    wait_for(
+        lambda: not set(first) & set(containers(f"dlapp.app={app_id}")),
+        60,
+        f"the first attempt's container {first} removed",
+    )
+
+    def again() -> dict[str, Any] | None:
+        app = client.get(app_id)
+        return app if app["attempt"] >= 2 and app["state"] == "RUNNING" else None
+
     try:
-        done = client.wait(app_id, timeout_s=60)
-    except DlappError as exc:
+        wait_for(again, 90, "the app running again")
+    except AssertionError as exc:
         raise AssertionError(client.events(app_id)) from exc
-    assert done["final_status"] == "FAILED", client.events(app_id)
+    requeued = [e["reason"] for e in client.events(app_id) if e["to_state"] == "ACCEPTED"]
+    assert any("lost with its node's agent" in r for r in requeued), requeued
+    client.kill(app_id)
+    done = client.wait(app_id, timeout_s=60)
+    assert done["final_status"] == "KILLED", client.events(app_id)
     wait_for(lambda: containers(f"dlapp.app={app_id}") == [], 30, "no container")
 
 
