@@ -84,6 +84,22 @@ def test_status_loads_the_client_and_its_commands_module_only() -> None:
         "dlapp.cli.apps",
         "dlapp.cli.common",
     }
+    # httpx's own command-line tool (and pygments, which only it wanted) is not loaded
+    assert "pygments" not in modules
+
+
+def test_the_httpx_command_line_stand_in_says_what_it_is() -> None:
+    code = (
+        "import dlapp.cli.main, httpx\n"
+        "try:\n"
+        "    httpx.main()\n"
+        "except SystemExit as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert "httpx's command line is not loaded" in proc.stdout
 
 
 @pytest.mark.parametrize("module", cli.MODULES)

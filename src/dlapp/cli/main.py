@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,25 @@ import click
 
 from dlapp import __version__
 from dlapp.errors import DlappError
+
+
+def _without_httpx_command_line() -> None:
+    """``import httpx`` imports httpx's own command-line tool (``httpx._main``, with rich's
+    console and pygments) whenever those are installed: about a third of its import time, in
+    every ``dlapp`` command that talks to a server. dlapp's process never runs that tool, so it
+    gets a stand-in that says so (the ``httpx`` command, a process of its own, is unchanged)."""
+    if "httpx" in sys.modules or "httpx._main" in sys.modules:
+        return
+    stand_in = types.ModuleType("httpx._main")
+
+    def main(*_args: object, **_kwargs: object) -> None:
+        raise SystemExit("httpx's command line is not loaded in the dlapp command's process")
+
+    stand_in.main = main  # type: ignore[attr-defined]
+    sys.modules["httpx._main"] = stand_in
+
+
+_without_httpx_command_line()
 
 # The modules whose ``register(group)`` adds their commands, in the order they are registered.
 MODULES = (
