@@ -58,7 +58,7 @@ from peers.systems import (
     make_workspace,
     require_token_auth,
 )
-from stats import percentile
+from stats import markdown_table, percentile, plain_table, ratio_text
 
 SYSTEMS = (
     "dlapp-process",
@@ -138,10 +138,6 @@ def _ms(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
-def _ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}x" if x >= 10 else f"{x:.2f}x"
-
-
 def table_rows(results: dict[str, Result]) -> list[list[str]]:
     """One row a system: name, started p50 / p95, finished p50 / p95, runs (or why not)."""
     rows = []
@@ -149,7 +145,7 @@ def table_rows(results: dict[str, Result]) -> list[list[str]]:
         started, finished = r.stats("started"), r.stats("finished")
         if started is None or finished is None:
             why = r.unavailable or "no runs"
-            rows.append([r.name, f"not available: {why}", "", "", "", ""])
+            rows.append([r.name, f"not available: {why}"])
             continue
         rows.append(
             [
@@ -174,7 +170,7 @@ def ratio_rows(results: dict[str, Result]) -> list[list[str]]:
         for subject in SUBJECTS:
             if subject in table:
                 r = table[subject][peer]
-                row.append(f"{_ratio(r['started'])} / {_ratio(r['finished'])}")
+                row.append(f"{ratio_text(r['started'])} / {ratio_text(r['finished'])}")
         rows.append(row)
     return rows
 
@@ -182,49 +178,21 @@ def ratio_rows(results: dict[str, Result]) -> list[list[str]]:
 HEADER = ["system", "started p50", "p95", "finished p50", "p95", "runs"]
 
 
-def _unavailable(row: list[str]) -> bool:
-    return len(row) > 2 and row[1].startswith("not available")
-
-
-def _plain(header: list[str], rows: list[list[str]]) -> str:
-    measured = [r for r in rows if not _unavailable(r)]
-    widths = [max(len(c) for c in col) for col in zip(header, *measured, strict=False)]
-    widths[0] = max([widths[0]] + [len(r[0]) for r in rows])
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        if _unavailable(row):
-            lines.append(f"{row[0].ljust(widths[0])}  {row[1]}")
-        else:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
-    return "\n".join(lines)
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    for row in rows:
-        if _unavailable(row):
-            row = [row[0], row[1]] + [""] * (len(header) - 2)
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
 def _ratio_header(results: dict[str, Result]) -> list[str]:
     return ["dlapp p50 / peer p50 (started / finished)"] + [s for s in SUBJECTS if s in results]
 
 
 def render_plain(results: dict[str, Result]) -> str:
-    out = [_plain(HEADER, table_rows(results))]
+    out = [plain_table(HEADER, table_rows(results))]
     if any(s in results for s in SUBJECTS):
-        out += ["", _plain(_ratio_header(results), ratio_rows(results))]
+        out += ["", plain_table(_ratio_header(results), ratio_rows(results))]
     return "\n".join(out)
 
 
 def render_markdown(results: dict[str, Result]) -> str:
-    out = [_markdown(HEADER, table_rows(results))]
+    out = [markdown_table(HEADER, table_rows(results))]
     if any(s in results for s in SUBJECTS):
-        out += ["", _markdown(_ratio_header(results), ratio_rows(results))]
+        out += ["", markdown_table(_ratio_header(results), ratio_rows(results))]
     return "\n".join(out)
 
 

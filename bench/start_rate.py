@@ -66,6 +66,7 @@ from peers.systems import (
     parse_stamp,
     require_token_auth,
 )
+from stats import markdown_table, plain_table, ratio_text
 
 SYSTEMS = ("dlapp", "dlapp-array", "spawn", "ray-jobs", "slurm")
 SUBJECTS = ("dlapp", "dlapp-array")  # the ratio table's columns
@@ -199,10 +200,6 @@ def _s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
 
 
-def _ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}x" if x >= 10 else f"{x:.2f}x"
-
-
 def table_rows(results: dict[str, Result]) -> list[list[str]]:
     rows = []
     for r in results.values():
@@ -229,7 +226,7 @@ def table_rows(results: dict[str, Result]) -> list[list[str]]:
 def ratio_rows(results: dict[str, Result]) -> list[list[str]]:
     table = ratios(results)
     return [
-        [peer] + [_ratio(table[s][peer]) for s in SUBJECTS if s in table]
+        [peer] + [ratio_text(table[s][peer]) for s in SUBJECTS if s in table]
         for peer in results
         if peer not in SUBJECTS
     ]
@@ -239,35 +236,12 @@ def _ratio_header(results: dict[str, Result]) -> list[str]:
     return ["starts/s: dlapp / peer"] + [s for s in SUBJECTS if s in results]
 
 
-def _plain(header: list[str], rows: list[list[str]]) -> str:
-    full = [r for r in rows if len(r) == len(header)]
-    widths = [max(len(c) for c in col) for col in zip(header, *full, strict=True)]
-    widths[0] = max([widths[0]] + [len(r[0]) for r in rows])
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        if len(row) == len(header):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        else:
-            lines.append(f"{row[0].ljust(widths[0])}  {' '.join(row[1:])}")
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
-    for row in rows:
-        row = row + [""] * (len(header) - len(row))
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
 def _notes(results: dict[str, Result]) -> list[str]:
     return [f"{r.name}: {r.note}" for r in results.values() if r.note and r.burst is not None]
 
 
 def render(results: dict[str, Result], markdown: bool = False) -> str:
-    fmt = _markdown if markdown else _plain
+    fmt = markdown_table if markdown else plain_table
     out = [fmt(HEADER, table_rows(results))]
     if any(s in results for s in SUBJECTS) and any(p not in SUBJECTS for p in results):
         out += ["", fmt(_ratio_header(results), ratio_rows(results))]

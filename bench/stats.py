@@ -1,5 +1,5 @@
-"""What the benchmarks' reports share: the percentile (the simulator's report's, one for all)
-and the machine a benchmark ran on."""
+"""What the benchmarks' reports share: the percentile (the simulator's report's, one for all),
+the machine a benchmark ran on, and their tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dlapp.sim.report import percentile
 
-__all__ = ["machine", "percentile"]
+__all__ = ["machine", "markdown_table", "percentile", "plain_table", "ratio_text"]
 
 
 def machine() -> str:
@@ -27,3 +27,34 @@ def machine() -> str:
         f"{os.cpu_count()} CPUs ({cpu or 'unknown'}), {mem:.0f} GiB, "
         f"Python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f} at start"
     )
+
+
+def ratio_text(x: float | None) -> str:
+    """A ratio as the tables show it: ``1.23x``, ``12.3x``, ``-`` where not measured."""
+    return "-" if x is None else f"{x:.1f}x" if x >= 10 else f"{x:.2f}x"
+
+
+def plain_table(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned columns for a terminal. A row shorter than ``header`` (a system not measured, and
+    why) is its first cell then the rest as one text, outside the columns."""
+    full = [r for r in rows if len(r) == len(header)]
+    widths = [max(len(c) for c in col) for col in zip(header, *full, strict=True)]
+    widths[0] = max([widths[0]] + [len(r[0]) for r in rows])
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        if len(row) == len(header):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        else:
+            lines.append(f"{row[0].ljust(widths[0])}  {' '.join(row[1:])}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (as docs/benchmarks.md shows them); short rows padded with empty cells."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+    for row in rows:
+        row = row + [""] * (len(header) - len(row))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
