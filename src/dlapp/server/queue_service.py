@@ -55,7 +55,7 @@ def spec_request(spec: AppSpec) -> Resources:
     return Resources(r.cpus, r.memory_mb, r.gpu_share)
 
 
-def app_request(app: App) -> Resources:
+def app_request(app: App | repo.Waiting) -> Resources:
     """What each container of a stored app holds, as the scheduler counts it."""
     return Resources(app.cpus, app.memory_mb, app.gpus)
 

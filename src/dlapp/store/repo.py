@@ -96,7 +96,12 @@ def add_app(session: Session, new: NewApp, now: float, app_id: str, seq: int) ->
 
 
 def app_spec(app: App) -> AppSpec:
-    return AppSpec.from_dict(json.loads(app.spec))
+    return parse_spec(app.spec)
+
+
+def parse_spec(stored: str) -> AppSpec:
+    """An app's spec from the JSON kept in its row (``App.spec``)."""
+    return AppSpec.from_dict(json.loads(stored))
 
 
 def get_app(session: Session, app_id: str) -> App:

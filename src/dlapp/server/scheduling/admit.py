@@ -3,7 +3,6 @@ carried out (admit and start, preempt, or say why an app waits)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ class Specs:
         """The specs of ``app_ids``, those not parsed yet read in one query."""
         missing = [i for i in app_ids if i not in self._by_id]
         for app_id, text in repo.specs_json(session, missing).items():
-            self._by_id[app_id] = AppSpec.from_dict(json.loads(text))
+            self._by_id[app_id] = repo.parse_spec(text)
         return {i: self._by_id[i] for i in app_ids if i in self._by_id}
 
 
@@ -107,27 +106,20 @@ class Admission:
         is made once per app and attempt and kept while the app waits: nothing it holds
         changes in between."""
         runs = repo.earlier_runs(session, {a.id: a.attempt + 1 for a in pending if a.attempt})
+        key = {a.id: (a.attempt, runs.get(a.id)) for a in pending}
+        stale = [i for i, k in key.items() if self._heads.get(i, (None, None))[:2] != k]
+        specs = self.specs.of(session, stale)
         kept: dict[str, tuple[int, tuple[float, float] | None, AppHead]] = {}
-        stale = [a for a in pending if self._key(a, runs) != self._heads.get(a.id, (None,))[:2]]
-        specs = self.specs.of(session, [a.id for a in stale])
-        for a in stale:
-            if a.id in specs:  # (an app deleted since it was read is passed over)
-                kept[a.id] = (a.attempt, runs.get(a.id), self.head(a, specs[a.id], runs.get(a.id)))
-        fresh = {a.id for a in stale}
-        out = []
         for a in pending:
-            known = kept.get(a.id) if a.id in fresh else self._heads[a.id]
-            if known is not None:
-                kept[a.id] = known
-                out.append(known[2])
+            attempt, ran = key[a.id]
+            entry = self._heads.get(a.id)
+            if entry is None or entry[:2] != (attempt, ran):
+                if a.id not in specs:  # deleted since it was read: passed over
+                    continue
+                entry = (attempt, ran, self.head(a, specs[a.id], ran))
+            kept[a.id] = entry
         self._heads = kept
-        return out
-
-    @staticmethod
-    def _key(
-        app: repo.Waiting, runs: dict[str, tuple[float, float]]
-    ) -> tuple[int, tuple[float, float] | None]:
-        return app.attempt, runs.get(app.id)
+        return [entry[2] for entry in kept.values()]
 
     def head(
         self,
@@ -142,7 +134,7 @@ class Admission:
             user=app.user,
             queue=app.queue,
             seq=app.seq,
-            request=Resources(app.cpus, app.memory_mb, app.gpus),
+            request=app_request(app),
             num_containers=app.num_containers,
             include_nodes=spec.nodes.include,
             exclude_nodes=spec.nodes.exclude,
