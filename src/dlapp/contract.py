@@ -44,6 +44,11 @@ class ContainerCause(StrEnum):
     LOST = "lost"  # anything else: its supervisor died, the server restarted, no start
 
 
+def container_name(app_id: str, index: int) -> str:
+    """A container's name in Ray: its supervisor actor's, and its key on its node's agent."""
+    return f"dlapp:{app_id}:{index}"
+
+
 @dataclass(frozen=True)
 class ContainerPlan:
     """Everything one supervisor needs, decided by the server."""
@@ -82,7 +87,7 @@ class ContainerPlan:
 
     @property
     def actor_name(self) -> str:
-        return f"dlapp:{self.app_id}:{self.index}"
+        return container_name(self.app_id, self.index)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from dlapp.contract import NODE_LOST, ContainerCause, ContainerPlan, ContainerResult, Shipment
+from dlapp.contract import (
+    NODE_LOST,
+    ContainerCause,
+    ContainerPlan,
+    ContainerResult,
+    Shipment,
+    container_name,
+)
 from dlapp.errors import DlappError
 from dlapp.node.supervisor import Supervisor
 
@@ -172,7 +179,7 @@ class NodeAgent:
 
     async def supervises(self, app_id: str, index: int) -> bool:
         """Whether this agent runs that container now (the orphan sweep spares it)."""
-        hosted = self._hosted.get(f"dlapp:{app_id}:{index}")
+        hosted = self._hosted.get(container_name(app_id, index))
         return hosted is not None and not hosted.ended.done()
 
     async def names(self) -> list[str]:

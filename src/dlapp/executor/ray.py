@@ -41,6 +41,7 @@ from dlapp.contract import (
     ContainerPlan,
     ContainerResult,
     Shipment,
+    container_name,
 )
 from dlapp.errors import DlappError
 from dlapp.executor import ray_network, sweep
@@ -555,7 +556,7 @@ class RayExecutor(Executor):
     def _adopt(self, app_id: str, attempt: int, node_ids: Sequence[str]) -> bool:
         """Take over an app's running supervisors after a restart: its containers on the
         nodes' agents, or its supervisor actors, by their names."""
-        names = [f"dlapp:{app_id}:{i}" for i in range(len(node_ids))]
+        names = [container_name(app_id, i) for i in range(len(node_ids))]
         pg: PlacementGroup | None = None
         actors: list[Any] = []
         try:
@@ -596,7 +597,7 @@ class RayExecutor(Executor):
         it is requeued, and must not run twice: an agent refuses a start of this attempt that
         is still on its way from the server that died."""
         for i, node_id in enumerate(node_ids):
-            name = f"dlapp:{app_id}:{i}"
+            name = container_name(app_id, i)
             agent = existing_agent(node_id, NAMESPACE)
             if agent is not None:
                 with contextlib.suppress(RayError):

@@ -19,6 +19,7 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dlapp.config import ContainerPolicy, Engine
+from dlapp.contract import container_name
 from dlapp.executor.agent import existing_agent
 from dlapp.runtime.docker import Labelled, remove_orphans
 
@@ -39,7 +40,7 @@ def sweep_node(policy: dict[str, Any], running: list[str], namespace: str) -> tu
                 if ray.get(agent.supervises.remote(c.app_id, c.index), timeout=AGENT_WAIT_S):
                     return True
         try:  # a supervisor actor of its own, named as ContainerPlan.actor_name
-            ray.get_actor(f"dlapp:{c.app_id}:{c.index}", namespace=namespace)
+            ray.get_actor(container_name(c.app_id, c.index), namespace=namespace)
         except ValueError:  # no such live actor
             return False
         return True
