@@ -40,16 +40,19 @@ RERUN = (
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[TestClient, str, Path]]:
     with ray_head(gpus=2, cpus=4) as cluster:
-        home = tmp_path / "home"
-        settings = ServerSettings(
-            home=home,
-            ray_address=cluster.address,
-            schedule_interval_s=0.2,
-            log_ship_interval_s=0.3,
-            file_roots=(tmp_path,),
-            app_account_prefix="dlag-",  # accounts of its own: other tests may run beside it
-        )
-        yield from _serve(settings, home)
+        settings = _settings(tmp_path, cluster.address, log_ship_interval_s=0.3)
+        yield from _serve(settings, settings.home)
+
+
+def _settings(tmp: Path, ray_address: str, **kw: Any) -> ServerSettings:
+    return ServerSettings(
+        home=tmp / "home",
+        ray_address=ray_address,
+        schedule_interval_s=0.2,
+        file_roots=(tmp,),
+        app_account_prefix="dlag-",  # accounts of its own: other tests may run beside it
+        **kw,
+    )
 
 
 def _serve(settings: ServerSettings, home: Path) -> Iterator[tuple[TestClient, str, Path]]:
@@ -187,16 +190,8 @@ def test_an_agent_that_never_answers_sends_the_app_back_then_fails_it(
     """An agent that does not answer (here: one whose calls never end) is a container not up
     by ``start_timeout_s``: the app goes back to its queue once, then ends FAILED."""
     with ray_head(gpus=1, cpus=2) as cluster:
-        home = tmp_path / "home"
-        settings = ServerSettings(
-            home=home,
-            ray_address=cluster.address,
-            schedule_interval_s=0.2,
-            start_timeout_s=4.0,
-            file_roots=(tmp_path,),
-            app_account_prefix="dlag-",  # accounts of its own: other tests may run beside it
-        )
-        for api, token, _ in _serve(settings, home):
+        settings = _settings(tmp_path, cluster.address, start_timeout_s=4.0)
+        for api, token, _ in _serve(settings, settings.home):
             executor = api.app.state.ctx.executor  # type: ignore[attr-defined]
             node_id = executor.nodes()[0].node_id
             # stands for an agent that is not answering: a named actor whose calls never end
