@@ -18,6 +18,7 @@ from dlapp.scheduler import Resources
 from dlapp.server.context import Context
 from dlapp.server.queue_config import QueueConfig
 from dlapp.server.scheduling.loop import Scheduler
+from dlapp.server.usage_monitor import record_usage
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
 from dlapp.store import repo
@@ -86,8 +87,9 @@ class ScriptedExecutor(Executor):
         code: int,
         diagnostics: str = "",
         cause: ContainerCause = ContainerCause.EXITED,
+        usage: dict[str, Any] | None = None,
     ) -> None:
-        result = ContainerResult(code, diagnostics, None, T0 + 10, cause=cause)
+        result = ContainerResult(code, diagnostics, None, T0 + 10, cause=cause, usage=usage)
         self.reports.append(Report(plan.app_id, plan.attempt, plan.index, "exited", result=result))
 
     def lose(self, plan: ContainerPlan, diagnostics: str, cause: ContainerCause) -> None:
@@ -170,6 +172,31 @@ def test_an_app_is_admitted_started_and_finished_in_cycles(cluster: Cluster) -> 
     app = cluster.app(app_id)
     assert (app.state, app.final_status) == (AppState.FINISHED.value, FinalStatus.SUCCEEDED.value)
     assert app.diagnostics == "all containers exited with code 0"
+
+
+def test_a_containers_last_gpu_report_is_final_in_the_commit_that_ends_it(
+    cluster: Cluster,
+) -> None:
+    """Accounting reads an ended app's GPU-hours at once: its last report is stored with the
+    exit, not at the next usage sample; a late, older answer never replaces it."""
+    app_id = cluster.submit(make_spec("metered").gpus(1).build())
+    cluster.cycle()
+    (plan,) = cluster.plans(app_id)
+    cluster.executor.up(plan)
+    cluster.cycle()
+    last = {"samples": 7, "gpu_seconds_used": 5.6, "seconds_sampled": 7.0, "gpus": {}}
+    cluster.executor.exit(plan, 0, usage=last)
+    cluster.cycle()
+    with cluster.ctx.sessions() as session:
+        app = repo.get_app(session, app_id)
+        assert app.state == AppState.FINISHED.value
+        [row] = app.gpu_usage
+        assert (row.samples, row.gpu_seconds_used) == (7, 5.6)
+        stale = {"samples": 3, "gpu_seconds_used": 2.4, "seconds_sampled": 3.0, "gpus": {}}
+        assert record_usage(session, {(app_id, 1, 0): stale}, cluster.clock()) == 0
+        session.commit()
+        session.refresh(row)
+        assert (row.samples, row.gpu_seconds_used) == (7, 5.6)
 
 
 def test_a_failed_container_stops_its_gang_and_fails_the_app(cluster: Cluster) -> None:

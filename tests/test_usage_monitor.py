@@ -106,10 +106,13 @@ def test_utilisation_is_sampled_stored_shown_and_accounted(server: Server, tmp_p
 
     kill = server.api.post(f"/api/v1/apps/{app_id}/kill", headers=bearer(server.alice))
     assert kill.status_code == 200
-    server.until("the kill", lambda: server.app(app_id)["state"] == "FINISHED")
-    done = server.until(  # the last report comes with the exit
-        "the final report", lambda: (a := server.app(app_id))["gpu_usage"] and a
-    )["gpu_usage"]
+    finished = server.until(
+        "the kill", lambda: (a := server.app(app_id))["state"] == "FINISHED" and a
+    )
+    done = finished["gpu_usage"]  # the last report came with the exit, in the same commit
+    assert done["samples"] >= usage["samples"]
+    time.sleep(5 * 0.1)  # five sample intervals: nothing changes an ended app's figures
+    assert server.app(app_id)["gpu_usage"] == done
     report = server.api.get(
         "/api/v1/usage", headers=bearer(server.alice), params={"by": "queue"}
     ).json()

@@ -54,9 +54,6 @@ class Executor(ABC):
     # may have started or ended, so that ``poll`` tells it now, not at the next cycle
     on_change: Callable[[], None] | None = None
 
-    def __init__(self) -> None:
-        self._final_usage: dict[UsageKey, dict[str, Any]] = {}  # exited since ``usage``
-
     def nodes(self) -> list[NodeInfo]:
         return self._nodes()
 
@@ -85,18 +82,13 @@ class Executor(ABC):
         self._stop(app_id, grace, notice)
 
     def poll(self) -> list[Report]:
-        reports = self._poll()
-        for r in reports:  # a container's last usage comes with its exit, for ``usage``
-            if r.result is not None and r.result.usage is not None:
-                self._final_usage[(r.app_id, r.attempt, r.index)] = r.result.usage
-        return reports
+        return self._poll()
 
     def usage(self) -> dict[UsageKey, dict[str, Any]]:
         """The latest GPU utilisation and staging reports (``gpu_usage.ContainerMeter``) of
-        running containers that have one ready, and the last ones of containers that exited
-        since the previous call. Never blocks on a container."""
-        final, self._final_usage = self._final_usage, {}
-        return {**self._usage(), **final}
+        running containers that have one ready. Never blocks on a container. (A container's
+        last report comes with its exit, in ``poll``'s ``Result.usage``.)"""
+        return self._usage()
 
     def _usage(self) -> dict[UsageKey, dict[str, Any]]:
         return {}

@@ -26,7 +26,6 @@ class LocalExecutor(Executor):
     def __init__(
         self, total: Resources, node_name: str = "local", gpus: Sequence[GpuDevice] = ()
     ) -> None:
-        super().__init__()
         whole = [g for g in gpus if not g.mig_mode]
         mig = tuple((m.uuid, m.profile, m.memory_mb) for g in gpus for m in g.mig)
         ids = [str(g.index) for g in whole] if gpus else [str(i) for i in range(int(total.gpus))]

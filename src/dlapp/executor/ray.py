@@ -237,7 +237,6 @@ class RayExecutor(Executor):
                     _temp_dir=str(private_temp_dir()),
                 )
         private_ray_files()
-        super().__init__()
         self._embedded = not settings.ray_address
         self._start_timeout = settings.start_timeout_s
         self._warm_workers = settings.warm_workers

@@ -5,8 +5,9 @@ touched from there), and only while this server leads:
 
 1. every ``gpu_sample_interval_s``: the executor's usage reports (each supervisor's
    ``gpu_usage.ContainerMeter``, asked without waiting) go into ``gpu_usage``, one row per
-   container; a node's last-busy time becomes the server's clock (``now - idle_s``), so nodes'
-   clocks never matter;
+   container (a container's last report comes with its exit, stored by the reconciler in the
+   same commit that ends it, so an ended app's figures are final); a node's last-busy time
+   becomes the server's clock (``now - idle_s``), so nodes' clocks never matter;
 2. then running apps whose GPUs have all been idle for ``gpu_idle_after_s`` are flagged (an
    event on the app, once; another when they are busy again);
 3. every ``timeseries_interval_s``: one ``queue_samples`` row per queue (GPUs guaranteed,
@@ -29,7 +30,7 @@ from dlapp.executor.base import UsageKey
 from dlapp.server import queue_service
 from dlapp.server.accounting import idle_since
 from dlapp.server.context import Context
-from dlapp.status import AppState
+from dlapp.status import AppState, ContainerState
 from dlapp.store import repo
 from dlapp.store.models import Container, GpuUsage, QueueSample
 
@@ -70,7 +71,9 @@ class UsageMonitor:
 def record_usage(
     session: Session, reports: Mapping[UsageKey, Mapping[str, Any]], now: float
 ) -> int:
-    """Store each container's latest report; returns how many were stored."""
+    """Store each running container's latest report; returns how many were stored. An ended
+    container's last report came with its exit (``store_report``, by the reconciler): a late
+    answer from before it never replaces that one."""
     stored = 0
     for (app_id, attempt, index), report in reports.items():
         c = session.execute(
@@ -78,15 +81,20 @@ def record_usage(
                 Container.app_id == app_id, Container.attempt == attempt, Container.index == index
             )
         ).scalar_one_or_none()
-        if c is None:
+        if c is None or ContainerState(c.state).is_terminal():
             continue
-        row = session.get(GpuUsage, c.id)
-        if row is None:
-            row = GpuUsage(container_id=c.id, app_id=app_id)
-            session.add(row)
-        apply_report(row, report, now)
+        store_report(session, c, report, now)
         stored += 1
     return stored
+
+
+def store_report(session: Session, c: Container, report: Mapping[str, Any], now: float) -> None:
+    """One container's report into its ``gpu_usage`` row."""
+    row = session.get(GpuUsage, c.id)
+    if row is None:
+        row = GpuUsage(container_id=c.id, app_id=c.app_id)
+        session.add(row)
+    apply_report(row, report, now)
 
 
 def apply_report(row: GpuUsage, report: Mapping[str, Any], now: float) -> None:

@@ -30,6 +30,7 @@ from dlapp.server.scheduling.outcomes import (
     settle,
     stop_reason,
 )
+from dlapp.server.usage_monitor import store_report
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
 from dlapp.store import repo
@@ -85,6 +86,8 @@ class Reconciler:
         elif report.kind == "exited" and report.result is not None:
             r = report.result
             _add_notes(session, app.id, c.index, r.notes)
+            if r.usage is not None:  # its last GPU report: final in the commit that ends it
+                store_report(session, c, r.usage, now)
             for url in r.failed_outputs:  # `dlapp status` says where a failed app's output is
                 repo.add_event(session, app.id, FAILED_OUTPUT_EVENT, url, r.end_time)
             repo.update_container(
