@@ -13,6 +13,7 @@ from dlapp.scheduler import (
     Admit,
     Backlog,
     Preempt,
+    QueueConfigError,
     QueueTree,
     Resources,
     Wait,
@@ -181,6 +182,94 @@ def test_apps_already_stopping_count_for_the_queue_they_were_taken_for() -> None
     decisions = decide(heads, snap)
     assert len(preempted(decisions)) == 1  # one more: b0 already makes room for the other
     assert waits(decisions)["a0"].reason.startswith("waiting for 1 stopping app(s)")
+
+
+# -- an app that needs more than is left of its queue's guarantee --------------------------------
+
+THREE = {"a": {"guaranteed": "25%"}, "b": {"guaranteed": "25%"}, "c": {"guaranteed": "50%"}}
+
+
+def _past_guarantee(a_holds: int, b_holds: int, past: bool = True) -> list[Any]:
+    """16 GPUs, all held: a (guaranteed 4) and b (guaranteed 4) by 1-GPU apps; a waits with
+    a 2-GPU app that would take it past its guarantee when it holds 3."""
+    queues = parse_tree(
+        {
+            "queues": THREE,
+            "preemption": {"enabled": True, "grace_s": 30, "past_guarantee": past},
+        }
+    )
+    running = tuple(
+        make_running(f"{q}{i}").gpus(1).on("n1").queue(q).started(float(i)).build()
+        for q, n in (("a", a_holds), ("b", b_holds))
+        for i in range(n)
+    )
+    snap = make_snapshot(make_node("n1").gpus(16).used(gpus=16), queues=queues, running=running)
+    return decide([make_app("big").gpus(2).queue("a").build()], snap)
+
+
+def test_a_queue_under_its_guarantee_takes_room_past_it_from_a_queue_far_over_its_own() -> None:
+    # a: 3 of 4, with big 5/4 = 1.25; b: 13 of 4, after two victims 11/4 = 2.75
+    decisions = _past_guarantee(a_holds=3, b_holds=13)
+    assert preempted(decisions) == ["b12", "b11"]  # the youngest, no more than needed
+    reason = next(d.reason for d in decisions if isinstance(d, Preempt))
+    assert "needs more than is left of it" in reason and "root.b is further over" in reason
+    assert waits(decisions)["big"].reason.startswith("waiting for 2 preempted")
+
+
+def test_no_room_past_a_guarantee_is_taken_from_a_queue_it_would_leave_less_served() -> None:
+    # c idle; a: 3 of 4 -> 5/4 = 1.25 with big; b: 5 of 4 -> 3/4 after giving 2: refused
+    decisions = _past_guarantee(a_holds=3, b_holds=5)
+    assert preempted(decisions) == []
+    assert "preempted" not in waits(decisions)["big"].reason
+
+
+def test_a_queue_at_its_guarantee_takes_no_room_past_it() -> None:
+    decisions = _past_guarantee(a_holds=4, b_holds=12)
+    assert preempted(decisions) == []
+
+
+def test_taking_room_past_a_guarantee_can_be_turned_off() -> None:
+    assert preempted(_past_guarantee(a_holds=3, b_holds=13, past=False)) == []
+
+
+def _room_freed_for_a_short_queue(ordering: str) -> list[Any]:
+    """The cycle after a preemption for a's 2-GPU app: the victim's 2 GPUs are free, and the
+    victim, back in b's line, has waited long enough for a reservation; b has a short app."""
+    settings = {"ordering": ordering, "reserve_after": "1h"}
+    queues = parse_tree(
+        {
+            "queues": {name: {**q, **settings} for name, q in THREE.items()},
+            "preemption": {"enabled": True, "grace_s": 30},
+        }
+    )
+    running = tuple(
+        make_running(f"{q}{i}").gpus(1).on("n1").queue(q).started(float(i)).build()
+        for q, n in (("a", 3), ("b", 11))
+        for i in range(n)
+    )
+    snap = make_snapshot(
+        make_node("n1").gpus(16).used(gpus=14), queues=queues, running=running, now=10 * H
+    )
+    heads = [
+        make_app("big").gpus(2).queue("a").waiting_since(9 * H).max_runtime(5 * H).build(),
+        make_app("victim").gpus(2).queue("b").waiting_since(0).max_runtime(4 * H).build(),
+        make_app("short").gpus(2).queue("b").waiting_since(10 * H).max_runtime(60).build(),
+    ]
+    return decide(heads, snap)
+
+
+@pytest.mark.parametrize("ordering", ["backfill", "srtf"])
+def test_room_freed_past_a_guarantee_goes_to_the_app_it_was_freed_for(ordering: str) -> None:
+    """Neither the victim's reservation (it waited long before it ran) nor a shorter app of
+    the queue it was taken from (srtf's lending by rank) takes it back: no preemption loop."""
+    decisions = _room_freed_for_a_short_queue(ordering)
+    assert admitted(decisions) == ["big"]
+    assert [d for d in decisions if isinstance(d, Preempt) and d.for_app == "big"] == []
+
+
+def test_past_guarantee_is_checked_in_the_queue_file() -> None:
+    with pytest.raises(QueueConfigError, match="past_guarantee must be true or false"):
+        parse_tree({"queues": THREE, "preemption": {"enabled": True, "past_guarantee": "yes"}})
 
 
 # -- guarantees keep their fractions -----------------------------------------------------------

@@ -18,6 +18,8 @@ snapshot carries ``now``). One cycle:
   5. when preemption is on: a queue under its guarantee whose app cannot be placed takes back
      what it needs from queues over their guarantee (most over first, lowest priority,
      youngest), for as many of its apps as its guarantee covers, no more victims than needed;
+     and for the app that needs more than is left of its guarantee, from queues that stay
+     further over theirs than it will be (``preemption.past_guarantee``, on by default);
      in a ``las`` / ``srtf`` queue an app also preempts the queue's own apps of a later level
      (more attained service; much longer remaining time).
 
@@ -252,7 +254,15 @@ class _Cycle:
         known = self._relative.get(path)
         if known is not None:
             return known
-        used, limits = self.usage[path], self.limits_of(path)
+        used = self.usage[path]
+        relative = min(self.used_over_guarantee(path, used), self.quotas.relative(path))
+        known = self._relative[path] = (relative, share(used, self.total), path)
+        return known
+
+    def used_over_guarantee(self, path: str, used: Resources) -> float:
+        """``used`` over ``path``'s guarantee, on the resources it is guaranteed some of (the
+        most used of them); inf for a queue guaranteed nothing."""
+        limits = self.limits_of(path)
         g = limits.guaranteed
         ratios = [
             u / t if t > 0 else (math.inf if u > _EPS else 0.0)
@@ -263,10 +273,7 @@ class _Cycle:
             )
             if guard
         ]
-        relative = max(ratios) if ratios else math.inf
-        relative = min(relative, self.quotas.relative(path))  # a GPU model's guarantee
-        known = self._relative[path] = (relative, share(used, self.total), path)
-        return known
+        return max(ratios) if ratios else math.inf
 
     def user_cap(self, path: str) -> Resources:
         cap = self._caps.get(path)
@@ -663,6 +670,54 @@ class _Cycle:
 
         return self._take_back(head, path, candidates(), -math.inf, reason)
 
+    def short_of_guarantee(self, path: str) -> bool:
+        """Whether leaf ``path`` holds (with what preemption is freeing for it) fewer GPUs than
+        it is guaranteed."""
+        if path not in self.tree.by_path:
+            return False
+        g = self.limits_of(path).guaranteed.gpus
+        return g > 0 and (self.usage[path] + self.claimed[path]).gpus < g - _EPS
+
+    def preempt_past_guarantee(self, head: AppHead, path: str) -> str | None:
+        """For a queue under its guarantee whose ``head`` needs more than is left of it (it
+        would otherwise wait until borrowers end): victims from queues over their guarantee
+        that, after losing them, still use more of their guarantee than ``path`` will with
+        ``head`` (so no queue ends less served than the one it gave way to, and the two never
+        take the room back and forth). The Wait reason, or None."""
+        if (
+            not self.tree.preemption
+            or not self.tree.preempt_past_guarantee
+            or path not in self.tree.by_path
+        ):
+            return None
+        if not self.short_of_guarantee(path) or head.total.gpus <= 0:
+            return None  # at its guarantee already: it borrows idle room, it takes none
+        g = self.limits_of(path).guaranteed
+        after = self.used_over_guarantee(path, self.usage[path] + self.claimed[path] + head.total)
+        use = self._victim_uses()
+
+        def candidates() -> Iterator[RunningApp]:
+            for app, q in self._borrowed(path):
+                if not self.limits_of(q).over(use[q]):
+                    continue  # its queue is no longer borrowing
+                if self.quotas.protects(app, q):
+                    continue
+                if self.used_over_guarantee(q, use[q] - app.total) <= after:
+                    continue  # it would end less served than path: not this one
+                yield app
+
+        def reason(victim: RunningApp) -> str:
+            vpath = self._path(victim.queue)
+            vuse, vg = self.usage[vpath], self.limits_of(vpath).guaranteed
+            return (
+                f"preempted for {head.app_id}: queue {path} is under its guarantee "
+                f"({describe_gpus(self.usage[path].gpus)} of {g.gpus} guaranteed) and "
+                f"{head.app_id} needs more than is left of it; {vpath} is further over its "
+                f"guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)"
+            )
+
+        return self._take_back(head, path, candidates(), -math.inf, reason, "past")
+
     def _preempt_for_model(self, head: AppHead, path: str) -> str | None:
         """Victims on GPUs of a model ``head``'s queue is guaranteed (and may hold ``head``
         within), from queues holding more of that model than they are guaranteed of it."""
@@ -913,8 +968,10 @@ class _Cycle:
         by_rank = len(orderings) == 1 and orderings <= {"las", "srtf"}
 
         def key(path: str, borrowing: bool) -> tuple[object, ...]:
-            if borrowing and by_rank:
-                return (lines[path].peek(), self.relative_use(path))
+            if borrowing and by_rank:  # but a queue short of its guarantee first
+                if self.short_of_guarantee(path):
+                    return (0, self.relative_use(path))
+                return (1, lines[path].peek(), self.relative_use(path))
             return (self.relative_use(path),)
 
         for borrowing in (False, True):
@@ -997,7 +1054,13 @@ class _Cycle:
             placed = self.place_reserved(typed)
         else:
             placed = self.try_place(typed, key if typed is head else None)
-        if isinstance(placed, str) and not borrowing and self._held:
+        if (
+            isinstance(placed, str)
+            and self._held
+            and (
+                not borrowing or self.short_of_guarantee(path)  # its guarantee's promise first
+            )
+        ):
             placed = self.place_over_reservations(typed, path) or placed
         if isinstance(placed, str) and held is None and self._held:
             placed = self.place_before_reservations(typed) or placed
@@ -1006,6 +1069,8 @@ class _Cycle:
             return True
         # 5. preemption: a guarantee back (never for borrowing), or a later level's room
         why = None if borrowing else self.preempt_for(head, path)
+        if why is None and borrowing:  # more than is left of its guarantee, maybe
+            why = self.preempt_past_guarantee(head, path)
         if why is None and line.within:
             promoted = line.ql.promoted(head.app_id, self.now)
             why = self.preempt_within(head, path, line.ql.queue, promoted)

@@ -203,6 +203,9 @@ class QueueTree:
     preemption: bool = False
     preemption_grace_s: float = 30.0
     source: str = "built-in default"
+    # a queue under its guarantee may preempt for an app that takes it past its guarantee,
+    # from queues left further over theirs (``preemption.past_guarantee``)
+    preempt_past_guarantee: bool = True
     _resolved: dict[Resources, dict[str, Limits]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -373,11 +376,14 @@ def parse_tree(data: Any, source: str = "queues.yaml") -> QueueTree:
     if unknown:
         problems.append(f"unknown top-level key(s) {sorted(unknown)}; valid: preemption, queues")
     pre = data.get("preemption") or {}
-    enabled, grace = False, 30.0
-    if not isinstance(pre, Mapping) or set(pre) - {"enabled", "grace_s"}:
-        problems.append("preemption must be a mapping with keys enabled, grace_s")
+    enabled, grace, past = False, 30.0, True
+    if not isinstance(pre, Mapping) or set(pre) - {"enabled", "grace_s", "past_guarantee"}:
+        problems.append("preemption must be a mapping with keys enabled, grace_s, past_guarantee")
     else:
         enabled = bool(pre.get("enabled", False))
+        past = pre.get("past_guarantee", True)
+        if not isinstance(past, bool):
+            problems.append(f"preemption.past_guarantee must be true or false, not {past!r}")
         try:
             grace = float(pre.get("grace_s", 30.0))
             if grace < 0:
@@ -402,7 +408,13 @@ def parse_tree(data: Any, source: str = "queues.yaml") -> QueueTree:
     _check_sums(root, problems)
     if problems:
         raise QueueConfigError(f"{source}: " + "; ".join(problems))
-    return QueueTree(root=root, preemption=enabled, preemption_grace_s=grace, source=source)
+    return QueueTree(
+        root=root,
+        preemption=enabled,
+        preemption_grace_s=grace,
+        source=source,
+        preempt_past_guarantee=past,
+    )
 
 
 def _parse_queue(path: str, spec: Any, problems: list[str]) -> Queue:
