@@ -86,7 +86,7 @@ def test_queue_acl_maximum_and_the_tree_view(
     rows = {q["path"]: q for q in view["queues"]}
     assert rows["root.research"]["guaranteed"]["gpus"] == CLUSTER_GPUS // 2
     assert rows["root.prod"]["maximum"]["gpus"] == CLUSTER_GPUS
-    assert view["preemption"] == {"enabled": True, "grace_s": 10.0}
+    assert view["preemption"] == {"enabled": True, "grace_s": 10.0, "past_guarantee": True}
 
 
 def test_invalid_queue_file_is_refused_and_the_running_one_kept(

@@ -52,7 +52,8 @@ def queues(as_json: bool, reload: bool) -> None:
         )
     out.print(table)
     pre = data["preemption"]
-    state = f"on (grace {pre['grace_s']:g}s)" if pre["enabled"] else "off"
+    past = "" if pre.get("past_guarantee", True) else ", not past a guarantee"
+    state = f"on (grace {pre['grace_s']:g}s{past})" if pre["enabled"] else "off"
     out.print(f"configuration: {data['source']}; preemption {state}")
     if data["error"]:
         err.print(f"the queue file was refused, the running configuration is kept: {data['error']}")

@@ -129,7 +129,11 @@ def queues_view(ctx: Context, session: Session) -> dict[str, Any]:
     return {
         "source": tree.source,
         "error": config.error,
-        "preemption": {"enabled": tree.preemption, "grace_s": tree.preemption_grace_s},
+        "preemption": {
+            "enabled": tree.preemption,
+            "grace_s": tree.preemption_grace_s,
+            "past_guarantee": tree.preempt_past_guarantee,
+        },
         "cluster": _res(total),
         "queues": rows,
     }
