@@ -668,7 +668,10 @@ class _Cycle:
                 f"is over its guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)"
             )
 
-        return self._take_back(head, path, candidates(), -math.inf, reason)
+        def among() -> list[RunningApp]:
+            return [app for app, _ in self._borrowed(path)]
+
+        return self._take_back(head, path, candidates, -math.inf, reason, among=among)
 
     def short_of_guarantee(self, path: str) -> bool:
         """Whether leaf ``path`` holds (with what preemption is freeing for it) fewer GPUs than
@@ -695,16 +698,24 @@ class _Cycle:
         g = self.limits_of(path).guaranteed
         after = self.used_over_guarantee(path, self.usage[path] + self.claimed[path] + head.total)
         use = self._victim_uses()
+        may_give: list[tuple[RunningApp, str]] = []  # filled by ``among``, before ``candidates``
+
+        def gives(app: RunningApp, q: str) -> bool:
+            return (
+                self.limits_of(q).over(use[q])  # its queue is (still) borrowing
+                and self.used_over_guarantee(q, use[q] - app.total) > after  # and stays more
+            )  # served than path will be: its use only falls as victims are taken
+
+        def among() -> list[RunningApp]:
+            may_give.extend(
+                (app, q)
+                for app, q in self._borrowed(path)
+                if not self.quotas.protects(app, q) and gives(app, q)
+            )
+            return [app for app, _ in may_give]
 
         def candidates() -> Iterator[RunningApp]:
-            for app, q in self._borrowed(path):
-                if not self.limits_of(q).over(use[q]):
-                    continue  # its queue is no longer borrowing
-                if self.quotas.protects(app, q):
-                    continue
-                if self.used_over_guarantee(q, use[q] - app.total) <= after:
-                    continue  # it would end less served than path: not this one
-                yield app
+            return (app for app, q in may_give if gives(app, q))
 
         def reason(victim: RunningApp) -> str:
             vpath = self._path(victim.queue)
@@ -716,7 +727,7 @@ class _Cycle:
                 f"guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)"
             )
 
-        return self._take_back(head, path, candidates(), -math.inf, reason, "past")
+        return self._take_back(head, path, candidates, -math.inf, reason, "past", among)
 
     def _preempt_for_model(self, head: AppHead, path: str) -> str | None:
         """Victims on GPUs of a model ``head``'s queue is guaranteed (and may hold ``head``
@@ -740,7 +751,7 @@ class _Cycle:
                 f"{self._path(victim.queue)} holds more of them than it is guaranteed"
             )
 
-        return self._take_back(typed, path, candidates(), -math.inf, reason)
+        return self._take_back(typed, path, candidates, -math.inf, reason)
 
     def preempt_within(
         self, head: AppHead, path: str, q: Queue | None, promoted: bool
@@ -787,7 +798,7 @@ class _Cycle:
         if not ranked or ranked[0][0] <= bar:
             return None  # no running app of the queue is far enough behind
         victims = itertools.takewhile(lambda pair: pair[0] > bar, ranked)
-        return self._take_back(head, path, (a for _, a in victims), rank, reason, "level")
+        return self._take_back(head, path, lambda: (a for _, a in victims), rank, reason, "level")
 
     def _ranked(self, path: str, q: Queue) -> list[tuple[float, RunningApp]]:
         """The queue's running apps with how far behind each is (las: its level; srtf: its
@@ -810,13 +821,16 @@ class _Cycle:
         self,
         head: AppHead,
         path: str,
-        candidates: Iterator[RunningApp],
+        candidates: Callable[[], Iterator[RunningApp]],
         rank: float,
         reason: Callable[[RunningApp], str],
         kind: str = "guarantee",
+        among: Callable[[], Iterable[RunningApp]] | None = None,
     ) -> str | None:
         """Room for ``head`` among what is already leaving for ``path``, else victims taken
-        from ``candidates`` in order, no more than needed. The Wait reason, or None."""
+        from ``candidates()`` in order, no more than needed. The Wait reason, or None.
+        ``among()``: apps that the candidates all come from, asked first (before any
+        candidate), for a quick check that all of them together would make room."""
         future, counts = self._future(path)
         placed = future.place(head)
         if placed is not None:  # apps already stopping for this queue make room enough
@@ -825,6 +839,9 @@ class _Cycle:
         tried = (kind, path, shape(head))
         if self.no_victims.get(tried, math.inf) <= rank:
             return None  # a head as deserving found none this cycle
+        if among is not None and not _could_make_room(head, future, among()):
+            self.no_victims[tried] = min(rank, self.no_victims.get(tried, math.inf))
+            return None  # not even all of them together would
         use = self._victim_uses()
 
         def choose(victim: RunningApp, sign: int) -> None:
@@ -834,7 +851,7 @@ class _Cycle:
             self._lend(future, victim, sign)
 
         chosen: list[RunningApp] = []
-        for victim in candidates:  # a generator: it reads ``use`` as victims are taken
+        for victim in candidates():  # a generator: it reads ``use`` as victims are taken
             if victim.stopping or victim.app_id in self.victims:
                 continue
             chosen.append(victim)
@@ -1301,6 +1318,25 @@ class _Line:
         """The last app taken could not start, nor can the rest of its group this cycle."""
         if self._last is not None:
             self.dropped[self._last[6]] = (reason, estimate)
+
+
+def _could_make_room(head: AppHead, future: FreeIndex, victims: Iterable[RunningApp]) -> bool:
+    """Whether ``head``'s containers could fit, counting GPUs only, on what is free in
+    ``future`` and what all of ``victims`` hold, node by node: False means that no choice of
+    them makes room (an upper bound: CPUs, memory, devices and node lists are left out)."""
+    need = head.request.gpus
+    if need <= 0:
+        return True
+    room = {node_id: r.gpus for node_id, r in future.free.items()}
+    for app in victims:
+        for node_id in app.nodes:
+            room[node_id] = room.get(node_id, 0.0) + app.request.gpus
+    fits = 0
+    for gpus in room.values():
+        fits += int(gpus / need + 1e-9)
+        if fits >= head.num_containers:
+            return True
+    return False
 
 
 def _count_promoted(promos: list[tuple[float, int, str]], now: float) -> int:
