@@ -644,7 +644,6 @@ class _Cycle:
         guarantee, fits; returns the Wait reason, or None if that cannot be done."""
         if not self.tree.preemption or path not in self.tree.by_path:
             return None
-        g = self.limits_of(path).guaranteed
         if self.limits_of(path).over(self.usage[path] + self.claimed[path] + head.total):
             return self._preempt_for_model(head, path)  # a GPU model's guarantee, maybe
         use = self._victim_uses()
@@ -661,17 +660,21 @@ class _Cycle:
 
         def reason(victim: RunningApp) -> str:
             vpath = self._path(victim.queue)
-            vuse, vg = self.usage[vpath], self.limits_of(vpath).guaranteed
             return (
                 f"preempted for {head.app_id}: queue {path} is under its guarantee "
-                f"({describe_gpus(self.usage[path].gpus)} of {g.gpus} guaranteed) and {vpath} "
-                f"is over its guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)"
+                f"({self._guarantee_held(path)}) and {vpath} is over its guarantee "
+                f"({self._guarantee_held(vpath)})"
             )
 
         def among() -> list[RunningApp]:
             return [app for app, _ in self._borrowed(path)]
 
         return self._take_back(head, path, candidates, -math.inf, reason, among=among)
+
+    def _guarantee_held(self, path: str) -> str:
+        """What a queue holds of its guarantee, as preemption reasons say it."""
+        g = self.limits_of(path).guaranteed
+        return f"{describe_gpus(self.usage[path].gpus)} of {g.gpus} guaranteed"
 
     def short_of_guarantee(self, path: str) -> bool:
         """Whether leaf ``path`` holds (with what preemption is freeing for it) fewer GPUs than
@@ -687,15 +690,10 @@ class _Cycle:
         that, after losing them, still use more of their guarantee than ``path`` will with
         ``head`` (so no queue ends less served than the one it gave way to, and the two never
         take the room back and forth). The Wait reason, or None."""
-        if (
-            not self.tree.preemption
-            or not self.tree.preempt_past_guarantee
-            or path not in self.tree.by_path
-        ):
+        if not self.tree.preemption or not self.tree.preempt_past_guarantee:
             return None
         if not self.short_of_guarantee(path) or head.total.gpus <= 0:
-            return None  # at its guarantee already: it borrows idle room, it takes none
-        g = self.limits_of(path).guaranteed
+            return None  # at its guarantee already (or not in the tree): it takes none
         after = self.used_over_guarantee(path, self.usage[path] + self.claimed[path] + head.total)
         use = self._victim_uses()
         may_give: list[tuple[RunningApp, str]] = []  # filled by ``among``, before ``candidates``
@@ -719,12 +717,10 @@ class _Cycle:
 
         def reason(victim: RunningApp) -> str:
             vpath = self._path(victim.queue)
-            vuse, vg = self.usage[vpath], self.limits_of(vpath).guaranteed
             return (
                 f"preempted for {head.app_id}: queue {path} is under its guarantee "
-                f"({describe_gpus(self.usage[path].gpus)} of {g.gpus} guaranteed) and "
-                f"{head.app_id} needs more than is left of it; {vpath} is further over its "
-                f"guarantee ({describe_gpus(vuse.gpus)} of {vg.gpus} guaranteed)"
+                f"({self._guarantee_held(path)}) and {head.app_id} needs more than is left of it; "
+                f"{vpath} is further over its guarantee ({self._guarantee_held(vpath)})"
             )
 
         return self._take_back(head, path, candidates, -math.inf, reason, "past", among)
