@@ -283,17 +283,19 @@ class RayExecutor(Executor):
 
     def _keep_agents(self, alive: set[str]) -> None:
         """An agent on each alive node, made as the node is first seen (its creation is Ray's:
-        the first app there does not wait for it); those of nodes gone are dropped."""
+        the first app there does not wait for it); those of nodes gone are dropped. Callers on
+        other threads may hold the node list too: a handle one of them stored while this one
+        asked Ray for its own is kept, never overwritten."""
         for node_id in alive - self._agents.keys():
             with contextlib.suppress(RayError, ValueError):
-                self._agents[node_id] = agent_on(node_id, NAMESPACE)
+                self._agents.setdefault(node_id, agent_on(node_id, NAMESPACE))
         for node_id in self._agents.keys() - alive:
-            del self._agents[node_id]
+            self._agents.pop(node_id, None)
 
     def _agent(self, node_id: str) -> Any:
         agent = self._agents.get(node_id)
         if agent is None:
-            agent = self._agents[node_id] = agent_on(node_id, NAMESPACE)
+            agent = self._agents.setdefault(node_id, agent_on(node_id, NAMESPACE))
         return agent
 
     def _bundle(self, request: Resources, plan: ContainerPlan) -> dict[str, float]:
