@@ -163,6 +163,18 @@ class FreeIndex:
             head, [(n, self.free[i]) for i, n in self.nodes.items()], self.devices, self.mig
         )
 
+    def free_gpu_counts(self) -> dict[float, int]:
+        """How many schedulable nodes have each amount of free GPUs (rounded to a millionth
+        of a GPU): read off ``pack``'s lookup, counted node by node for another placement."""
+        if self.placement == "pack":
+            return {gpus: len(bucket) for gpus, bucket in self._buckets.items()}
+        counts: dict[float, int] = {}
+        for node_id, node in self.nodes.items():
+            if node.schedulable:
+                key = round(self.free[node_id].gpus, 6)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     # -- the lookup structures -----------------------------------------------------------------
 
     def _key(self, node_id: str) -> tuple[float, str, str]:

@@ -697,12 +697,20 @@ class _Cycle:
         after = self.used_over_guarantee(path, self.usage[path] + self.claimed[path] + head.total)
         use = self._victim_uses()
         may_give: list[tuple[RunningApp, str]] = []  # filled by ``among``, before ``candidates``
+        # (queue, its use, the app's total) -> gives: the answer depends on these alone, and
+        # a queue's apps come in few sizes (hundreds of candidates, a handful of answers)
+        known: dict[tuple[str, Resources, Resources], bool] = {}
 
         def gives(app: RunningApp, q: str) -> bool:
-            return (
-                self.limits_of(q).over(use[q])  # its queue is (still) borrowing
-                and self.used_over_guarantee(q, use[q] - app.total) > after  # and stays more
-            )  # served than path will be: its use only falls as victims are taken
+            used = use[q]
+            key = (q, used, app.total)
+            answer = known.get(key)
+            if answer is None:
+                answer = known[key] = (
+                    self.limits_of(q).over(used)  # its queue is (still) borrowing
+                    and self.used_over_guarantee(q, used - app.total) > after  # and stays
+                )  # more served than path will be: its use only falls as victims are taken
+            return answer
 
         def among() -> list[RunningApp]:
             may_give.extend(
@@ -1318,20 +1326,36 @@ class _Line:
 
 def _could_make_room(head: AppHead, future: FreeIndex, victims: Iterable[RunningApp]) -> bool:
     """Whether ``head``'s containers could fit, counting GPUs only, on what is free in
-    ``future`` and what all of ``victims`` hold, node by node: False means that no choice of
-    them makes room (an upper bound: CPUs, memory, devices and node lists are left out)."""
+    ``future``'s schedulable nodes and what all of ``victims`` hold there, node by node: False
+    means that no choice of them makes room (an upper bound: CPUs, memory, devices and node
+    lists are left out). The nodes no victim runs on are counted by their free GPUs
+    (``FreeIndex.free_gpu_counts``), not one by one."""
     need = head.request.gpus
     if need <= 0:
         return True
-    room = {node_id: r.gpus for node_id, r in future.free.items()}
+    given: dict[str, float] = {}  # node -> the GPUs the victims hold there
     for app in victims:
         for node_id in app.nodes:
-            room[node_id] = room.get(node_id, 0.0) + app.request.gpus
-    fits = 0
-    for gpus in room.values():
-        fits += int(gpus / need + 1e-9)
-        if fits >= head.num_containers:
+            given[node_id] = given.get(node_id, 0.0) + app.request.gpus
+    fits, wanted = 0, head.num_containers
+    counted: dict[float, int] = {}  # the victims' nodes, by their free GPUs (counted here)
+    nodes, free = future.nodes, future.free
+    for node_id, gpus in given.items():
+        node = nodes.get(node_id)
+        if node is None or not node.schedulable:
+            continue
+        base = free[node_id].gpus
+        key = round(base, 6)
+        counted[key] = counted.get(key, 0) + 1
+        fits += int((base + gpus) / need + 1e-9)
+        if fits >= wanted:
             return True
+    for gpus, count in future.free_gpu_counts().items():
+        count -= counted.get(gpus, 0)
+        if count > 0:
+            fits += count * int(gpus / need + 1e-9)
+            if fits >= wanted:
+                return True
     return False
 
 
@@ -1380,7 +1404,11 @@ def decide(heads: Sequence[AppHead], snapshot: Snapshot) -> list[Decision]:
         backlog = Backlog(snapshot.queues, heads)  # raises on a duplicate app_id
         cycle = _Cycle(_with_workload(snapshot, heads), explain=True)
         lines = cycle.run(backlog)
-        return cycle.answer(heads, backlog, lines)
+        decisions = cycle.answer(heads, backlog, lines)
+        # Freed while the collector is still paused: the collection that re-enabling it may
+        # start would otherwise walk the whole working state (about a tenth of a cycle).
+        del backlog, cycle, lines
+    return decisions
 
 
 def decide_changes(backlog: Backlog, snapshot: Snapshot) -> list[Admit | Preempt]:
@@ -1394,4 +1422,6 @@ def decide_changes(backlog: Backlog, snapshot: Snapshot) -> list[Admit | Preempt
     with _no_gc():
         cycle = _Cycle(_with_workload(snapshot, heads), explain=False)
         cycle.run(backlog)
-        return [*cycle.decisions.values(), *cycle.preempts]
+        changes: list[Admit | Preempt] = [*cycle.decisions.values(), *cycle.preempts]
+        del cycle
+    return changes
