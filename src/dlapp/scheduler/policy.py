@@ -666,10 +666,7 @@ class _Cycle:
                 f"({self._guarantee_held(vpath)})"
             )
 
-        def among() -> list[RunningApp]:
-            return [app for app, _ in self._borrowed(path)]
-
-        return self._take_back(head, path, candidates, -math.inf, reason, among=among)
+        return self._take_back(head, path, candidates, -math.inf, reason)
 
     def _guarantee_held(self, path: str) -> str:
         """What a queue holds of its guarantee, as preemption reasons say it."""
@@ -696,32 +693,13 @@ class _Cycle:
             return None  # at its guarantee already (or not in the tree): it takes none
         after = self.used_over_guarantee(path, self.usage[path] + self.claimed[path] + head.total)
         use = self._victim_uses()
-        may_give: list[tuple[RunningApp, str]] = []  # filled by ``among``, before ``candidates``
-        # (queue, its use, the app's total) -> gives: the answer depends on these alone, and
-        # a queue's apps come in few sizes (hundreds of candidates, a handful of answers)
-        known: dict[tuple[str, Resources, Resources], bool] = {}
-
-        def gives(app: RunningApp, q: str) -> bool:
-            used = use[q]
-            key = (q, used, app.total)
-            answer = known.get(key)
-            if answer is None:
-                answer = known[key] = (
-                    self.limits_of(q).over(used)  # its queue is (still) borrowing
-                    and self.used_over_guarantee(q, used - app.total) > after  # and stays
-                )  # more served than path will be: its use only falls as victims are taken
-            return answer
-
-        def among() -> list[RunningApp]:
-            may_give.extend(
-                (app, q)
-                for app, q in self._borrowed(path)
-                if not self.quotas.protects(app, q) and gives(app, q)
-            )
-            return [app for app, _ in may_give]
 
         def candidates() -> Iterator[RunningApp]:
-            return (app for app, q in may_give if gives(app, q))
+            for app, q in self._borrowed(path):
+                # its queue is (still) borrowing, and stays more served than path will be (its
+                # use only falls as victims are taken)
+                if not self.quotas.protects(app, q) and self._gives(q, use[q], app.total, after):
+                    yield app
 
         def reason(victim: RunningApp) -> str:
             vpath = self._path(victim.queue)
@@ -731,7 +709,24 @@ class _Cycle:
                 f"{vpath} is further over its guarantee ({self._guarantee_held(vpath)})"
             )
 
-        return self._take_back(head, path, candidates, -math.inf, reason, "past", among)
+        return self._take_back(head, path, candidates, -math.inf, reason, "past")
+
+    def _gives(self, q: str, used: Resources, total: Resources, after: float) -> bool:
+        """Whether queue ``q``, using ``used``, is over its guarantee and, without ``total``,
+        would still use more of it than ``after``: ``used_over_guarantee(q, used - total) >
+        after``, worked out without building the difference (the same arithmetic)."""
+        limits = self.limits_of(q)
+        if not limits.over(used):
+            return False
+        g = limits.guaranteed
+        on_gpus, on_cpus, on_memory = limits.guarded
+        if not (on_gpus or on_cpus or on_memory):
+            return math.inf > after
+        if on_gpus and _ratio(round(used.gpus - total.gpus, 9), g.gpus) > after:
+            return True
+        if on_cpus and _ratio(used.cpus - total.cpus, g.cpus) > after:
+            return True
+        return on_memory and _ratio(used.memory_mb - total.memory_mb, g.memory_mb) > after
 
     def _preempt_for_model(self, head: AppHead, path: str) -> str | None:
         """Victims on GPUs of a model ``head``'s queue is guaranteed (and may hold ``head``
@@ -829,12 +824,11 @@ class _Cycle:
         rank: float,
         reason: Callable[[RunningApp], str],
         kind: str = "guarantee",
-        among: Callable[[], Iterable[RunningApp]] | None = None,
     ) -> str | None:
         """Room for ``head`` among what is already leaving for ``path``, else victims taken
         from ``candidates()`` in order, no more than needed. The Wait reason, or None.
-        ``among()``: apps that the candidates all come from, asked first (before any
-        candidate), for a quick check that all of them together would make room."""
+        ``candidates()`` is called once; it may read what the victims taken so far leave their
+        queues (``_victim_uses``)."""
         future, counts = self._future(path)
         placed = future.place(head)
         if placed is not None:  # apps already stopping for this queue make room enough
@@ -843,10 +837,11 @@ class _Cycle:
         tried = (kind, path, shape(head))
         if self.no_victims.get(tried, math.inf) <= rank:
             return None  # a head as deserving found none this cycle
-        if among is not None and not _could_make_room(head, future, among()):
+        use = self._victim_uses()
+        taken = self._would_take(candidates(), use)  # ... if no fewer made room
+        if not _could_make_room(head, future, taken):
             self.no_victims[tried] = min(rank, self.no_victims.get(tried, math.inf))
             return None  # not even all of them together would
-        use = self._victim_uses()
 
         def choose(victim: RunningApp, sign: int) -> None:
             vpath = self._path(victim.queue)
@@ -855,9 +850,7 @@ class _Cycle:
             self._lend(future, victim, sign)
 
         chosen: list[RunningApp] = []
-        for victim in candidates():  # a generator: it reads ``use`` as victims are taken
-            if victim.stopping or victim.app_id in self.victims:
-                continue
+        for victim in taken:  # what candidates() gives as these are taken one by one
             chosen.append(victim)
             choose(victim, +1)
             placed = future.place(head)
@@ -891,6 +884,26 @@ class _Cycle:
         counts[0] += len(chosen)
         self.claimed[path] = self.claimed[path] + head.total
         return f"waiting for {len(chosen)} preempted app(s) to release their resources"
+
+    def _would_take(
+        self, candidates: Iterator[RunningApp], use: dict[str, Resources]
+    ) -> list[RunningApp]:
+        """The victims ``_take_back`` would take one by one from ``candidates`` if none of
+        their prefixes made room: the same apps in the same order (the candidates read only
+        what the victims leave their queues, set here as they are taken and put back after),
+        found without touching the free index."""
+        saved: dict[str, Resources] = {}
+        taken: list[RunningApp] = []
+        for victim in candidates:
+            if victim.stopping or victim.app_id in self.victims:
+                continue
+            vpath = self._path(victim.queue)
+            if vpath not in saved:
+                saved[vpath] = use[vpath]
+            use[vpath] = use[vpath] - victim.total
+            taken.append(victim)
+        use.update(saved)
+        return taken
 
     def _preemptible(self, path: str) -> bool:
         q = self.tree.by_path.get(path)
@@ -1322,6 +1335,11 @@ class _Line:
         """The last app taken could not start, nor can the rest of its group this cycle."""
         if self._last is not None:
             self.dropped[self._last[6]] = (reason, estimate)
+
+
+def _ratio(used: float, guaranteed: float) -> float:
+    """What ``used_over_guarantee`` counts for one resource."""
+    return used / guaranteed if guaranteed > 0 else (math.inf if used > _EPS else 0.0)
 
 
 def _could_make_room(head: AppHead, future: FreeIndex, victims: Iterable[RunningApp]) -> bool:
