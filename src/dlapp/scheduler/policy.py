@@ -195,6 +195,8 @@ class _Cycle:
         self._victim_use: dict[str, Resources] | None = None
         self._victim_at: dict[str, list[int]] | None = None  # queue -> its apps in _victims()
         self._borrowing: dict[str, bool] = {}  # preemptible and over by _victim_use, per queue
+        self._lending: list[tuple[RunningApp, str, float, Resources]] | None = None  # _lenders
+        self._lending_stale: set[str] = set()  # queues whose rows there are out of date
         self._by_queue: dict[str, list[RunningApp]] | None = None
         self._ranks: dict[str, list[tuple[float, RunningApp]]] = {}
         self._futures: dict[str, tuple[FreeIndex, list[int]]] = {}
@@ -262,18 +264,7 @@ class _Cycle:
     def used_over_guarantee(self, path: str, used: Resources) -> float:
         """``used`` over ``path``'s guarantee, on the resources it is guaranteed some of (the
         most used of them); inf for a queue guaranteed nothing."""
-        limits = self.limits_of(path)
-        g = limits.guaranteed
-        ratios = [
-            u / t if t > 0 else (math.inf if u > _EPS else 0.0)
-            for guard, (u, t) in zip(
-                limits.guarded,
-                ((used.gpus, g.gpus), (used.cpus, g.cpus), (used.memory_mb, g.memory_mb)),
-                strict=True,
-            )
-            if guard
-        ]
-        return max(ratios) if ratios else math.inf
+        return _over_guarantee(self.limits_of(path), used.cpus, used.memory_mb, used.gpus)
 
     def user_cap(self, path: str) -> Resources:
         cap = self._caps.get(path)
@@ -666,7 +657,9 @@ class _Cycle:
                 f"({self._guarantee_held(vpath)})"
             )
 
-        return self._take_back(head, path, candidates, -math.inf, reason)
+        return self._take_back(
+            head, path, lambda: self._would_take(candidates()), -math.inf, reason
+        )
 
     def _guarantee_held(self, path: str) -> str:
         """What a queue holds of its guarantee, as preemption reasons say it."""
@@ -692,14 +685,6 @@ class _Cycle:
         if not self.short_of_guarantee(path) or head.total.gpus <= 0:
             return None  # at its guarantee already (or not in the tree): it takes none
         after = self.used_over_guarantee(path, self.usage[path] + self.claimed[path] + head.total)
-        use = self._victim_uses()
-
-        def candidates() -> Iterator[RunningApp]:
-            for app, q in self._borrowed(path):
-                # its queue is (still) borrowing, and stays more served than path will be (its
-                # use only falls as victims are taken)
-                if not self.quotas.protects(app, q) and self._gives(q, use[q], app.total, after):
-                    yield app
 
         def reason(victim: RunningApp) -> str:
             vpath = self._path(victim.queue)
@@ -709,24 +694,97 @@ class _Cycle:
                 f"{vpath} is further over its guarantee ({self._guarantee_held(vpath)})"
             )
 
-        return self._take_back(head, path, candidates, -math.inf, reason, "past")
+        return self._take_back(
+            head, path, lambda: self._lenders_taken(path, after), -math.inf, reason, "past"
+        )
 
-    def _gives(self, q: str, used: Resources, total: Resources, after: float) -> bool:
-        """Whether queue ``q``, using ``used``, is over its guarantee and, without ``total``,
-        would still use more of it than ``after``: ``used_over_guarantee(q, used - total) >
-        after``, worked out without building the difference (the same arithmetic)."""
-        limits = self.limits_of(q)
+    def _lenders(self) -> list[tuple[RunningApp, str, float, Resources]]:
+        """The apps of preemptible queues in the order preemption takes them (``_victims``),
+        each with what its queue would use of its guarantee without it
+        (``used_over_guarantee``; -inf while the queue is not over its guarantee: not
+        borrowing, it gives nothing) and the queue's use that says so. Kept between calls:
+        ``choose`` marks the queues whose use it changed, and only their apps are worked out
+        again."""
+        rows, use = self._lending, self._victim_uses()
+        if rows is None:
+            rows = self._lending = [
+                self._lender(app, q, use[q]) for app, q in self._victims() if self._preemptible(q)
+            ]
+        elif self._lending_stale:
+            stale = self._lending_stale
+            for i, (app, q, _, _) in enumerate(rows):
+                if q in stale:
+                    rows[i] = self._lender(app, q, use[q])
+            stale.clear()
+        return rows
+
+    def _lender(
+        self, app: RunningApp, q: str, used: Resources
+    ) -> tuple[RunningApp, str, float, Resources]:
+        limits, t = self.limits_of(q), app.total
         if not limits.over(used):
-            return False
-        g = limits.guaranteed
-        on_gpus, on_cpus, on_memory = limits.guarded
-        if not (on_gpus or on_cpus or on_memory):
-            return math.inf > after
-        if on_gpus and _ratio(round(used.gpus - total.gpus, 9), g.gpus) > after:
-            return True
-        if on_cpus and _ratio(used.cpus - total.cpus, g.cpus) > after:
-            return True
-        return on_memory and _ratio(used.memory_mb - total.memory_mb, g.memory_mb) > after
+            return (app, q, -math.inf, used)
+        # used_over_guarantee(q, used - t), the difference unrolled (the same floats)
+        cpus, memory, gpus = used.cpus - t.cpus, used.memory_mb - t.memory_mb, used.gpus - t.gpus
+        return (app, q, _over_guarantee(limits, cpus, memory, round(gpus, 9)), used)
+
+    def _lenders_taken(self, path: str, after: float) -> list[RunningApp]:
+        """The victims ``preempt_past_guarantee`` would take one by one if none of their
+        prefixes made room (``_would_take``, for its candidates): apps of queues over their
+        guarantee that, without them, still use more of it than ``after``, in the order
+        preemption takes them, each queue's use falling as its apps are taken. Worked out on
+        the amounts (``Resources`` arithmetic, unrolled: the same floats), as this is the
+        hottest loop of a saturated replay."""
+        protecting, victims = self.quotas.active, self.victims
+        left: dict[str, tuple[float, int, float]] = {}  # queue -> its use, once it gave one
+        # queue -> the sizes that did not give at its use now (a queue's apps come in few
+        # sizes); None once it is no longer over its guarantee (none of its apps gives then)
+        refused: dict[str, set[tuple[float, int, float]] | None] = {}
+        taken: list[RunningApp] = []
+        for app, q, without, used in self._lenders():
+            # its queue is borrowing at ``used`` (else ``without`` is -inf), where ``without``
+            # is what it would use of its guarantee without the app; both only fall as
+            # victims are taken
+            if q == path or without <= after or app.stopping or app.app_id in victims:
+                continue
+            if protecting and self.quotas.protects(app, q):
+                continue
+            t = app.total
+            now = left.get(q)
+            if now is None:
+                cpus, memory, gpus = used.cpus, used.memory_mb, used.gpus
+            else:
+                no = refused.get(q, ())
+                size = (t.cpus, t.memory_mb, t.gpus)
+                if no is None or size in no:
+                    continue
+                cpus, memory, gpus = now
+                gives = self._gives(q, cpus, memory, gpus, t, after)
+                if gives is not True:
+                    if gives is None:
+                        refused[q] = None
+                    elif isinstance(no, set):
+                        no.add(size)
+                    else:
+                        refused[q] = {size}
+                    continue
+            left[q] = (cpus - t.cpus, memory - t.memory_mb, round(gpus - t.gpus, 9))
+            refused.pop(q, None)  # its use fell: sizes refused before may give now
+            taken.append(app)
+        return taken
+
+    def _gives(
+        self, q: str, cpus: float, memory: int, gpus: float, total: Resources, after: float
+    ) -> bool | None:
+        """Whether queue ``q``, using these amounts, is over its guarantee and, without
+        ``total``, would still use more of it than ``after``: ``used_over_guarantee(q, used -
+        total) > after``, worked out without building the difference (the same arithmetic).
+        None (no) when it is not over its guarantee at all."""
+        limits = self.limits_of(q)
+        if not limits.over_amounts(cpus, memory, gpus):
+            return None
+        rest = (cpus - total.cpus, memory - total.memory_mb, round(gpus - total.gpus, 9))
+        return _over_guarantee(limits, *rest) > after
 
     def _preempt_for_model(self, head: AppHead, path: str) -> str | None:
         """Victims on GPUs of a model ``head``'s queue is guaranteed (and may hold ``head``
@@ -750,7 +808,9 @@ class _Cycle:
                 f"{self._path(victim.queue)} holds more of them than it is guaranteed"
             )
 
-        return self._take_back(typed, path, candidates, -math.inf, reason)
+        return self._take_back(
+            typed, path, lambda: self._would_take(candidates()), -math.inf, reason
+        )
 
     def preempt_within(
         self, head: AppHead, path: str, q: Queue | None, promoted: bool
@@ -797,7 +857,9 @@ class _Cycle:
         if not ranked or ranked[0][0] <= bar:
             return None  # no running app of the queue is far enough behind
         victims = itertools.takewhile(lambda pair: pair[0] > bar, ranked)
-        return self._take_back(head, path, lambda: (a for _, a in victims), rank, reason, "level")
+        return self._take_back(
+            head, path, lambda: self._would_take(a for _, a in victims), rank, reason, "level"
+        )
 
     def _ranked(self, path: str, q: Queue) -> list[tuple[float, RunningApp]]:
         """The queue's running apps with how far behind each is (las: its level; srtf: its
@@ -820,15 +882,14 @@ class _Cycle:
         self,
         head: AppHead,
         path: str,
-        candidates: Callable[[], Iterator[RunningApp]],
+        take: Callable[[], list[RunningApp]],
         rank: float,
         reason: Callable[[RunningApp], str],
         kind: str = "guarantee",
     ) -> str | None:
         """Room for ``head`` among what is already leaving for ``path``, else victims taken
-        from ``candidates()`` in order, no more than needed. The Wait reason, or None.
-        ``candidates()`` is called once; it may read what the victims taken so far leave their
-        queues (``_victim_uses``)."""
+        from ``take()`` in order, no more than needed. The Wait reason, or None. ``take()``:
+        the victims that would be taken one by one if no fewer made room (``_would_take``)."""
         future, counts = self._future(path)
         placed = future.place(head)
         if placed is not None:  # apps already stopping for this queue make room enough
@@ -838,7 +899,7 @@ class _Cycle:
         if self.no_victims.get(tried, math.inf) <= rank:
             return None  # a head as deserving found none this cycle
         use = self._victim_uses()
-        taken = self._would_take(candidates(), use)  # ... if no fewer made room
+        taken = take()
         if not _could_make_room(head, future, taken):
             self.no_victims[tried] = min(rank, self.no_victims.get(tried, math.inf))
             return None  # not even all of them together would
@@ -846,11 +907,12 @@ class _Cycle:
         def choose(victim: RunningApp, sign: int) -> None:
             vpath = self._path(victim.queue)
             self._borrowing.pop(vpath, None)
+            self._lending_stale.add(vpath)
             use[vpath] = use[vpath] - victim.total if sign > 0 else use[vpath] + victim.total
             self._lend(future, victim, sign)
 
         chosen: list[RunningApp] = []
-        for victim in taken:  # what candidates() gives as these are taken one by one
+        for victim in taken:
             chosen.append(victim)
             choose(victim, +1)
             placed = future.place(head)
@@ -885,13 +947,12 @@ class _Cycle:
         self.claimed[path] = self.claimed[path] + head.total
         return f"waiting for {len(chosen)} preempted app(s) to release their resources"
 
-    def _would_take(
-        self, candidates: Iterator[RunningApp], use: dict[str, Resources]
-    ) -> list[RunningApp]:
+    def _would_take(self, candidates: Iterator[RunningApp]) -> list[RunningApp]:
         """The victims ``_take_back`` would take one by one from ``candidates`` if none of
         their prefixes made room: the same apps in the same order (the candidates read only
         what the victims leave their queues, set here as they are taken and put back after),
         found without touching the free index."""
+        use = self._victim_uses()
         saved: dict[str, Resources] = {}
         taken: list[RunningApp] = []
         for victim in candidates:
@@ -1337,9 +1398,22 @@ class _Line:
             self.dropped[self._last[6]] = (reason, estimate)
 
 
-def _ratio(used: float, guaranteed: float) -> float:
-    """What ``used_over_guarantee`` counts for one resource."""
-    return used / guaranteed if guaranteed > 0 else (math.inf if used > _EPS else 0.0)
+def _over_guarantee(limits: Limits, cpus: float, memory_mb: float, gpus: float) -> float:
+    """A use (its three amounts) over a queue's guarantee, on the resources it is guaranteed
+    some of (the most used of them); inf for a queue guaranteed nothing."""
+    g = limits.guaranteed
+    on_gpus, on_cpus, on_memory = limits.guarded
+    worst = -math.inf
+    for on, used, guaranteed in (
+        (on_gpus, gpus, g.gpus),
+        (on_cpus, cpus, g.cpus),
+        (on_memory, memory_mb, g.memory_mb),
+    ):
+        if on:
+            ratio = used / guaranteed if guaranteed > 0 else (math.inf if used > _EPS else 0.0)
+            if ratio > worst:
+                worst = ratio
+    return math.inf if worst == -math.inf else worst
 
 
 def _could_make_room(head: AppHead, future: FreeIndex, victims: Iterable[RunningApp]) -> bool:

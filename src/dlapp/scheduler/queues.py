@@ -178,13 +178,17 @@ class Limits:
     def over(self, used: Resources) -> bool:
         """Whether ``used`` is more than the guarantee, on a resource the queue is guaranteed
         some of (with no guarantee at all: as soon as it uses anything)."""
+        return self.over_amounts(used.cpus, used.memory_mb, used.gpus)
+
+    def over_amounts(self, cpus: float, memory_mb: float, gpus: float) -> bool:
+        """``over`` of a use given as its three amounts."""
         g, (on_gpus, on_cpus, on_memory) = self.guaranteed, self.guarded
         if not (on_gpus or on_cpus or on_memory):
-            return used.gpus > 1e-9 or used.cpus > 1e-9 or used.memory_mb > 1e-9
+            return gpus > 1e-9 or cpus > 1e-9 or memory_mb > 1e-9
         return bool(
-            (on_gpus and used.gpus > g.gpus + 1e-9)
-            or (on_cpus and used.cpus > g.cpus + 1e-9)
-            or (on_memory and used.memory_mb > g.memory_mb + 1e-9)
+            (on_gpus and gpus > g.gpus + 1e-9)
+            or (on_cpus and cpus > g.cpus + 1e-9)
+            or (on_memory and memory_mb > g.memory_mb + 1e-9)
         )
 
 
