@@ -721,12 +721,7 @@ class _Cycle:
     def _lender(
         self, app: RunningApp, q: str, used: Resources
     ) -> tuple[RunningApp, str, float, Resources]:
-        limits, t = self.limits_of(q), app.total
-        if not limits.over(used):
-            return (app, q, -math.inf, used)
-        # used_over_guarantee(q, used - t), the difference unrolled (the same floats)
-        cpus, memory, gpus = used.cpus - t.cpus, used.memory_mb - t.memory_mb, used.gpus - t.gpus
-        return (app, q, _over_guarantee(limits, cpus, memory, round(gpus, 9)), used)
+        return (app, q, self._without(q, used.cpus, used.memory_mb, used.gpus, app.total), used)
 
     def _lenders_taken(self, path: str, after: float) -> list[RunningApp]:
         """The victims ``preempt_past_guarantee`` would take one by one if none of their
@@ -738,7 +733,8 @@ class _Cycle:
         protecting, victims = self.quotas.active, self.victims
         left: dict[str, tuple[float, int, float]] = {}  # queue -> its use, once it gave one
         # queue -> the sizes that did not give at its use now (a queue's apps come in few
-        # sizes); None once it is no longer over its guarantee (none of its apps gives then)
+        # sizes); None once it is no longer over its guarantee (none of its apps gives then:
+        # ``_without`` is -inf)
         refused: dict[str, set[tuple[float, int, float]] | None] = {}
         taken: list[RunningApp] = []
         for app, q, without, used in self._lenders():
@@ -759,9 +755,9 @@ class _Cycle:
                 if no is None or size in no:
                     continue
                 cpus, memory, gpus = now
-                gives = self._gives(q, cpus, memory, gpus, t, after)
-                if gives is not True:
-                    if gives is None:
+                rest = self._without(q, cpus, memory, gpus, t)
+                if rest <= after:
+                    if rest == -math.inf:
                         refused[q] = None
                     elif isinstance(no, set):
                         no.add(size)
@@ -773,18 +769,16 @@ class _Cycle:
             taken.append(app)
         return taken
 
-    def _gives(
-        self, q: str, cpus: float, memory: int, gpus: float, total: Resources, after: float
-    ) -> bool | None:
-        """Whether queue ``q``, using these amounts, is over its guarantee and, without
-        ``total``, would still use more of it than ``after``: ``used_over_guarantee(q, used -
-        total) > after``, worked out without building the difference (the same arithmetic).
-        None (no) when it is not over its guarantee at all."""
+    def _without(self, q: str, cpus: float, memory: int, gpus: float, total: Resources) -> float:
+        """What queue ``q``, using these amounts, would use of its guarantee without
+        ``total``: ``used_over_guarantee(q, used - total)``, the difference unrolled (the same
+        floats, no ``Resources`` built); -inf when it is not over its guarantee at these
+        amounts (not borrowing, it gives nothing)."""
         limits = self.limits_of(q)
         if not limits.over_amounts(cpus, memory, gpus):
-            return None
+            return -math.inf
         rest = (cpus - total.cpus, memory - total.memory_mb, round(gpus - total.gpus, 9))
-        return _over_guarantee(limits, *rest) > after
+        return _over_guarantee(limits, *rest)
 
     def _preempt_for_model(self, head: AppHead, path: str) -> str | None:
         """Victims on GPUs of a model ``head``'s queue is guaranteed (and may hold ``head``
