@@ -338,3 +338,31 @@ def test_final_status_is_decided_only_when_finished() -> None:
     assert final_status_is_valid(AppState.RUNNING, FinalStatus.UNDEFINED)
     assert not final_status_is_valid(AppState.FINISHED, FinalStatus.UNDEFINED)
     assert not final_status_is_valid(AppState.ACCEPTED, FinalStatus.KILLED)
+
+
+def test_oldest_waiting_is_each_queues_first_waiting_app(session: Session) -> None:
+    submit(session, queue="a", now=T0 + 5)
+    submit(session, queue="a", now=T0 + 3)
+    started = submit(session, queue="b", now=T0)  # started: no longer waiting
+    repo.transition(session, started, AppState.RUNNING, "placed", T0 + 1)
+    submit(session, queue="b", now=T0 + 7)
+    session.commit()
+    assert repo.oldest_waiting(session) == {"a": T0 + 3, "b": T0 + 7}
+
+
+def test_live_apps_are_the_queued_and_running_newest_first(session: Session) -> None:
+    first = running(session, user="ann")
+    second = submit(session, user="bob", queue="b")
+    done = submit(session)
+    repo.transition(session, done, AppState.FINISHED, "killed", T0 + 2, FinalStatus.KILLED)
+    session.commit()
+    rows = repo.live_apps(session)
+    assert [(r.user, r.queue, r.state) for r in rows] == [
+        (second.user, second.queue, "ACCEPTED"),
+        (first.user, first.queue, "RUNNING"),
+    ]
+    assert (rows[1].cpus, rows[1].memory_mb, rows[1].gpus) == (
+        first.cpus,
+        first.memory_mb,
+        first.gpus,
+    )

@@ -55,7 +55,7 @@ def spec_request(spec: AppSpec) -> Resources:
     return Resources(r.cpus, r.memory_mb, r.gpu_share)
 
 
-def app_request(app: App | repo.Waiting) -> Resources:
+def app_request(app: App | repo.Waiting | repo.Live) -> Resources:
     """What each container of a stored app holds, as the scheduler counts it."""
     return Resources(app.cpus, app.memory_mb, app.gpus)
 
@@ -74,7 +74,7 @@ def queues_view(ctx: Context, session: Session) -> dict[str, Any]:
     pending: dict[str, Resources] = defaultdict(Resources)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"running": 0, "pending": 0})
     users: dict[str, dict[str, Resources]] = defaultdict(lambda: defaultdict(Resources))
-    for app in repo.list_apps(session, states=[AppState.ACCEPTED, AppState.RUNNING], limit=10**6):
+    for app in repo.live_apps(session):
         need = app_request(app).scaled(app.num_containers)
         chain = tree.ancestors(app.queue) if app.queue in tree.by_path else [app.queue]
         running = app.state == AppState.RUNNING.value

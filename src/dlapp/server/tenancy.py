@@ -126,11 +126,13 @@ def _check_runtime(ctx: Context, session: Session, spec: AppSpec) -> None:
 
 
 def _check_local_paths(ctx: Context, spec: AppSpec) -> None:
-    forbidden = server_dirs(ctx)
+    forbidden: list[str] | None = None  # resolved at the first local path (most apps have none)
     for kind, bindings in (("input", spec.inputs), ("output", spec.outputs)):
         for b in bindings:
             if b.scheme != "file":
                 continue
+            if forbidden is None:
+                forbidden = server_dirs(ctx)
             path = os.path.expanduser(local_path(b.url))
             real = os.path.realpath(path).rstrip("/") + "/"
             if inside_roots(path, forbidden) or any(d.startswith(real) for d in forbidden):

@@ -30,7 +30,7 @@ from dlapp.executor.base import UsageKey
 from dlapp.server import queue_service
 from dlapp.server.accounting import idle_since
 from dlapp.server.context import Context
-from dlapp.status import AppState, ContainerState
+from dlapp.status import ContainerState
 from dlapp.store import repo
 from dlapp.store.models import Container, GpuUsage, QueueSample
 
@@ -194,9 +194,9 @@ def take_samples(ctx: Context, session: Session, now: float) -> list[QueueSample
             used[path] += row.utilisation / 100 * app.gpus
             sampled.add(path)
     wait: dict[str, float] = defaultdict(float)
-    for app in repo.list_apps(session, states=[AppState.ACCEPTED], limit=10**6):
-        for path in _chain(tree, app.queue):
-            wait[path] = max(wait[path], now - app.submit_time)
+    for queue, oldest in repo.oldest_waiting(session).items():
+        for path in _chain(tree, queue):
+            wait[path] = max(wait[path], now - oldest)
     out = []
     for q in queue_service.queues_view(ctx, session)["queues"]:
         path = q["path"]

@@ -24,6 +24,8 @@ class App(Base):
         Index("ix_apps_user_seq", "user", "seq"),
         Index("ix_apps_queue_seq", "queue", "seq"),
         Index("ix_apps_state_user", "state", "user"),
+        # a queue's waiting apps counted, and which apps wait read, from the index alone
+        Index("ix_apps_state_queue", "state", "queue", "seq", "attempt"),
         Index("ix_apps_array_index", "array_id", "array_index", unique=True),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

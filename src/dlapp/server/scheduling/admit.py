@@ -28,6 +28,7 @@ from dlapp.server.queue_service import app_request
 from dlapp.server.scheduling import gpus
 from dlapp.server.scheduling.effects import Effects
 from dlapp.server.scheduling.plans import container_plans
+from dlapp.server.scheduling.waiting import WaitingSet
 from dlapp.server.views import iso
 from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
@@ -66,8 +67,10 @@ class Admission:
         specs: Specs,
         claims: dict[str, str],
         commit: Callable[[Session], None],
+        waiting: WaitingSet,
     ) -> None:
         self.ctx = ctx
+        self.waiting = waiting  # the waiting apps' rows: their reasons are written through it
         self.effects = effects
         self.specs = specs
         self.claims = claims  # preempted app -> the queue its resources go to
@@ -97,7 +100,7 @@ class Admission:
                 out.append(a)
             elif a.pending_reason != reason:
                 changed[a.id] = reason
-        repo.set_pending_reasons(session, changed)
+        self.waiting.write_reasons(session, changed)
         return out, bool(changed)
 
     def heads(self, session: Session, pending: Sequence[repo.Waiting]) -> list[AppHead]:
@@ -229,7 +232,7 @@ class Admission:
                     reason += f"; could start by {iso(d.estimate)}"
                 if waiting.pending_reason != reason:
                     reasons[d.app_id] = reason
-        repo.set_pending_reasons(session, reasons)
+        self.waiting.write_reasons(session, reasons)
         admitted: list[_Admitted] = []
         holds: dict[str, list[gpus.Held]] | None = None  # GPUs held, per node: read once
         for d in decisions:
