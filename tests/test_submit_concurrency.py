@@ -117,3 +117,31 @@ def test_ids_taken_by_others_every_time_is_a_conflict_not_a_500(
         assert f"in {services.ID_TRIES} tries" in resp.text
         kept = sorted(p.name for p in (settings.artifacts / "workspaces").iterdir())
         assert kept == [f"{first}.tar.gz"]  # the first app's tarball untouched
+
+
+def test_a_kept_workspace_is_on_disk_before_the_app_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acknowledged means durable: the tarball's bytes and its name in the workspaces folder
+    are synced before the commit that makes the app (a power loss after the answer never
+    leaves an app whose workspace is not there)."""
+    synced: list[tuple[int, bool, int]] = []  # (inode, is a directory, apps committed then)
+    real = services.sync
+
+    def watch(path: Path) -> None:
+        with ctx.sessions() as session:
+            stored = len(repo.list_apps(session, limit=100))
+        synced.append((path.stat().st_ino, path.is_dir(), stored))
+        real(path)
+
+    monkeypatch.setattr(services, "sync", watch)
+    s = _settings(tmp_path)
+    with serve(s, Resources(4, 8192, 1)) as api:
+        ctx = api.app.state.ctx
+        resp = submit(api, tmp_path, admin_token(s.home))
+        assert resp.status_code == 201, resp.text
+        kept = Path(ctx.settings.artifacts) / "workspaces" / f"{resp.json()['id']}.tar.gz"
+        assert synced == [
+            (kept.stat().st_ino, False, 0),  # the tarball, while no app was committed
+            (kept.parent.stat().st_ino, True, 0),  # then the folder with its new name
+        ]

@@ -154,7 +154,10 @@ def keep_new(
 def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Iterator[Path]:
     """The upload kept as ``workspaces/<key>.tar.gz`` together with the rows the block adds:
     both are kept, and committed, or neither (the tarball is put in place last, never over
-    one kept already: ``FileExistsError``, its id taken by another server)."""
+    one kept already: ``FileExistsError``, its id taken by another server). Acknowledged means
+    durable: the tarball's bytes and its name are synced to disk before the commit, as the
+    commit itself is (``synchronous=FULL``), so no power loss leaves an app without its
+    workspace."""
     dest = ctx.settings.artifacts / "workspaces" / f"{key}.tar.gz"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
@@ -165,8 +168,10 @@ def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Itera
     placed = False
     try:
         yield dest
+        sync(tmp)
         os.link(tmp, dest)  # fails if it exists
         placed = True
+        sync(dest.parent)
         session.commit()
     except BaseException:
         session.rollback()
@@ -175,6 +180,15 @@ def keep_upload(ctx: Context, session: Session, upload: Path, key: str) -> Itera
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sync(path: Path) -> None:
+    """``path`` on disk: a file's bytes, or a directory's entries (a new name in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def get(ctx: Context, session: Session, app_id: str, caller: Caller) -> App:
