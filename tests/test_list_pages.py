@@ -101,6 +101,8 @@ def test_migration_0004_swaps_single_column_indexes_for_composite_ones(
             "ix_apps_queue_seq": ["queue", "seq"],
             "ix_apps_state_user": ["state", "user"],
             "ix_apps_array_index": ["array_id", "array_index"],  # 0008: an array's members
+            # 0009: a queue's waiting apps counted, and which apps wait read, from the index
+            "ix_apps_state_queue": ["state", "queue", "seq", "attempt"],
         }
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -113,7 +115,7 @@ def test_migration_0004_swaps_single_column_indexes_for_composite_ones(
             "ix_apps_state": ["state"],
         }
         migrate(engine)  # and up again
-        assert "ix_apps_user_seq" in _app_indexes(engine)
+        assert {"ix_apps_user_seq", "ix_apps_state_queue"} <= set(_app_indexes(engine))
     finally:
         engine.dispose()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import String, cast, func, or_, select, update
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session, lazyload, undefer
 
 from dlapp.errors import NotFoundError
 from dlapp.spec import AppSpec
@@ -292,6 +292,40 @@ def running_apps(session: Session) -> list[App]:
     return list(session.scalars(q))
 
 
+_ENDED = [s.value for s in ContainerState if s.is_terminal()]
+
+
+def running_to_stop(session: Session) -> list[App]:
+    """The running apps asked to stop (kill, softkill, eviction, preemption, a gang's end),
+    by ``seq``: the scheduler's cycle looks at these, not at every running app."""
+    q = (
+        select(App)
+        .where(App.state == AppState.RUNNING.value, App.kill_requested.is_not(None))
+        .order_by(App.seq)
+    )
+    return list(session.scalars(q))
+
+
+def running_may_settle(session: Session) -> list[App]:
+    """The running apps whose current attempt may have ended, by ``seq``: one of its
+    containers has ended (or it has none). Every other running app still runs all its
+    containers, so no cycle has anything to settle for it; at thousands running, reading each
+    one's containers (two queries an app) was most of a cycle."""
+    current = (Container.app_id == App.id) & (Container.attempt == App.attempt)
+    one_ended = select(Container.id).where(current, Container.state.in_(_ENDED)).exists()
+    any_one = select(Container.id).where(current).exists()
+    q = (
+        select(App)
+        .where(App.state == AppState.RUNNING.value, or_(one_ended, ~any_one))
+        .order_by(App.seq)
+    )
+    return list(session.scalars(q))
+
+
+def running_ids(session: Session) -> set[str]:
+    return set(session.scalars(select(App.id).where(App.state == AppState.RUNNING.value)))
+
+
 def add_event(session: Session, app_id: str, kind: str, reason: str, now: float) -> None:
     session.add(Event(app_id=app_id, time=now, kind=kind, reason=reason))
 
@@ -405,6 +439,9 @@ def allocations(session: Session) -> list[tuple[App, Container]]:
         .join(Container, (Container.app_id == App.id) & (Container.attempt == App.attempt))
         .where(App.state == AppState.RUNNING.value)
         .order_by(App.seq, Container.index)
+        # the apps' own columns only: their containers and usage rows (loaded with every app
+        # otherwise) are read when asked for
+        .options(lazyload(App.containers), lazyload(App.gpu_usage))
     )
     return [(row[0], row[1]) for row in session.execute(q)]
 

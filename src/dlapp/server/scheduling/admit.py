@@ -34,7 +34,7 @@ from dlapp.spec import AppSpec
 from dlapp.status import AppState, ContainerState, FinalStatus, StopReason
 from dlapp.store import arrays as array_store
 from dlapp.store import repo
-from dlapp.store.models import App
+from dlapp.store.models import App, Container
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,10 @@ class Admission:
         )
 
     def snapshot(self, session: Session) -> Snapshot:
+        allocs = repo.allocations(session)  # read once: the nodes' use and the running apps
         used: dict[str, Resources] = {}
         holds: dict[str, list[gpus.Held]] = {}
-        for app, c in repo.allocations(session):
+        for app, c in allocs:
             used[c.node_id] = used.get(c.node_id, Resources()) + app_request(app)
             holds.setdefault(c.node_id, []).append(
                 gpus.held(app.gpus, self.specs(app), c.node_id, c.gpu_ids)
@@ -169,18 +170,20 @@ class Admission:
             )
         return Snapshot(
             tuple(views),
-            running=self._running(session),
+            running=self._running(session, allocs),
             queues=self.ctx.queues.tree,
             now=self.ctx.clock(),
             placement=self.ctx.settings.placement,
         )
 
-    def _running(self, session: Session) -> tuple[RunningApp, ...]:
+    def _running(
+        self, session: Session, allocs: Sequence[tuple[App, Container]]
+    ) -> tuple[RunningApp, ...]:
         placed: dict[str, list[str]] = {}
         devices: dict[str, list[tuple[int, ...]]] = {}
         apps: dict[str, App] = {}
         by_id = {n.node_id: n for n in self.ctx.nodes()}
-        for app, c in repo.allocations(session):
+        for app, c in allocs:
             apps[app.id] = app
             placed.setdefault(app.id, []).append(c.node_id)
             node = by_id.get(c.node_id)

@@ -204,7 +204,7 @@ class Scheduler:
 
     def remove_orphans(self, session: Session) -> None:
         """Remove, on every node, this cluster's containers whose app is not RUNNING."""
-        running = {a.id for a in repo.running_apps(session)}
+        running = repo.running_ids(session)
         self.ctx.executor.remove_orphans(self.ctx.settings.container_policy, running)
 
     def recover(self) -> None:

@@ -122,7 +122,7 @@ class Reconciler:
 
     def apply_kills(self, session: Session) -> None:
         """Kills, softkills and evictions asked through any server, carried out by the leader."""
-        for app in repo.running_apps(session):
+        for app in repo.running_to_stop(session):
             stop = stop_reason(app)
             how = None if stop is None else ASKED_STOPS.get(stop)
             if how is None:
@@ -134,7 +134,7 @@ class Reconciler:
 
     def finish_ended(self, session: Session) -> None:
         now = self.ctx.clock()
-        for app in repo.running_apps(session):
+        for app in repo.running_may_settle(session):  # the rest still run every container
             containers = repo.current_containers(session, app)
             stop = stop_reason(app)
             failure = gang_failure(stop, containers)
