@@ -25,17 +25,15 @@ import json
 import random
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from sqlalchemy import insert
-from stats import percentile
+from stats import busy_thread, percentile
 
 from dlapp.config import ContainerPolicy, ServerSettings
 from dlapp.contract import ContainerPlan
@@ -156,26 +154,6 @@ def fill(engine: Any, nodes: int, running: int, waiting: int) -> tuple[int, int]
         conn.execute(insert(App), apps)
         conn.execute(insert(Container), containers)
     return seq, len(containers)
-
-
-@contextmanager
-def busy_thread(on: bool) -> Iterator[None]:
-    stop = threading.Event()
-
-    def spin() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-
-    t = threading.Thread(target=spin, daemon=True)
-    if on:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if on:
-            t.join()
 
 
 def measure(nodes: int, running: int, waiting: int, new: int, cycles: int) -> dict[str, Any]:

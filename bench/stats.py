@@ -1,15 +1,40 @@
 """What the benchmarks' reports share: the percentile (the simulator's report's, one for all),
-the machine a benchmark ran on, and their tables."""
+the machine a benchmark ran on, their tables, and a busy thread to measure beside."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dlapp.sim.report import percentile
 
-__all__ = ["machine", "markdown_table", "percentile", "plain_table", "ratio_text"]
+__all__ = ["busy_thread", "machine", "markdown_table", "percentile", "plain_table", "ratio_text"]
+
+
+@contextmanager
+def busy_thread(on: bool) -> Iterator[None]:
+    """One thread spinning in Python while the block runs (when ``on``): as an API's threads
+    are under load, never giving up the GIL of their own accord."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    t = threading.Thread(target=spin, daemon=True)
+    if on:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if on:
+            t.join()
 
 
 def machine() -> str:

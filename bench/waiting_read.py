@@ -19,10 +19,8 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
-from stats import percentile
+from stats import busy_thread, percentile
 
 from dlapp.server.scheduling.waiting import WaitingSet
 from dlapp.store import repo
@@ -67,27 +65,6 @@ def rows(first: int, count: int) -> list[dict[str, Any]]:
         }
         for seq in range(first, first + count)
     ]
-
-
-@contextmanager
-def busy_thread(on: bool) -> Iterator[None]:
-    """One thread spinning in Python while the block runs (when ``on``)."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-
-    t = threading.Thread(target=spin, daemon=True)
-    if on:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if on:
-            t.join()
 
 
 def timed(fn: Callable[[], object], runs: int) -> list[float]:

@@ -129,13 +129,18 @@ def test_forgetting_reads_every_row_again(
     assert sorted(spy.take()) == sorted(a.seq for a in apps)
 
 
+def three_whole_node_apps(cluster: Cluster) -> None:  # noqa: F811
+    """On the cluster's one node of 2 GPUs: one is admitted, two wait."""
+    for i in range(3):
+        cluster.submit(spec_builders.make_spec(f"big{i}").gpus(2).build())
+
+
 def test_a_failed_cycle_forgets_the_kept_rows(
     cluster: Cluster,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spy = Spy(monkeypatch)
-    for i in range(3):
-        cluster.submit(spec_builders.make_spec(f"big{i}").gpus(2).build())
+    three_whole_node_apps(cluster)
     cluster.cycle()  # one admitted, two wait
     assert len(spy.take()) == 3
     cluster.cycle()
@@ -158,8 +163,7 @@ def test_taking_the_lease_forgets_the_kept_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spy = Spy(monkeypatch)
-    for i in range(3):
-        cluster.submit(spec_builders.make_spec(f"big{i}").gpus(2).build())
+    three_whole_node_apps(cluster)
     cluster.cycle()
     cluster.cycle()
     spy.take()
